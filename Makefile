@@ -1,0 +1,45 @@
+# The README's two commands: `make run` and `make test`. Both set up everything they need first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Debian packages the tests and the benchmark drive for real: Prometheus (and promtool),
+# Alertmanager (the Discord delivery test) and wrk (the load generator).
+APT_PACKAGES := prometheus prometheus-alertmanager wrk
+
+.PHONY: run test bench setup setup-dev system-packages clean
+
+run: setup
+	$(PY) monitor.py $(ARGS)
+
+test: setup-dev system-packages
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup-dev system-packages
+	$(PY) bench.py $(ARGS)
+
+setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: requirements.txt requirements-dev.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(VENV)/.installed $@
+
+# Installs only what is missing; needs root (or sudo) the first time.
+system-packages:
+	@missing=""; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache
