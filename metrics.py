@@ -1,0 +1,122 @@
+"""Prometheus metrics of one monitor, on a registry of its own (tests build a fresh one each)."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+PRICE_BUCKETS = (500, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000, 12500, 15000, 20000)
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class MonitorMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None, feature_names=(), feature_tests=None):
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+
+        # Serving
+        self.predictions = Counter("predictions", "Rows predicted", registry=registry)
+        self.prediction_requests = Counter("prediction_requests", "Successful /predict requests",
+                                           registry=registry)
+        self.prediction_latency = Histogram("prediction_latency_seconds",
+                                            "Time to answer a /predict request, parsing to response",
+                                            buckets=LATENCY_BUCKETS, registry=registry)
+        self.predicted_price = Histogram("predicted_price_dollars", "Predicted prices",
+                                         buckets=PRICE_BUCKETS, registry=registry)
+        self.labels_received = Counter("labels_received", "Ground-truth labels joined to a prediction",
+                                       registry=registry)
+        self.labels_unknown = Counter("labels_unknown", "Labels whose prediction id is not known",
+                                      registry=registry)
+        self.invalid_requests = Counter("invalid_requests", "Requests refused with a 4xx, by reason",
+                                        ["endpoint", "reason"], registry=registry)
+
+        # Drift
+        self.data_drift = Gauge("data_drift", "Overall data-drift magnitude in [0, 1]: the largest "
+                                "per-feature distance (KS D or total variation)", registry=registry)
+        self.data_drift_detected = Gauge("data_drift_detected", "1 if any feature drifted "
+                                         "(Holm-corrected tests), else 0", registry=registry)
+        self.data_drift_alpha = Gauge("data_drift_alpha", "Family-wise significance level of the "
+                                      "data-drift tests", registry=registry)
+        self.feature_distance = Gauge("data_drift_feature_distance", "Per-feature drift distance in "
+                                      "[0, 1]", ["feature"], registry=registry)
+        self.feature_statistic = Gauge("data_drift_feature_statistic", "Per-feature test statistic",
+                                       ["feature", "test"], registry=registry)
+        self.feature_p_value = Gauge("data_drift_feature_p_value", "Per-feature test p-value",
+                                     ["feature"], registry=registry)
+        self.feature_detected = Gauge("data_drift_feature_detected", "1 if this feature drifted "
+                                      "after correction", ["feature"], registry=registry)
+        self.concept_drift = Gauge("concept_drift", "Relative MSE increase of the labelled window over "
+                                   "the held-out reference (0.25 = 25% worse)", registry=registry)
+        self.concept_drift_detected = Gauge("concept_drift_detected", "1 if the errors' distribution "
+                                            "departs from the held-out reference, else 0", registry=registry)
+        self.concept_drift_p_value = Gauge("concept_drift_p_value", "p-value of the concept-drift test",
+                                           registry=registry)
+        self.concept_drift_bias = Gauge("concept_drift_bias_percent", "How far actual prices sit above "
+                                        "predictions, relative to the reference, in percent",
+                                        registry=registry)
+        self.window_mse = Gauge("concept_drift_window_mse", "MSE of the labelled window", registry=registry)
+        self.reference_mse = Gauge("concept_drift_reference_mse", "Held-out MSE the window is compared "
+                                   "with", registry=registry)
+        self.window_samples = Gauge("drift_window_samples", "Samples in a drift window", ["window"],
+                                    registry=registry)
+        self.checks = Counter("drift_checks", "Drift checks run", registry=registry)
+        self.check_failures = Counter("drift_check_failures", "Drift checks that raised", registry=registry)
+        self.check_duration = Histogram("drift_check_duration_seconds", "Time one drift check takes",
+                                        buckets=CHECK_BUCKETS, registry=registry)
+        self.last_check = Gauge("drift_last_check_timestamp_seconds", "When the last drift check "
+                                "finished (unix time)", registry=registry)
+
+        # Model
+        self.model_info = Info("model", "The served model", registry=registry)
+        self.model_heldout_mse = Gauge("model_heldout_mse", "Held-out MSE at training", registry=registry)
+        self.model_trained = Gauge("model_trained_timestamp_seconds", "When the model was trained",
+                                   registry=registry)
+
+        # Start per-feature series at NaN so that dashboards list every feature from the first scrape.
+        for name in feature_names:
+            self.feature_distance.labels(name).set(math.nan)
+            self.feature_p_value.labels(name).set(math.nan)
+            self.feature_detected.labels(name).set(0)
+            if feature_tests:
+                self.feature_statistic.labels(name, feature_tests[name]).set(math.nan)
+        for window in ("inputs", "labelled"):
+            self.window_samples.labels(window).set(0)
+        for gauge in (self.data_drift, self.concept_drift, self.concept_drift_p_value,
+                      self.concept_drift_bias, self.window_mse):
+            gauge.set(math.nan)
+
+    def describe_model(self, info: dict, metrics: dict) -> None:
+        self.model_info.info({"version": info["model_version"], "trained_at": info["trained_at"],
+                              "sklearn_version": info["versions"]["sklearn"]})
+        self.model_heldout_mse.set(metrics["mse"])
+        self.reference_mse.set(metrics["mse"])
+        self.model_trained.set(dt.datetime.fromisoformat(info["trained_at"]).timestamp())
+
+    def record_drift(self, data: dict, concept: dict) -> None:
+        """Publish one drift report (the dicts that /drift returns)."""
+        self.data_drift_alpha.set(data["alpha"])
+        self.data_drift.set(_number(data.get("score")))
+        self.data_drift_detected.set(1 if data["detected"] else 0)
+        for name, feature in (data.get("features") or {}).items():
+            self.feature_distance.labels(name).set(_number(feature["distance"]))
+            self.feature_statistic.labels(name, feature["test"]).set(_number(feature["statistic"]))
+            self.feature_p_value.labels(name).set(_number(feature["p_value"]))
+            self.feature_detected.labels(name).set(1 if feature["detected"] else 0)
+        self.concept_drift.set(_number(concept.get("score")))
+        self.concept_drift_detected.set(1 if concept["detected"] else 0)
+        self.concept_drift_p_value.set(_number(concept.get("p_value")))
+        self.concept_drift_bias.set(_number(concept.get("bias_pct")))
+        self.window_mse.set(_number(concept.get("mse")))
+        self.window_samples.labels("inputs").set(data["window_size"])
+        self.window_samples.labels("labelled").set(concept["labelled_size"])
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)

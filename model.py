@@ -1,0 +1,224 @@
+"""The served model: loading the artifact safely, validating request rows, predicting fast.
+
+A joblib file is pickled Python: loading one runs code from it. Load only artifacts you trained
+yourself; the sha256 recorded beside the file at training time is checked before unpickling, which
+catches a truncated or swapped file, not a malicious one written together with its hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+REQUIRED_KEYS = ("pipeline", "schema", "reference_features", "reference_errors", "metrics", "info")
+SUPPORTED_FORMAT = 1
+
+
+class ModelLoadError(Exception):
+    """The artifact cannot be served; the message says why and what to do."""
+
+
+class InvalidInput(Exception):
+    """A request row that cannot be predicted. `reason` is a short label counted in metrics."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_artifact(path: str | Path, verify_hash: bool = True) -> dict:
+    """Load and check a training artifact, raising ModelLoadError with a plain message."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist; run `python train.py --output {path}`")
+    hash_file = Path(str(path) + ".sha256")
+    if verify_hash:
+        if not hash_file.is_file():
+            raise ModelLoadError(f"{hash_file} is missing: the model's recorded hash cannot be checked "
+                                 "(retrain with train.py, or pass --no-verify-hash for a file you trust)")
+        recorded = hash_file.read_text().split()[0] if hash_file.read_text().strip() else ""
+        actual = _file_sha256(path)
+        if recorded != actual:
+            raise ModelLoadError(f"{path} does not match its recorded sha256 (recorded {recorded[:12]}..., "
+                                 f"file {actual[:12]}...): truncated, modified or replaced; retrain it")
+    import joblib  # deferred: importing it is part of loading, not of parsing options
+
+    try:
+        artifact = joblib.load(path)
+    except (ImportError, AttributeError) as exc:  # a class that moved or vanished between versions
+        raise ModelLoadError(f"{path} was written by incompatible library versions ({type(exc).__name__}: "
+                             f"{exc}); retrain it with this environment's scikit-learn") from exc
+    except Exception as exc:  # a cut-off pickle fails in many ways: EOFError, struct.error, ValueError...
+        raise ModelLoadError(f"{path} is not a readable model artifact ({type(exc).__name__}: {exc}); "
+                             "it may be truncated: retrain it") from exc
+    if not isinstance(artifact, dict) or any(k not in artifact for k in REQUIRED_KEYS):
+        raise ModelLoadError(f"{path} is not an artifact written by train.py (expected keys {REQUIRED_KEYS})")
+    if artifact.get("format") != SUPPORTED_FORMAT:
+        raise ModelLoadError(f"{path} has artifact format {artifact.get('format')!r}; this monitor reads "
+                             f"format {SUPPORTED_FORMAT}: retrain it")
+    trained_with = artifact["info"].get("versions", {}).get("sklearn")
+    import sklearn
+
+    if trained_with != sklearn.__version__:
+        raise ModelLoadError(f"{path} was trained with scikit-learn {trained_with}, this environment has "
+                             f"{sklearn.__version__}; retrain it (pickled models are not portable across versions)")
+    return artifact
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str  # "numeric" or "categorical"
+    categories: tuple[str, ...] = ()
+
+
+class Schema:
+    """The request contract, from the artifact's feature schema."""
+
+    def __init__(self, schema: dict):
+        self.features = [Feature(f["name"], f["kind"], tuple(f.get("categories", ())))
+                         for f in schema["features"]]
+        self.names = [f.name for f in self.features]
+        self._by_name = {f.name: f for f in self.features}
+        self._codes = {f.name: {c: i for i, c in enumerate(f.categories)}
+                       for f in self.features if f.kind == "categorical"}
+        self.numeric = [f.name for f in self.features if f.kind == "numeric"]
+        self.categorical = [f.name for f in self.features if f.kind == "categorical"]
+        self._accepted = ", ".join(self.names)
+
+    def code(self, name: str, category: str) -> int:
+        return self._codes[name][category]
+
+    def parse_row(self, obj: Any, where: str = "") -> tuple:
+        """One request object -> a tuple of feature values in schema order (floats and category
+        strings), or InvalidInput naming the field and what is accepted."""
+        if not isinstance(obj, dict):
+            raise InvalidInput("not_an_object", f"{where or 'body'}: expected a JSON object with fields "
+                                                f"{self._accepted}, got {_json_type(obj)}")
+        extra = [k for k in obj if k not in self._by_name]
+        if extra:
+            raise InvalidInput("unknown_field", f"{where}{_quote(extra[0])}: unknown field; accepted fields: "
+                                                f"{self._accepted}")
+        values = []
+        for feature in self.features:
+            field = f"{where}{feature.name}"
+            if feature.name not in obj:
+                raise InvalidInput("missing_field", f"{field}: missing; every row needs {self._accepted}")
+            value = obj[feature.name]
+            if feature.kind == "numeric":
+                values.append(parse_positive_number(field, value))
+            else:
+                if not isinstance(value, str):
+                    raise InvalidInput("wrong_type", f"{field}: expected a string, one of "
+                                                     f"{', '.join(feature.categories)}; got {_json_type(value)}")
+                if value not in self._codes[feature.name]:
+                    raise InvalidInput("unknown_category", f"{field}: unknown category {_quote(value)}; "
+                                                           f"accepted: {', '.join(feature.categories)}")
+                values.append(value)
+        return tuple(values)
+
+
+def parse_positive_number(field: str, value: Any) -> float:
+    # bool is an int subclass in Python, but true is not a carat.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput("not_a_number", f"{field}: expected a number, got {_json_type(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInput("non_finite", f"{field}: expected a finite number, got {value}")
+    if number <= 0:
+        raise InvalidInput("out_of_range", f"{field}: expected a positive number, got {value}")
+    return number
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return f"the string {_quote(value)}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _quote(text: str, limit: int = 40) -> str:
+    text = str(text)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class FastPredictor:
+    """Exactly `pipeline.predict`, without its per-call overhead.
+
+    For a few rows, scikit-learn's Pipeline spends most of its time in pandas, ColumnTransformer
+    checks and 100 per-tree `predict` wrappers; the trees' own traversal is a small part. This encodes
+    rows straight into the matrix the ColumnTransformer would produce (grades as ordinal codes,
+    numbers passed through, float32 as the forest casts them) and calls each fitted tree's low-level
+    `tree_.predict`, summing in the forest's order, so results are bit-for-bit the pipeline's.
+    Built from the fitted pipeline and checked against it on reference rows at construction.
+    """
+
+    def __init__(self, pipeline, schema: Schema, check_rows=None):
+        preprocessor = pipeline.named_steps["preprocessor"]
+        forest = pipeline.named_steps["regressor"]
+        self._trees = [estimator.tree_ for estimator in forest.estimators_]
+        # Column order and category codes as the fitted ColumnTransformer produces them.
+        self._columns: list[tuple[int, dict | None]] = []
+        for name, transformer, columns in preprocessor.transformers_:
+            if name == "remainder" or transformer == "drop":
+                continue
+            # A fitted ColumnTransformer holds "passthrough" as an identity FunctionTransformer.
+            identity = transformer == "passthrough" or getattr(transformer, "func", "") is None
+            if not identity and not hasattr(transformer, "categories_"):
+                raise ModelLoadError(f"FastPredictor cannot reproduce the {name!r} transformer "
+                                     f"({type(transformer).__name__})")
+            for j, column in enumerate(columns):
+                source = schema.names.index(column)
+                if identity:
+                    self._columns.append((source, None))
+                else:
+                    categories = transformer.categories_[j]
+                    self._columns.append((source, {str(c): float(i) for i, c in enumerate(categories)}))
+        if check_rows is not None:
+            self._check_against(pipeline, schema, check_rows)
+
+    def encode(self, rows: Sequence[tuple]) -> np.ndarray:
+        matrix = np.empty((len(rows), len(self._columns)), dtype=np.float64)
+        for i, row in enumerate(rows):
+            matrix[i] = [row[src] if codes is None else codes[row[src]] for src, codes in self._columns]
+        return matrix.astype(np.float32)
+
+    def predict(self, rows: Sequence[tuple]) -> np.ndarray:
+        X = self.encode(rows)
+        total = np.zeros(len(rows), dtype=np.float64)
+        for tree in self._trees:
+            total += tree.predict(X)[:, 0]
+        total /= len(self._trees)
+        return total
+
+    def _check_against(self, pipeline, schema: Schema, frame) -> None:
+        import pandas as pd
+
+        rows = [tuple(r) for r in frame[schema.names].astype(object).itertuples(index=False)]
+        fast = self.predict(rows)
+        slow = pipeline.predict(pd.DataFrame(rows, columns=schema.names))
+        if not np.array_equal(fast, slow):
+            raise ModelLoadError("the fast prediction path disagrees with the pipeline on reference rows; "
+                                 "this model's pipeline layout is not supported by FastPredictor")

@@ -1,0 +1,698 @@
+"""Serve the diamond-price model and watch it drift, in one process on the standard library's HTTP server.
+
+One request:  POST /predict -> _Handler.do_POST -> _route -> _predict (validate rows with the schema)
+              -> Monitor.predict -> _Batcher (concurrent requests share one model call) ->
+              Monitor._serve_batch: predict, record, join the input window -> {"prediction", "id"}.
+One label:    POST /feedback -> _feedback -> Monitor.record_labels: join each label to its prediction
+              by id, add (actual, predicted) to the labelled window.
+One check:    _DriftLoop (a threading.Timer, every --check-interval s) or POST /drift/check ->
+              Monitor.check_drift: copy both windows, score them with drift.DataDriftDetector and
+              drift.ConceptDriftDetector, publish the report on /drift and as Prometheus gauges.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from drift import ConceptDriftDetector, DataDriftDetector
+from metrics import MonitorMetrics
+from model import FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact, parse_positive_number
+from windows import InputWindow, LabelledWindow
+
+log = logging.getLogger("monitor")
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class MonitorConfig:
+    model_path: Path = HERE / "model.joblib"
+    host: str = "127.0.0.1"
+    port: int = 5000
+    check_interval: float = 60.0  # seconds; 0 turns the timer off (checks only on POST /drift/check)
+    window: int = 1000  # served inputs in the data-drift window
+    label_window: int = 500  # labelled predictions in the concept-drift window
+    alpha: float = 0.01  # family-wise false-alarm level of one check
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_rows: int = 10_000  # rows in one /predict or /feedback list
+    max_tracked_predictions: int = 200_000  # predictions kept in memory to join late labels
+    socket_timeout: float = 15.0  # idle keep-alive and slow clients are dropped after this
+    verify_hash: bool = True
+    access_log: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# The monitor: model, windows, detectors, metrics. No HTTP in here.
+
+
+class Monitor:
+    def __init__(self, config: MonitorConfig, artifact: dict, registry: CollectorRegistry | None = None):
+        self.config = config
+        self.info = artifact["info"]
+        self.model_metrics = artifact["metrics"]
+        self.schema = Schema(artifact["schema"])
+        reference = artifact["reference_features"]
+        self.predictor = FastPredictor(artifact["pipeline"], self.schema, check_rows=reference.iloc[:256])
+        self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha)
+        errors = artifact["reference_errors"]
+        self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
+        self.inputs = InputWindow(self.schema, config.window)
+        self.labelled = LabelledWindow(config.label_window)
+        self._predictions = _RecentPredictions(config.max_tracked_predictions)
+
+        tests = {f.name: ("chi2" if f.kind == "categorical" else "ks") for f in self.schema.features}
+        self.metrics = MonitorMetrics(registry, self.schema.names, tests)
+        self.metrics.describe_model(self.info, self.model_metrics)
+        self.metrics.data_drift_alpha.set(config.alpha)
+
+        self._batcher = _Batcher(self._serve_batch)
+        self._check_lock = threading.Lock()
+        self._latest_report: dict | None = None
+        self._loop = _DriftLoop(config.check_interval, self._scheduled_check)
+
+    # lifecycle
+    def start(self) -> None:
+        self._batcher.start()
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+        self._batcher.stop()
+
+    # serving
+    def predict(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
+        """Predict validated rows; returns (predictions, ids). Blocks until recorded."""
+        return self._batcher.submit(rows)
+
+    def _serve_batch(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
+        predictions = self.predictor.predict(rows)
+        ids = [uuid.uuid4().hex for _ in rows]
+        self._predictions.add(ids, predictions)
+        self.inputs.extend(rows)
+        self.metrics.predictions.inc(len(rows))
+        for value in predictions:
+            self.metrics.predicted_price.observe(value)
+        return predictions, ids
+
+    def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
+        """Join (id, actual) labels to their predictions; returns (accepted, unknown ids)."""
+        known, unknown = self._predictions.join(labels)
+        self.labelled.extend([(actual, predicted) for actual, predicted in known])
+        self.metrics.labels_received.inc(len(known))
+        if unknown:
+            self.metrics.labels_unknown.inc(len(unknown))
+        return len(known), unknown
+
+    # drift
+    def check_drift(self) -> dict:
+        """Score both windows now, publish the report, and return it."""
+        with self._check_lock:
+            started = time.perf_counter()
+            self.metrics.checks.inc()
+            try:
+                report = self._score_windows()
+            except Exception:
+                self.metrics.check_failures.inc()
+                raise
+            duration = time.perf_counter() - started
+            report["duration_seconds"] = round(duration, 6)
+            self.metrics.check_duration.observe(duration)
+            self.metrics.record_drift(report["data_drift"], report["concept_drift"])
+            self.metrics.last_check.set(time.time())
+            self._latest_report = report
+            return report
+
+    def _score_windows(self) -> dict:
+        window = self.inputs.snapshot()  # copies, so serving goes on while we compute
+        actual, predicted = self.labelled.snapshot()
+        data = self.data_detector.score(window).to_dict()
+        concept = self.concept_detector.score(actual, predicted).to_dict()
+        return {
+            "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model_version": self.info["model_version"],
+            "data_drift": data,
+            "concept_drift": concept,
+        }
+
+    def _scheduled_check(self) -> None:
+        report = self.check_drift()
+        data, concept = report["data_drift"], report["concept_drift"]
+        if data["detected"]:
+            drifted = [n for n, f in data["features"].items() if f["detected"]]
+            log.warning("data drift detected in %s (score %.3f, window %d)", ", ".join(drifted),
+                        data["score"], data["window_size"])
+        if concept["detected"]:
+            log.warning("concept drift detected: MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)",
+                        100 * concept["score"], concept.get("bias_pct") or 0.0, concept["labelled_size"])
+
+    @property
+    def latest_report(self) -> dict | None:
+        return self._latest_report
+
+
+class _RecentPredictions:
+    """Predictions by id, the newest `capacity` of them, so that late labels can be joined."""
+
+    def __init__(self, capacity: int):
+        self._capacity = capacity
+        self._by_id: dict[str, float] = {}  # dicts keep insertion order: the first key is the oldest
+        self._lock = threading.Lock()
+
+    def add(self, ids: list[str], predictions: np.ndarray) -> None:
+        with self._lock:
+            self._by_id.update(zip(ids, predictions.tolist()))
+            excess = len(self._by_id) - self._capacity
+            if excess > 0:
+                for stale in list(self._by_id)[:excess]:
+                    del self._by_id[stale]
+
+    def join(self, labels: list[tuple[str, float]]) -> tuple[list[tuple[float, float]], list[str]]:
+        with self._lock:
+            found = [(self._by_id.get(label_id), label_id, actual) for label_id, actual in labels]
+        known = [(actual, predicted) for predicted, _, actual in found if predicted is not None]
+        unknown = [label_id for predicted, label_id, _ in found if predicted is None]
+        return known, unknown
+
+
+class _Batcher:
+    """Adaptive micro-batching: requests that arrive while the model is busy share its next call.
+
+    There is no waiting for a batch to fill: the worker takes everything queued the moment it is free,
+    so a lone request is served at once and batches grow only under load (as BentoML and Triton do).
+    """
+
+    def __init__(self, serve: Callable[[list[tuple]], tuple[np.ndarray, list[str]]], max_rows: int = 4096):
+        self._serve = serve
+        self._max_rows = max_rows
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="predict-batcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def submit(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
+        job = _Job(rows)
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.predictions, job.ids
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs, n_rows = [job], len(job.rows)
+            while n_rows < self._max_rows:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)  # finish this batch, then stop
+                    break
+                jobs.append(job)
+                n_rows += len(job.rows)
+            self._serve_jobs(jobs)
+
+    def _serve_jobs(self, jobs: list["_Job"]) -> None:
+        try:
+            rows = jobs[0].rows if len(jobs) == 1 else [row for job in jobs for row in job.rows]
+            predictions, ids = self._serve(rows)
+            start = 0
+            for job in jobs:
+                end = start + len(job.rows)
+                job.predictions, job.ids = predictions[start:end], ids[start:end]
+                start = end
+        except Exception as exc:  # handed to every waiting request; the worker lives on
+            log.exception("prediction batch failed")
+            for job in jobs:
+                job.error = exc
+        finally:
+            for job in jobs:
+                job.done.set()
+
+
+@dataclass
+class _Job:
+    rows: list[tuple]
+    done: threading.Event = field(default_factory=threading.Event)
+    predictions: np.ndarray | None = None
+    ids: list[str] | None = None
+    error: Exception | None = None
+
+
+class _DriftLoop:
+    """Runs `check` every `interval` seconds on threading.Timer, on a fixed cadence: a slow check
+    does not push later ones back, and a check that raises is logged and the schedule goes on."""
+
+    def __init__(self, interval: float, check: Callable[[], None]):
+        self.interval = interval
+        self._check = check
+        self._timer: threading.Timer | None = None
+        self._next_due = 0.0
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self.interval <= 0:
+            return
+        self._next_due = time.monotonic() + self.interval
+        self._arm()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            if self._timer is not None:
+                self._timer.cancel()
+
+    def _arm(self) -> None:
+        with self._lock:
+            if self._stopped.is_set():
+                return
+            self._timer = threading.Timer(max(0.0, self._next_due - time.monotonic()), self._fire)
+            self._timer.daemon = True
+            self._timer.name = "drift-check"
+            self._timer.start()
+
+    def _fire(self) -> None:
+        try:
+            self._check()
+        except Exception:
+            log.exception("drift check failed; the next one runs on schedule")
+        finally:
+            now = time.monotonic()
+            self._next_due += self.interval
+            if self._next_due <= now:  # a check overran whole periods: skip them rather than burst
+                self._next_due = now + self.interval
+            self._arm()
+
+
+# --------------------------------------------------------------------------------------------------
+# HTTP: each route is a function (monitor, request body) -> (status, payload).
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, reason: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.reason, self.message, self.headers = status, reason, message, headers or {}
+
+
+def _predict(monitor: Monitor, body) -> tuple[int, dict]:
+    single = isinstance(body, dict)
+    items = [body] if single else _as_list(body, monitor.config.max_rows, "rows to predict")
+    try:
+        rows = [monitor.schema.parse_row(item, "" if single else f"[{i}].") for i, item in enumerate(items)]
+    except InvalidInput as exc:
+        raise _HttpError(400, exc.reason, exc.message) from None
+    predictions, ids = monitor.predict(rows)
+    monitor.metrics.prediction_requests.inc()
+    if single:
+        return 200, {"prediction": float(predictions[0]), "id": ids[0],
+                     "model_version": monitor.info["model_version"]}
+    return 200, {"predictions": predictions.tolist(), "ids": ids, "model_version": monitor.info["model_version"]}
+
+
+def _feedback(monitor: Monitor, body) -> tuple[int, dict]:
+    items = [body] if isinstance(body, dict) else _as_list(body, monitor.config.max_rows, "labels")
+    labels = []
+    for i, item in enumerate(items):
+        where = "" if isinstance(body, dict) else f"[{i}]."
+        if not isinstance(item, dict):
+            raise _HttpError(400, "not_an_object", f"{where or 'body'}: expected an object "
+                                                   '{"id": "<prediction id>", "actual": <price>}')
+        extra = [k for k in item if k not in ("id", "actual")]
+        if extra:
+            raise _HttpError(400, "unknown_field", f"{where}{extra[0]!r}: unknown field; accepted fields: id, actual")
+        label_id = item.get("id")
+        if not isinstance(label_id, str) or not label_id:
+            raise _HttpError(400, "missing_field" if label_id is None else "wrong_type",
+                             f"{where}id: expected the prediction id string that /predict returned")
+        if "actual" not in item:
+            raise _HttpError(400, "missing_field", f"{where}actual: missing; the true price in dollars")
+        try:
+            actual = parse_positive_number(f"{where}actual", item["actual"])
+        except InvalidInput as exc:
+            raise _HttpError(400, exc.reason, exc.message) from None
+        labels.append((label_id, actual))
+    accepted, unknown = monitor.record_labels(labels)
+    return 200, {"accepted": accepted, "unknown": unknown}
+
+
+def _as_list(body, max_items: int, what: str) -> list:
+    if not isinstance(body, list):
+        raise _HttpError(400, "wrong_type", f"body: expected a JSON object or a list of objects, got "
+                                            f"{type(body).__name__ if body is not None else 'null'}")
+    if not body:
+        raise _HttpError(400, "empty_list", f"body: the list of {what} is empty")
+    if len(body) > max_items:
+        raise _HttpError(413, "too_many_rows", f"body: {len(body)} {what}; at most {max_items} per request")
+    return body
+
+
+def _get_drift(monitor: Monitor, _body) -> tuple[int, dict]:
+    report = monitor.latest_report
+    if report is None:
+        return 200, {"checked_at": None, "message": "no drift check has run yet; POST /drift/check runs one now",
+                     "next_check_in_seconds": monitor.config.check_interval or None}
+    return 200, report
+
+
+def _run_drift_check(monitor: Monitor, _body) -> tuple[int, dict]:
+    try:
+        return 200, monitor.check_drift()
+    except Exception as exc:
+        log.exception("drift check on request failed")
+        return 500, {"error": f"drift check failed: {type(exc).__name__}: {exc}"}
+
+
+def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
+    return 200, {"status": "ok", "model_version": monitor.info["model_version"],
+                 "windows": {"inputs": len(monitor.inputs), "labelled": len(monitor.labelled)}}
+
+
+def _index(monitor: Monitor, _body) -> tuple[int, dict]:
+    return 200, {"service": "diamond-price model monitor", "model_version": monitor.info["model_version"],
+                 "endpoints": {path: sorted(methods) for path, methods in ROUTES.items()}}
+
+
+# path -> method -> (handler, reads a JSON body)
+ROUTES: dict[str, dict[str, tuple[Callable, bool]]] = {
+    "/": {"GET": (_index, False)},
+    "/predict": {"POST": (_predict, True)},
+    "/feedback": {"POST": (_feedback, True)},
+    "/drift": {"GET": (_get_drift, False)},
+    "/drift/check": {"POST": (_run_drift_check, False)},
+    "/healthz": {"GET": (_healthz, False)},
+    "/metrics": {"GET": (None, False)},  # answered by the handler: it is not JSON
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: load balancers and clients reuse connections
+    server_version = "diamond-monitor/1"
+    monitor: Monitor  # set on the subclass that MonitorServer builds
+
+    def setup(self) -> None:
+        self.timeout = self.monitor.config.socket_timeout
+        super().setup()
+        # BaseHTTPRequestHandler sends headers and body separately; with Nagle's algorithm on, the
+        # body waits for the client's delayed ACK (~40 ms a response).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def _dispatch(self, method: str) -> None:
+        started = time.perf_counter()
+        path = self.path.split("?", 1)[0]
+        endpoint = path if path in ROUTES else "other"
+        try:
+            methods = ROUTES.get(path)
+            if methods is None:
+                raise _HttpError(404, "not_found", f"no endpoint {path[:100]!r}; endpoints: {', '.join(ROUTES)}")
+            if method not in methods:
+                allowed = ", ".join(sorted(methods))
+                raise _HttpError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {allowed}",
+                                 {"Allow": allowed})
+            handler, reads_body = methods[method]
+            if handler is None:
+                self._send_metrics()
+                return
+            body = self._read_json() if reads_body else self._discard_body()
+            status, payload = handler(self.monitor, body)
+        except _HttpError as exc:
+            self.monitor.metrics.invalid_requests.labels(endpoint, exc.reason).inc()
+            self._send_json(exc.status, {"error": exc.message}, exc.headers)
+            return
+        self._send_json(status, payload)
+        if path == "/predict":
+            self.monitor.metrics.prediction_latency.observe(time.perf_counter() - started)
+
+    def _content_length(self) -> int:
+        raw = self.headers.get("Content-Length")
+        if raw is None:
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+                raise _HttpError(411, "length_required", "chunked bodies are not accepted; send Content-Length")
+            return 0
+        try:
+            length = int(raw)
+            if length < 0:
+                raise ValueError
+        except ValueError:
+            self.close_connection = True
+            raise _HttpError(400, "bad_content_length", f"Content-Length {raw[:20]!r} is not a byte count") from None
+        return length
+
+    def _read_json(self):
+        length = self._content_length()
+        if length > self.monitor.config.max_body_bytes:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            raise _HttpError(413, "too_large", f"body of {length} bytes; at most "
+                                               f"{self.monitor.config.max_body_bytes} bytes per request")
+        content_type = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
+        if content_type not in ("application/json", "") and not content_type.endswith("+json"):
+            self.close_connection = True
+            self._drain(length)
+            raise _HttpError(415, "wrong_content_type", f"Content-Type {content_type!r}; send application/json "
+                                                          "(with curl: -H 'Content-Type: application/json')")
+        if length == 0:
+            raise _HttpError(400, "empty_body", "empty body; send a JSON object such as "
+                                                '{"carat": 0.5, "cut": "Ideal", ...}')
+        try:
+            raw = self.rfile.read(length)
+        except (TimeoutError, socket.timeout):
+            self.close_connection = True
+            raise _HttpError(408, "body_timeout", "the body did not arrive in time") from None
+        if len(raw) < length:
+            self.close_connection = True
+            raise _HttpError(400, "short_body", f"body ended after {len(raw)} of {length} bytes")
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers JSONDecodeError and undecodable UTF-8; RecursionError deep nesting.
+            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise _HttpError(400, "invalid_json", f"body is not valid JSON ({detail})") from None
+
+    def _discard_body(self):
+        length = self._content_length()
+        if length > self.monitor.config.max_body_bytes:
+            self.close_connection = True
+            raise _HttpError(413, "too_large", f"body of {length} bytes is not expected here")
+        self._drain(length)
+        return None
+
+    def _drain(self, length: int) -> None:
+        if length and not self.close_connection:
+            self.rfile.read(length)
+
+    def _send_metrics(self) -> None:
+        self._send(200, generate_latest(self.monitor.metrics.registry), CONTENT_TYPE_LATEST)
+
+    def _send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        body = json.dumps(payload, allow_nan=False, default=_json_default).encode()
+        self._send(status, body, "application/json", headers)
+
+    def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """Errors raised by http.server itself (malformed request line, headers too long...) as JSON."""
+        self.close_connection = True
+        reason = {414: "uri_too_long", 431: "headers_too_large", 501: "method_not_allowed"}.get(code, "bad_request")
+        if code == 501:  # an HTTP method we do not speak at all
+            code = 405
+        try:
+            self.monitor.metrics.invalid_requests.labels("other", reason).inc()
+            if not hasattr(self, "command") or self.command is None:
+                self.command = "GET"
+            self._send_json(code, {"error": message or HTTPStatus(code).phrase})
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args) -> None:
+        if self.monitor.config.access_log:
+            log.info("%s %s", self.address_string(), format % args)
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+class MonitorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # socketserver's default listen backlog of 5 resets bursts of clients
+
+    def __init__(self, monitor: Monitor):
+        handler = type("Handler", (_Handler,), {"monitor": monitor})
+        super().__init__((monitor.config.host, monitor.config.port), handler)
+        self.monitor = monitor
+
+
+@dataclass
+class MonitorHandle:
+    """A running monitor: its URL, and stop()."""
+    monitor: Monitor
+    server: MonitorServer
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+        self.monitor.stop()
+
+
+def start_monitor(config: MonitorConfig, artifact: dict | None = None,
+                  registry: CollectorRegistry | None = None) -> MonitorHandle:
+    """Load the model (training one if there is none), start serving in a background thread."""
+    if artifact is None:
+        artifact = load_or_train(config)
+    monitor = Monitor(config, artifact, registry)
+    monitor.start()
+    server = MonitorServer(monitor)
+    thread = threading.Thread(target=server.serve_forever, name="http-server", daemon=True)
+    thread.start()
+    return MonitorHandle(monitor, server, thread)
+
+
+def load_or_train(config: MonitorConfig) -> dict:
+    path = Path(config.model_path)
+    if not path.exists():
+        log.warning("no model at %s: training one now (about 10 s)", path)
+        import train  # deferred: seaborn and the training code are not needed to serve
+
+        train.save_artifact(train.train(), path)
+        log.info("trained and saved %s", path)
+    return load_artifact(path, verify_hash=config.verify_hash)
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _env(name: str, default, cast=str):
+    value = os.environ.get(name)
+    return default if value in (None, "") else cast(value)
+
+
+def _parse_args(argv=None) -> MonitorConfig:
+    d = MonitorConfig()
+    parser = argparse.ArgumentParser(
+        description="Serve the diamond-price model with drift monitoring and Prometheus metrics.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default=_env("MONITOR_HOST", d.host),
+                        help="address to listen on; 0.0.0.0 for all interfaces (env MONITOR_HOST)")
+    parser.add_argument("--port", type=int, default=_env("MONITOR_PORT", d.port, int), help="env MONITOR_PORT")
+    parser.add_argument("--model", type=Path, default=_env("MONITOR_MODEL", d.model_path, Path),
+                        help="model artifact written by train.py; trained here if missing (env MONITOR_MODEL)")
+    parser.add_argument("--check-interval", type=float,
+                        default=_env("MONITOR_CHECK_INTERVAL", d.check_interval, float),
+                        help="seconds between drift checks; 0 for on-demand only (env MONITOR_CHECK_INTERVAL)")
+    parser.add_argument("--window", type=int, default=_env("MONITOR_WINDOW", d.window, int),
+                        help="recent inputs compared with the training data (env MONITOR_WINDOW)")
+    parser.add_argument("--label-window", type=int, default=_env("MONITOR_LABEL_WINDOW", d.label_window, int),
+                        help="recent labelled predictions compared with held-out errors (env MONITOR_LABEL_WINDOW)")
+    parser.add_argument("--alpha", type=float, default=_env("MONITOR_ALPHA", d.alpha, float),
+                        help="false-alarm probability of one drift check (env MONITOR_ALPHA)")
+    parser.add_argument("--max-body-bytes", type=int, default=_env("MONITOR_MAX_BODY_BYTES", d.max_body_bytes, int),
+                        help="larger request bodies get 413 (env MONITOR_MAX_BODY_BYTES)")
+    parser.add_argument("--max-rows", type=int, default=_env("MONITOR_MAX_ROWS", d.max_rows, int),
+                        help="most rows in one /predict or /feedback list (env MONITOR_MAX_ROWS)")
+    parser.add_argument("--no-verify-hash", dest="verify_hash", action="store_false",
+                        help="load a model without its .sha256 file (only a file you trust)")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    parser.add_argument("--log-level", default=_env("MONITOR_LOG_LEVEL", "INFO"), help="env MONITOR_LOG_LEVEL")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return MonitorConfig(model_path=args.model, host=args.host, port=args.port, check_interval=args.check_interval,
+                         window=args.window, label_window=args.label_window, alpha=args.alpha,
+                         max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
+                         verify_hash=args.verify_hash, access_log=args.access_log)
+
+
+def main(argv=None) -> int:
+    config = _parse_args(argv)
+    try:
+        handle = start_monitor(config)
+    except ModelLoadError as exc:
+        log.error("cannot serve: %s", exc)
+        return 2
+    except OSError as exc:
+        log.error("cannot listen on %s:%s: %s", config.host, config.port, exc)
+        return 2
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    log.info("serving model %s on %s (drift checks every %gs, windows %d inputs / %d labels)",
+             handle.monitor.info["model_version"], handle.url, config.check_interval, config.window,
+             config.label_window)
+    stopping.wait()
+    log.info("stopping: finishing in-flight requests")
+    handle.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Small HTTP client and data helpers shared by the test files."""
+from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlsplit
+
+import train
+
+
+def request(url: str, method: str = "GET", path: str = "/", body=None, *, raw: bytes | None = None,
+            headers: dict | None = None, timeout: float = 30.0):
+    """One HTTP request on a fresh connection; returns (status, headers, parsed JSON or text)."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    try:
+        payload = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        all_headers = {"Content-Type": "application/json"} if payload is not None else {}
+        all_headers.update(headers or {})
+        conn.request(method, path, body=payload, headers=all_headers)
+        response = conn.getresponse()
+        data = response.read()
+        content_type = response.getheader("Content-Type", "")
+        parsed = json.loads(data) if content_type.startswith("application/json") else data.decode()
+        return response.status, dict(response.getheaders()), parsed
+    finally:
+        conn.close()
+
+
+def heldout_frame():
+    """The held-out rows (features and price) exactly as train.py splits them."""
+    from sklearn.model_selection import train_test_split
+
+    diamonds = train.load_diamonds()
+    _, X_test, _, y_test = train_test_split(diamonds[train.FEATURES], diamonds[train.TARGET],
+                                            test_size=train.TEST_SIZE, random_state=42)
+    frame = X_test.copy()
+    frame["price"] = y_test
+    return frame.reset_index(drop=True)
+
+
+def as_payload(frame) -> list[dict]:
+    """DataFrame rows -> /predict JSON objects (grades as plain strings)."""
+    rows = frame[train.FEATURES].astype(object).to_dict("records")
+    return [{k: (str(v) if k in train.CATEGORICAL_FEATURES else float(v)) for k, v in row.items()} for row in rows]
+
+
+def metric_value(text: str, name: str, labels: dict | None = None) -> float:
+    """The value of one sample in Prometheus text exposition, or raise KeyError."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                return sample.value
+    raise KeyError(f"{name}{labels or ''} not in the exposition")
