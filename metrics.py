@@ -5,6 +5,7 @@ import datetime as dt
 import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -92,6 +93,10 @@ class MonitorMetrics:
                       self.concept_drift_bias, self.window_mse):
             gauge.set(math.nan)
 
+    def watch_store(self, store) -> None:
+        """Publish the prediction store's health and counters, read from it at each scrape."""
+        self.registry.register(_StoreCollector(store))
+
     def describe_model(self, info: dict, metrics: dict) -> None:
         self.model_info.info({"version": info["model_version"], "trained_at": info["trained_at"],
                               "sklearn_version": info["versions"]["sklearn"]})
@@ -120,3 +125,28 @@ class MonitorMetrics:
 
 def _number(value) -> float:
     return math.nan if value is None else float(value)
+
+
+class _StoreCollector:
+    """Reads the store's own counters at scrape time instead of mirroring them on every write."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def collect(self):
+        stats, counts = self._store.stats(), self._store.counts()
+        yield GaugeMetricFamily("store_healthy", "1 if the last write to the prediction store succeeded",
+                                value=1 if self._store.healthy else 0)
+        yield GaugeMetricFamily("store_pending_records", "Predictions answered but not yet written "
+                                "(kept in memory for retry)", value=stats["pending"])
+        rows = GaugeMetricFamily("store_rows", "Rows in the prediction store", labels=["kind"])
+        rows.add_metric(["predictions"], counts["predictions"])
+        rows.add_metric(["labelled"], counts["labelled"])
+        yield rows
+        yield CounterMetricFamily("store_write_errors", "Failed writes to the prediction store",
+                                  value=stats["write_errors"])
+        yield CounterMetricFamily("store_dropped_records", "Unwritten predictions dropped because the "
+                                  "retry buffer was full", value=stats["dropped"])
+        yield CounterMetricFamily("store_commits", "Group commits to the prediction store",
+                                  value=stats["commits"])
+        yield CounterMetricFamily("store_pruned_rows", "Rows deleted by retention", value=stats["pruned_rows"])

@@ -5,14 +5,16 @@ One request:  POST /predict -> _Handler.do_POST -> _route -> _predict (validate 
               Monitor._serve_batch: predict, record, join the input window -> {"prediction", "id"}.
 One label:    POST /feedback -> _feedback -> Monitor.record_labels: join each label to its prediction
               by id, add (actual, predicted) to the labelled window.
-One check:    _DriftLoop (a threading.Timer, every --check-interval s) or POST /drift/check ->
+One check:    _Every (a threading.Timer, every --check-interval s) or POST /drift/check ->
               Monitor.check_drift: copy both windows, score them with drift.DataDriftDetector and
               drift.ConceptDriftDetector, publish the report on /drift and as Prometheus gauges.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
+import hmac
 import json
 import logging
 import os
@@ -32,9 +34,10 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from drift import ConceptDriftDetector, DataDriftDetector
+from drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
 from metrics import MonitorMetrics
 from model import FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact, parse_positive_number
+from store import PredictionRecord, Store, StoreError
 from windows import InputWindow, LabelledWindow
 
 log = logging.getLogger("monitor")
@@ -50,11 +53,19 @@ class MonitorConfig:
     check_interval: float = 60.0  # seconds; 0 turns the timer off (checks only on POST /drift/check)
     window: int = 1000  # served inputs in the data-drift window
     label_window: int = 500  # labelled predictions in the concept-drift window
-    alpha: float = 0.01  # family-wise false-alarm level of one check
+    alpha: float = DEFAULT_ALPHA  # family-wise false-alarm level of one check
     max_body_bytes: int = 4 * 1024 * 1024
     max_rows: int = 10_000  # rows in one /predict or /feedback list
     max_tracked_predictions: int = 200_000  # predictions kept in memory to join late labels
     socket_timeout: float = 15.0  # idle keep-alive and slow clients are dropped after this
+    max_connections: int = 256  # open connections (one handler thread each); more get a 503
+    drain_seconds: float = 10.0  # at shutdown, how long in-flight requests may take to finish
+    db_path: Path | None = HERE / "monitor.db"  # None: keep nothing across restarts
+    retention_days: float = 30.0
+    max_stored_rows: int = 5_000_000
+    maintenance_interval: float = 5.0  # seconds between retries of unwritten records
+    prune_interval: float = 600.0
+    token: str | None = None  # bearer token required by the write endpoints when set
     verify_hash: bool = True
     access_log: bool = False
 
@@ -77,25 +88,62 @@ class Monitor:
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window)
         self._predictions = _RecentPredictions(config.max_tracked_predictions)
+        self.store = self._open_store(config)
 
         tests = {f.name: ("chi2" if f.kind == "categorical" else "ks") for f in self.schema.features}
         self.metrics = MonitorMetrics(registry, self.schema.names, tests)
         self.metrics.describe_model(self.info, self.model_metrics)
         self.metrics.data_drift_alpha.set(config.alpha)
+        if self.store is not None:
+            self.metrics.watch_store(self.store)
 
         self._batcher = _Batcher(self._serve_batch)
         self._check_lock = threading.Lock()
         self._latest_report: dict | None = None
-        self._loop = _DriftLoop(config.check_interval, self._scheduled_check)
+        self._loops = [_Every(config.check_interval, self._scheduled_check, "drift-check")]
+        if self.store is not None:
+            self._loops += [_Every(config.maintenance_interval, self._retry_unwritten, "store-retry"),
+                            _Every(config.prune_interval, self.store.prune, "store-prune")]
+
+    def _open_store(self, config: MonitorConfig) -> Store | None:
+        """Open the prediction log and refill both windows from it, so that a restart (a deploy,
+        a crash) neither forgets the traffic drift is measured on nor loses late labels' joins."""
+        if config.db_path is None:
+            return None
+        try:
+            store = Store(config.db_path, retention_seconds=config.retention_days * 86400,
+                          max_rows=config.max_stored_rows)
+            self.inputs.extend(store.recent_inputs(config.window))
+            self.labelled.extend(store.recent_labelled(config.label_window))
+        except StoreError as exc:
+            raise ModelLoadError(f"cannot use the prediction store: {exc}") from exc
+        counts = store.counts()
+        log.info("prediction store %s: %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
+                 config.db_path, counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
+        return store
 
     # lifecycle
     def start(self) -> None:
         self._batcher.start()
-        self._loop.start()
+        for loop in self._loops:
+            loop.start()
 
     def stop(self) -> None:
-        self._loop.stop()
+        """Stop the loops, answer what is queued, write what is buffered, close the store."""
+        for loop in self._loops:
+            loop.stop()
         self._batcher.stop()
+        if self.store is not None:
+            self.store.close()
+
+    def _retry_unwritten(self) -> None:
+        # A database that failed and recovered gets its buffered rows even if no traffic comes.
+        pending = self.store.stats()["pending"]
+        if pending or not self.store.healthy:
+            try:
+                self.store.flush()
+            except StoreError as exc:
+                log.warning("prediction store still failing, %d predictions kept for retry: %s", pending, exc)
 
     # serving
     def predict(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
@@ -105,7 +153,17 @@ class Monitor:
     def _serve_batch(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
         predictions = self.predictor.predict(rows)
         ids = [uuid.uuid4().hex for _ in rows]
-        self._predictions.add(ids, predictions)
+        if self.store is None:
+            self._predictions.add(ids, predictions)
+        else:
+            now, version = time.time(), self.info["model_version"]
+            records = [PredictionRecord(i, now, row, p, version) for i, row, p in zip(ids, rows, predictions.tolist())]
+            try:
+                self.store.add_predictions(records)  # one transaction for the whole micro-batch
+            except StoreError as exc:
+                # The store keeps these rows and writes them when it can; the client still gets
+                # its answer. /healthz and store_healthy show the failure.
+                log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
         self.inputs.extend(rows)
         self.metrics.predictions.inc(len(rows))
         for value in predictions:
@@ -113,8 +171,14 @@ class Monitor:
         return predictions, ids
 
     def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
-        """Join (id, actual) labels to their predictions; returns (accepted, unknown ids)."""
-        known, unknown = self._predictions.join(labels)
+        """Join (id, actual) labels to their predictions; returns (accepted, unknown ids).
+        Raises StoreError if they could not be recorded: nothing is acknowledged then."""
+        if self.store is None:
+            known, unknown = self._predictions.join(labels)
+        else:
+            now = time.time()
+            joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
+            known = [(actual, predicted) for _, actual, predicted, _ in joined]
         self.labelled.extend([(actual, predicted) for actual, predicted in known])
         self.metrics.labels_received.inc(len(known))
         if unknown:
@@ -169,7 +233,8 @@ class Monitor:
 
 
 class _RecentPredictions:
-    """Predictions by id, the newest `capacity` of them, so that late labels can be joined."""
+    """Predictions by id, the newest `capacity` of them, so that late labels can be joined when
+    there is no store (--db '')."""
 
     def __init__(self, capacity: int):
         self._capacity = capacity
@@ -268,13 +333,14 @@ class _Job:
     error: Exception | None = None
 
 
-class _DriftLoop:
-    """Runs `check` every `interval` seconds on threading.Timer, on a fixed cadence: a slow check
-    does not push later ones back, and a check that raises is logged and the schedule goes on."""
+class _Every:
+    """Runs `task` every `interval` seconds on threading.Timer, on a fixed cadence: a slow run does
+    not push later ones back, and a run that raises is logged and the schedule goes on."""
 
-    def __init__(self, interval: float, check: Callable[[], None]):
+    def __init__(self, interval: float, task: Callable[[], object], name: str):
         self.interval = interval
-        self._check = check
+        self.name = name
+        self._task = task
         self._timer: threading.Timer | None = None
         self._next_due = 0.0
         self._stopped = threading.Event()
@@ -298,14 +364,14 @@ class _DriftLoop:
                 return
             self._timer = threading.Timer(max(0.0, self._next_due - time.monotonic()), self._fire)
             self._timer.daemon = True
-            self._timer.name = "drift-check"
+            self._timer.name = self.name
             self._timer.start()
 
     def _fire(self) -> None:
         try:
-            self._check()
+            self._task()
         except Exception:
-            log.exception("drift check failed; the next one runs on schedule")
+            log.exception("%s failed; the next run is on schedule", self.name)
         finally:
             now = time.monotonic()
             self._next_due += self.interval
@@ -361,7 +427,12 @@ def _feedback(monitor: Monitor, body) -> tuple[int, dict]:
         except InvalidInput as exc:
             raise _HttpError(400, exc.reason, exc.message) from None
         labels.append((label_id, actual))
-    accepted, unknown = monitor.record_labels(labels)
+    try:
+        accepted, unknown = monitor.record_labels(labels)
+    except StoreError as exc:
+        log.error("labels refused, not recorded: %s", exc)
+        raise _HttpError(503, "store_unavailable", "the labels could not be recorded; nothing was "
+                                                   "accepted, send them again later", {"Retry-After": "5"}) from None
     return 200, {"accepted": accepted, "unknown": unknown}
 
 
@@ -393,8 +464,17 @@ def _run_drift_check(monitor: Monitor, _body) -> tuple[int, dict]:
 
 
 def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
-    return 200, {"status": "ok", "model_version": monitor.info["model_version"],
-                 "windows": {"inputs": len(monitor.inputs), "labelled": len(monitor.labelled)}}
+    """200 while predictions can be served; "degraded" when the store cannot be written (predictions
+    still answer and are kept for retry, so restarting the process would not help)."""
+    health = {"status": "ok", "model_version": monitor.info["model_version"],
+              "windows": {"inputs": len(monitor.inputs), "labelled": len(monitor.labelled)}}
+    store = monitor.store
+    if store is not None:
+        health["store"] = {"path": str(store.path), "healthy": store.healthy, "error": store.last_error,
+                           "pending": store.stats()["pending"], **store.counts()}
+        if not store.healthy:
+            health["status"] = "degraded"
+    return 200, health
 
 
 def _index(monitor: Monitor, _body) -> tuple[int, dict]:
@@ -402,15 +482,21 @@ def _index(monitor: Monitor, _body) -> tuple[int, dict]:
                  "endpoints": {path: sorted(methods) for path, methods in ROUTES.items()}}
 
 
-# path -> method -> (handler, reads a JSON body)
-ROUTES: dict[str, dict[str, tuple[Callable, bool]]] = {
-    "/": {"GET": (_index, False)},
-    "/predict": {"POST": (_predict, True)},
-    "/feedback": {"POST": (_feedback, True)},
-    "/drift": {"GET": (_get_drift, False)},
-    "/drift/check": {"POST": (_run_drift_check, False)},
-    "/healthz": {"GET": (_healthz, False)},
-    "/metrics": {"GET": (None, False)},  # answered by the handler: it is not JSON
+@dataclass(frozen=True)
+class _Route:
+    handler: Callable | None  # None: /metrics, answered by the handler itself (it is not JSON)
+    reads_json: bool = False
+    needs_token: bool = False  # write endpoints, when a token is configured
+
+
+ROUTES: dict[str, dict[str, _Route]] = {
+    "/": {"GET": _Route(_index)},
+    "/predict": {"POST": _Route(_predict, reads_json=True)},
+    "/feedback": {"POST": _Route(_feedback, reads_json=True, needs_token=True)},
+    "/drift": {"GET": _Route(_get_drift)},
+    "/drift/check": {"POST": _Route(_run_drift_check, needs_token=True)},
+    "/healthz": {"GET": _Route(_healthz)},
+    "/metrics": {"GET": _Route(None)},
 }
 
 
@@ -448,27 +534,44 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         path = self.path.split("?", 1)[0]
         endpoint = path if path in ROUTES else "other"
-        try:
-            methods = ROUTES.get(path)
-            if methods is None:
-                raise _HttpError(404, "not_found", f"no endpoint {path[:100]!r}; endpoints: {', '.join(ROUTES)}")
-            if method not in methods:
-                allowed = ", ".join(sorted(methods))
-                raise _HttpError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {allowed}",
-                                 {"Allow": allowed})
-            handler, reads_body = methods[method]
-            if handler is None:
-                self._send_metrics()
+        with self.server.in_flight():
+            if self.server.draining:
+                self.close_connection = True  # shutting down: answer this one, take no more
+            try:
+                route = self._route(method, path)
+                if route.handler is None:
+                    self._discard_body()
+                    self._send(200, generate_latest(self.monitor.metrics.registry), CONTENT_TYPE_LATEST)
+                    return
+                body = self._read_json() if route.reads_json else self._discard_body()
+                status, payload = route.handler(self.monitor, body)
+            except _HttpError as exc:
+                self.monitor.metrics.invalid_requests.labels(endpoint, exc.reason).inc()
+                self._send_json(exc.status, {"error": exc.message}, exc.headers)
                 return
-            body = self._read_json() if reads_body else self._discard_body()
-            status, payload = handler(self.monitor, body)
-        except _HttpError as exc:
-            self.monitor.metrics.invalid_requests.labels(endpoint, exc.reason).inc()
-            self._send_json(exc.status, {"error": exc.message}, exc.headers)
-            return
-        self._send_json(status, payload)
+            self._send_json(status, payload)
         if path == "/predict":
             self.monitor.metrics.prediction_latency.observe(time.perf_counter() - started)
+
+    def _route(self, method: str, path: str) -> _Route:
+        methods = ROUTES.get(path)
+        if methods is None:
+            raise _HttpError(404, "not_found", f"no endpoint {path[:100]!r}; endpoints: {', '.join(ROUTES)}")
+        if method not in methods:
+            allowed = ", ".join(sorted(methods))
+            self._discard_body()
+            raise _HttpError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {allowed}",
+                             {"Allow": allowed})
+        route = methods[method]
+        token = self.monitor.config.token
+        if route.needs_token and token:
+            given = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                self._discard_body()
+                raise _HttpError(401, "unauthorized", f"{path} needs the header 'Authorization: Bearer <token>' "
+                                                      "(the MONITOR_TOKEN the monitor was started with)",
+                                 {"WWW-Authenticate": "Bearer"})
+        return route
 
     def _content_length(self) -> int:
         raw = self.headers.get("Content-Length")
@@ -528,9 +631,6 @@ class _Handler(BaseHTTPRequestHandler):
         if length and not self.close_connection:
             self.rfile.read(length)
 
-    def _send_metrics(self) -> None:
-        self._send(200, generate_latest(self.monitor.metrics.registry), CONTENT_TYPE_LATEST)
-
     def _send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
         body = json.dumps(payload, allow_nan=False, default=_json_default).encode()
         self._send(status, body, "application/json", headers)
@@ -543,9 +643,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except OSError:  # the client went away; nothing to tell it
+            self.close_connection = True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors raised by http.server itself (malformed request line, headers too long...) as JSON."""
@@ -555,8 +658,12 @@ class _Handler(BaseHTTPRequestHandler):
             code = 405
         try:
             self.monitor.metrics.invalid_requests.labels("other", reason).inc()
-            if not hasattr(self, "command") or self.command is None:
+            if not getattr(self, "command", None):
                 self.command = "GET"
+            # A request line http.server could not parse leaves it assuming HTTP/0.9, which has no
+            # status line or headers; answer in HTTP/1.0 so that the client sees a status.
+            if getattr(self, "request_version", "HTTP/0.9") == "HTTP/0.9":
+                self.request_version = "HTTP/1.0"
             self._send_json(code, {"error": message or HTTPStatus(code).phrase})
         except OSError:
             pass
@@ -574,14 +681,77 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+_TOO_MANY_CONNECTIONS = json.dumps({"error": "too many open connections; retry shortly"}).encode()
+
+
 class MonitorServer(ThreadingHTTPServer):
-    daemon_threads = True
+    """A thread per connection, at most `max_connections` of them: past that a new connection gets
+    a 503 at once instead of a thread, so idle or slow clients cannot exhaust the process. Counts
+    requests in flight so that shutdown can let them finish."""
+
+    daemon_threads = True  # idle keep-alive connections must not hold the process at exit
     request_queue_size = 1024  # socketserver's default listen backlog of 5 resets bursts of clients
 
     def __init__(self, monitor: Monitor):
         handler = type("Handler", (_Handler,), {"monitor": monitor})
-        super().__init__((monitor.config.host, monitor.config.port), handler)
         self.monitor = monitor
+        self.draining = False
+        self._slots = threading.BoundedSemaphore(monitor.config.max_connections)
+        self._in_flight = 0
+        self._idle = threading.Condition()
+        super().__init__((monitor.config.host, monitor.config.port), handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.monitor.metrics.invalid_requests.labels("other", "too_many_connections").inc()
+            try:
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                                % (len(_TOO_MANY_CONNECTIONS), _TOO_MANY_CONNECTIONS))
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request, client_address) -> None:
+        """socketserver prints a traceback to stderr for anything a handler raises; a client that
+        vanished mid-request is routine, anything else is a bug worth a logged traceback."""
+        if isinstance(sys.exc_info()[1], OSError):
+            log.debug("connection from %s ended early", client_address[0])
+        else:
+            log.exception("unexpected error handling a request from %s", client_address[0])
+
+    @contextlib.contextmanager
+    def in_flight(self):
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Stop accepting, then wait until no request is being handled; True if none was left."""
+        self.draining = True
+        self.shutdown()  # serve_forever returns: no new connections are accepted
+        self.socket.close()  # refuse rather than queue connections nobody will accept
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
 
 @dataclass
@@ -596,11 +766,13 @@ class MonitorHandle:
         host, port = self.server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def stop(self) -> bool:
+        """Graceful: stop accepting, let requests in flight finish, then flush and close the store.
+        Returns False if some request was still running after the drain period."""
+        drained = self.server.drain(self.monitor.config.drain_seconds)
         self.thread.join(timeout=10)
         self.monitor.stop()
+        return drained
 
 
 def start_monitor(config: MonitorConfig, artifact: dict | None = None,
@@ -611,7 +783,8 @@ def start_monitor(config: MonitorConfig, artifact: dict | None = None,
     monitor = Monitor(config, artifact, registry)
     monitor.start()
     server = MonitorServer(monitor)
-    thread = threading.Thread(target=server.serve_forever, name="http-server", daemon=True)
+    # A short poll interval makes shutdown prompt (serve_forever checks for it between polls).
+    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="http-server", daemon=True)
     thread.start()
     return MonitorHandle(monitor, server, thread)
 
@@ -636,7 +809,7 @@ def _env(name: str, default, cast=str):
     return default if value in (None, "") else cast(value)
 
 
-def _parse_args(argv=None) -> MonitorConfig:
+def _parse_args(argv=None) -> tuple[MonitorConfig, Path | None]:
     d = MonitorConfig()
     parser = argparse.ArgumentParser(
         description="Serve the diamond-price model with drift monitoring and Prometheus metrics.",
@@ -660,20 +833,57 @@ def _parse_args(argv=None) -> MonitorConfig:
                         help="larger request bodies get 413 (env MONITOR_MAX_BODY_BYTES)")
     parser.add_argument("--max-rows", type=int, default=_env("MONITOR_MAX_ROWS", d.max_rows, int),
                         help="most rows in one /predict or /feedback list (env MONITOR_MAX_ROWS)")
+    parser.add_argument("--max-connections", type=int, default=_env("MONITOR_MAX_CONNECTIONS", d.max_connections, int),
+                        help="open connections served at once; more get 503 (env MONITOR_MAX_CONNECTIONS)")
+    parser.add_argument("--db", default=_env("MONITOR_DB", str(d.db_path)),
+                        help="SQLite file recording every prediction and label; '' keeps nothing (env MONITOR_DB)")
+    parser.add_argument("--retention-days", type=float, default=_env("MONITOR_RETENTION_DAYS", d.retention_days, float),
+                        help="records older than this are pruned (env MONITOR_RETENTION_DAYS)")
+    parser.add_argument("--max-stored-rows", type=int, default=_env("MONITOR_MAX_STORED_ROWS", d.max_stored_rows, int),
+                        help="the oldest records beyond this count are pruned (env MONITOR_MAX_STORED_ROWS)")
+    parser.add_argument("--token", default=None,
+                        help="bearer token required on /feedback and /drift/check (env MONITOR_TOKEN; "
+                             "unset: they are open)")
+    parser.add_argument("--export-labelled", type=Path, metavar="FILE",
+                        help="write the labelled records of --db to FILE (.csv, or .parquet with pyarrow) and exit")
     parser.add_argument("--no-verify-hash", dest="verify_hash", action="store_false",
                         help="load a model without its .sha256 file (only a file you trust)")
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("--log-level", default=_env("MONITOR_LOG_LEVEL", "INFO"), help="env MONITOR_LOG_LEVEL")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return MonitorConfig(model_path=args.model, host=args.host, port=args.port, check_interval=args.check_interval,
-                         window=args.window, label_window=args.label_window, alpha=args.alpha,
-                         max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
-                         verify_hash=args.verify_hash, access_log=args.access_log)
+    config = MonitorConfig(model_path=args.model, host=args.host, port=args.port, check_interval=args.check_interval,
+                           window=args.window, label_window=args.label_window, alpha=args.alpha,
+                           max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
+                           max_connections=args.max_connections, db_path=Path(args.db) if args.db else None,
+                           retention_days=args.retention_days, max_stored_rows=args.max_stored_rows,
+                           token=args.token or os.environ.get("MONITOR_TOKEN") or None,
+                           verify_hash=args.verify_hash, access_log=args.access_log)
+    return config, args.export_labelled
+
+
+def _export_labelled(config: MonitorConfig, target: Path) -> int:
+    if config.db_path is None or not config.db_path.exists():
+        log.error("no prediction store at %s to export from", config.db_path)
+        return 2
+    fmt = "parquet" if target.suffix.lower() == ".parquet" else "csv"
+    try:
+        store = Store(config.db_path)
+        try:
+            rows = store.export_labelled(target, fmt)
+        finally:
+            store.close()
+    except (StoreError, ImportError, OSError) as exc:
+        log.error("export failed: %s", exc)
+        return 2
+    print(f"wrote {rows} labelled predictions to {target}")
+    return 0
 
 
 def main(argv=None) -> int:
-    config = _parse_args(argv)
+    config, export_target = _parse_args(argv)
+    if export_target is not None:
+        return _export_labelled(config, export_target)
     try:
         handle = start_monitor(config)
     except ModelLoadError as exc:
@@ -689,8 +899,10 @@ def main(argv=None) -> int:
              handle.monitor.info["model_version"], handle.url, config.check_interval, config.window,
              config.label_window)
     stopping.wait()
-    log.info("stopping: finishing in-flight requests")
-    handle.stop()
+    log.info("stopping: finishing requests in flight, writing what is buffered")
+    if not handle.stop():
+        log.warning("some requests were still running after %gs; they were cut off", config.drain_seconds)
+    log.info("stopped")
     return 0
 
 

@@ -24,8 +24,9 @@ def heldout():
 
 
 @pytest.fixture
-def server(small_artifact_path, small_artifact):
-    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0, window=300, label_window=200)
+def server(small_artifact_path, small_artifact, tmp_path):
+    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0, window=300, label_window=200,
+                           db_path=tmp_path / "monitor.db")
     handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
     yield handle
     handle.stop()
@@ -236,7 +237,8 @@ def test_bad_feedback_gets_a_400_naming_the_problem(server, reason, body, messag
 
 
 def test_wrong_content_type_and_oversized_body(small_artifact_path, small_artifact):
-    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0, max_body_bytes=1000, max_rows=5)
+    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0, max_body_bytes=1000, max_rows=5,
+                           db_path=None)
     handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
     try:
         status, _, reply = request(handle.url, "POST", "/predict", CURL_EXAMPLE,
@@ -260,7 +262,7 @@ def test_drift_loop_survives_a_failing_check_and_keeps_its_schedule():
         if len(calls) in (1, 3):
             raise RuntimeError("corrupt window")
 
-    loop = monitor_module._DriftLoop(0.05, flaky_check)
+    loop = monitor_module._Every(0.05, flaky_check, "flaky-check")
     loop.start()
     deadline = time.monotonic() + 5
     while len(calls) < 6 and time.monotonic() < deadline:
@@ -273,7 +275,7 @@ def test_drift_loop_survives_a_failing_check_and_keeps_its_schedule():
 
 
 def test_a_failing_scheduled_check_is_counted_and_the_next_one_runs(small_artifact_path, small_artifact, monkeypatch):
-    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0.05, window=100)
+    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0.05, window=100, db_path=None)
     handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
     try:
         real_score = handle.monitor.data_detector.score

@@ -1,0 +1,516 @@
+"""The prediction store on real SQLite files: round trips, group commit under concurrency, labels,
+restart, retention, export, failures and recovery, and a SIGKILL in the middle of writing."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+import store as store_module
+from store import PredictionRecord, Store, StoreError, bench_store
+
+ROOT = Path(__file__).resolve().parent.parent
+GRADES = [("Ideal", "G", "VS1"), ("Premium", "D", "IF"), ("Fair", "J", "I1")]
+
+
+def record(i: int, ts: float | None = None, version: str = "v1") -> PredictionRecord:
+    cut, color, clarity = GRADES[i % len(GRADES)]
+    features = (0.2 + i / 1000, cut, color, clarity, 60.0 + i % 5, 55.0 + i % 3)
+    return PredictionRecord.create(features, 500.0 + i, version, ts=1_000.0 + i if ts is None else ts)
+
+
+def stored_ids(path: Path) -> list[str]:
+    with sqlite3.connect(path) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM predictions")]
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "store" / "monitor.db"
+
+
+@pytest.fixture
+def store(db):
+    s = Store(db)
+    yield s
+    s.close()
+
+
+# ------------------------------------------------------------------ round trips
+
+def test_round_trip_survives_reopen(db):
+    records = [record(i) for i in range(10)]
+    with Store(db) as s:
+        s.add_predictions(records[:3])
+        s.add_predictions(records[3:])
+        assert s.counts() == {"predictions": 10, "labelled": 0}
+        assert s.healthy and s.last_error is None
+    with Store(db) as s:
+        assert s.counts() == {"predictions": 10, "labelled": 0}
+        assert s.recent_inputs(100) == [r.features for r in records]
+        assert all(isinstance(v, float) for f in s.recent_inputs(3) for v in (f[0], f[4], f[5]))
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        row = conn.execute("SELECT id, ts, prediction, model_version FROM predictions "
+                           "WHERE id = ?", (records[4].id,)).fetchone()
+    assert row == (records[4].id, records[4].ts, records[4].prediction, "v1")
+
+
+def test_create_makes_uuid4_hex_ids_and_timestamps():
+    a, b = PredictionRecord.create((1, "Ideal", "G", "VS1", 61, 57), 1.0, "v"), record(1)
+    assert len(a.id) == 32 and int(a.id, 16) >= 0 and a.id != b.id
+    assert a.ts > 1e9 and a.features == (1, "Ideal", "G", "VS1", 61, 57)
+
+
+def test_malformed_record_fails_its_caller_only(store):
+    bad = PredictionRecord("x", 1.0, (1.0, "Ideal"), 2.0, "v1")
+    with pytest.raises(ValueError):
+        store.add_predictions([record(1), bad])
+    assert store.counts()["predictions"] == 0 and store.healthy
+    store.add_predictions([record(2)])
+    assert store.counts()["predictions"] == 1
+
+
+def test_an_id_already_stored_is_ignored(store):
+    first = record(1)
+    store.add_predictions([first])
+    store.add_predictions([PredictionRecord(first.id, 5.0, first.features, 9.9, "v2")])
+    assert store.counts()["predictions"] == 1
+    known, _ = store.add_labels([(first.id, 1.0, 2.0)])
+    assert known[0][2] == first.prediction   # the first record with an id wins
+
+
+def test_empty_calls_do_nothing(store):
+    store.add_predictions([])
+    assert store.add_labels([]) == ([], [])
+    assert store.stats()["commits"] == 0
+    assert store.recent_inputs(0) == [] and store.recent_labelled(-1) == []
+
+
+# ------------------------------------------------------------------ concurrency
+
+def test_concurrent_single_row_writers_lose_and_duplicate_nothing(db):
+    threads, per_thread = 16, 500
+    batches = [[record(k * per_thread + i) for i in range(per_thread)] for k in range(threads)]
+    errors = []
+    with Store(db) as s:
+        def work(mine):
+            try:
+                for r in mine:
+                    s.add_predictions([r])
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(b,)) for b in batches]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        stats = s.stats()
+        assert errors == []
+        assert s.counts()["predictions"] == threads * per_thread
+        assert stats["rows_written"] == threads * per_thread
+        assert stats["commits"] <= threads * per_thread
+    ids = stored_ids(db)
+    assert len(ids) == len(set(ids)) == threads * per_thread
+    assert set(ids) == {r.id for b in batches for r in b}
+
+
+def test_concurrent_predictions_labels_and_prune(db):
+    """Writers label their own predictions while a pruner deletes old rows: no error, and the
+    in-memory counts agree with the table."""
+    errors = []
+    with Store(db, retention_seconds=100, max_rows=None) as s:
+        s.add_predictions([record(i, ts=0.0) for i in range(3_000)])  # all beyond retention
+
+        def writer(k):
+            try:
+                for i in range(100):
+                    r = record(10_000 + k * 100 + i, ts=1_000.0)
+                    s.add_predictions([r])
+                    known, unknown = s.add_labels([(r.id, 7.0, 2_000.0 + i)])
+                    assert [k[0] for k in known] == [r.id] and unknown == []
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def pruner():
+            try:
+                while s.prune(now=1_050.0, chunk=100):
+                    pass
+            except Exception as exc:  # pragma: no cover
+                errors.append(exc)
+
+        workers = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+        workers.append(threading.Thread(target=pruner))
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert errors == []
+        assert s.counts() == {"predictions": 800, "labelled": 800}
+    with Store(db) as s:   # counted from the file on open
+        assert s.counts() == {"predictions": 800, "labelled": 800}
+
+
+# ------------------------------------------------------------------ labels
+
+def test_labels_join_unknown_ids_and_relabel(store):
+    a, b, c = record(1), record(2), record(3)
+    store.add_predictions([a, b, c])
+    known, unknown = store.add_labels([(a.id, 510.0, 2_000.0), ("f" * 32, 1.0, 2_000.0),
+                                       (b.id, 520.0, 2_001.0)])
+    assert unknown == ["f" * 32]
+    assert known == [(a.id, 510.0, a.prediction, a.features), (b.id, 520.0, b.prediction, b.features)]
+    assert store.counts() == {"predictions": 3, "labelled": 2}
+
+    # Latest wins: a relabel replaces the value and the label time, and is not counted twice.
+    known, unknown = store.add_labels([(a.id, 999.0, 2_005.0)])
+    assert known == [(a.id, 999.0, a.prediction, a.features)] and unknown == []
+    assert store.counts() == {"predictions": 3, "labelled": 2}
+    assert store.recent_labelled(10) == [(520.0, b.prediction), (999.0, a.prediction)]
+
+    # Within one call too, the later entry for an id wins, and the id is reported once.
+    known, _ = store.add_labels([(c.id, 1.0, 2_010.0), (c.id, 2.0, 2_011.0)])
+    assert known == [(c.id, 2.0, c.prediction, c.features)]
+    assert store.counts()["labelled"] == 3
+
+
+def test_many_labels_in_one_call(store):
+    records = [record(i) for i in range(1_200)]   # more ids than one IN (...) holds
+    store.add_predictions(records)
+    labels = [(r.id, float(i), 5_000.0 + i) for i, r in enumerate(records)] + [("nope", 1.0, 1.0)]
+    known, unknown = store.add_labels(labels)
+    assert len(known) == 1_200 and unknown == ["nope"]
+    assert store.counts()["labelled"] == 1_200
+
+
+# ------------------------------------------------------------------ restart
+
+def test_windows_rebuilt_in_order_after_restart(db):
+    records = [record(i, ts=1_000.0 + i) for i in range(50)]
+    with Store(db) as s:
+        s.add_predictions(records[25:])       # out of order on purpose: ts decides
+        s.add_predictions(records[:25])
+        s.add_labels([(records[i].id, 100.0 + i, 3_000.0 - i) for i in range(10)])  # newest label: 0
+    with Store(db) as s:
+        assert s.recent_inputs(5) == [r.features for r in records[45:]]
+        assert s.recent_inputs(1_000) == [r.features for r in records]
+        assert s.recent_labelled(3) == [(102.0, records[2].prediction), (101.0, records[1].prediction),
+                                        (100.0, records[0].prediction)]
+        assert len(s.recent_labelled(100)) == 10
+        # A label for a prediction made before the restart still joins.
+        known, unknown = s.add_labels([(records[40].id, 1.5, 4_000.0)])
+        assert known == [(records[40].id, 1.5, records[40].prediction, records[40].features)]
+        assert s.recent_labelled(1) == [(1.5, records[40].prediction)]
+
+
+def test_equal_timestamps_keep_insertion_order(store):
+    records = [record(i, ts=5.0) for i in range(6)]
+    store.add_predictions(records[:3])
+    store.add_predictions(records[3:])
+    assert store.recent_inputs(4) == [r.features for r in records[2:]]
+
+
+def test_nan_comes_back_as_nan(store):
+    r = PredictionRecord("a" * 32, 1.0, (float("nan"), "Ideal", "G", "VS1", 61.0, 57.0), 3.0, "v")
+    store.add_predictions([r])
+    value = store.recent_inputs(1)[0][0]
+    assert isinstance(value, float) and value != value
+
+
+def test_a_foreign_or_newer_file_is_refused(tmp_path):
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open"):
+        Store(junk)
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(StoreError, match="schema version 99"):
+        Store(newer)
+
+
+# ------------------------------------------------------------------ retention
+
+def test_prune_by_age_in_chunks(db):
+    with Store(db, retention_seconds=100.0, max_rows=None) as s:
+        s.add_predictions([record(i, ts=float(i)) for i in range(1_000)])
+        s.add_labels([(r, 1.0, 2.0) for r in stored_ids(db)])
+        before = s.stats()["prune_chunks"]
+        assert s.prune(now=1_000.0 + 100.0 - 250.0, chunk=100) == 750   # keeps ts >= 750
+        assert s.stats()["prune_chunks"] - before >= 8                    # 750 rows, 100 at a time
+        assert s.counts() == {"predictions": 250, "labelled": 250}
+        assert s.recent_inputs(1_000)[0] == record(750, ts=750.0).features
+        assert s.prune(now=850.0) == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT MIN(ts), COUNT(*) FROM predictions").fetchone() == (750.0, 250)
+
+
+def test_prune_by_count_keeps_the_newest(db):
+    records = [record(i, ts=float(i)) for i in range(350)]
+    with Store(db, retention_seconds=None, max_rows=100) as s:
+        s.add_predictions(records[200:])
+        s.add_predictions(records[:200])
+        assert s.prune(chunk=40) == 250
+        assert s.counts()["predictions"] == 100
+        assert s.stats()["prune_chunks"] >= 7
+        assert s.recent_inputs(1_000) == [r.features for r in records[250:]]
+        assert s.prune() == 0
+
+
+def test_prune_without_limits_deletes_nothing(store):
+    unlimited = Store(store.path, retention_seconds=None, max_rows=None)
+    try:
+        unlimited.add_predictions([record(i, ts=0.0) for i in range(10)])
+        assert unlimited.prune(now=1e12) == 0
+    finally:
+        unlimited.close()
+    with pytest.raises(ValueError):
+        store.prune(chunk=0)
+
+
+# ------------------------------------------------------------------ export
+
+def test_export_labelled_csv(store, tmp_path):
+    a, b, c = record(1, ts=10.0), record(2, ts=20.0), record(3, ts=30.0)
+    store.add_predictions([a, b, c])
+    out = tmp_path / "labelled.csv"
+    assert store.export_labelled(out) == 0
+    assert out.read_text().strip() == ",".join(store_module.EXPORT_COLUMNS)
+
+    store.add_labels([(c.id, 3.5, 40.0), (a.id, 1.5, 41.0)])
+    assert store.export_labelled(out, fmt="csv") == 2
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table",
+                             "prediction", "actual", "label_ts", "model_version"]
+    assert [r["id"] for r in rows] == [a.id, c.id]             # ordered by serving time
+    first = rows[0]
+    assert float(first["carat"]) == a.features[0] and first["cut"] == a.features[1]
+    assert float(first["table"]) == a.features[5] and float(first["actual"]) == 1.5
+    assert float(first["prediction"]) == a.prediction and float(first["label_ts"]) == 41.0
+    assert first["model_version"] == "v1"
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(ValueError):
+        store.export_labelled(tmp_path / "x.json", fmt="json")
+
+
+def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, tmp_path):
+    """pyarrow is optional: with it the export round-trips, without it the error says what to install.
+    Either way this test runs (and can fail)."""
+    import pandas as pd
+
+    r = record(1)
+    store.add_predictions([r])
+    store.add_labels([(r.id, 2.0, 3.0)])
+    if importlib.util.find_spec("pyarrow") is None:
+        with pytest.raises(ImportError, match="pyarrow"):
+            store.export_labelled(tmp_path / "x.parquet", fmt="parquet")
+        assert not (tmp_path / "x.parquet").exists()
+        return
+    assert store.export_labelled(tmp_path / "x.parquet", fmt="parquet") == 1
+    frame = pd.read_parquet(tmp_path / "x.parquet")
+    assert list(frame.columns) == list(store_module.EXPORT_COLUMNS) and frame["id"][0] == r.id
+
+
+# ------------------------------------------------------------------ failures and recovery
+
+def fill_until_full(s: Store, start: int) -> tuple[list[PredictionRecord], int]:
+    """Cap the file at its current size (the writer connection's max_page_count) and write until
+    SQLite reports "database or disk is full". Returns the records given and the index that failed."""
+    pages = s._writer.execute("PRAGMA page_count").fetchone()[0]
+    s._writer.execute(f"PRAGMA max_page_count = {pages}")
+    given = []
+    for i in range(start, start + 10_000):
+        batch = [record(i * 10 + k) for k in range(10)]
+        given.extend(batch)
+        try:
+            s.add_predictions(batch)
+        except StoreError:
+            return given, i
+    raise AssertionError("the capped database never filled up")
+
+
+def test_disk_full_raises_keeps_rows_and_recovers(db):
+    with Store(db) as s:
+        s.add_predictions([record(0)])
+        given, _ = fill_until_full(s, start=1)
+        assert not s.healthy
+        assert "full" in s.last_error.lower()
+        assert s.stats()["write_errors"] == 1 and s.stats()["pending"] > 0
+        another = record(999_999)
+        with pytest.raises(StoreError):          # still full: still failing, nothing lost
+            s.add_predictions([another])
+        given.append(another)
+        assert not s.healthy
+
+        s._writer.execute("PRAGMA max_page_count = 1073741823")   # space again
+        late = record(1_000_001)
+        s.add_predictions([late])                # the next write recovers and catches up
+        assert s.healthy and s.last_error is None and s.stats()["pending"] == 0
+    ids = set(stored_ids(db))
+    assert {r.id for r in given} <= ids and late.id in ids
+    assert len(ids) == len(given) + 2
+
+
+def test_a_label_joins_a_prediction_that_waited_in_the_retry_buffer(store):
+    given, _ = fill_until_full(store, start=0)
+    store._writer.execute("PRAGMA max_page_count = 1073741823")
+    known, unknown = store.add_labels([(given[-1].id, 1.0, 2.0)])
+    assert [k[0] for k in known] == [given[-1].id] and unknown == []
+
+
+def test_unwritable_database_recovers_by_reopening(db, monkeypatch):
+    s = Store(db)
+    try:
+        s.add_predictions([record(0)])
+        # The file turns read-only under the store (root ignores chmod, so swap the connection),
+        # and reopening fails too for a while.
+        s._writer.close()
+        s._writer = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None,
+                                    check_same_thread=False)
+        lost = [record(1), record(2)]
+        with pytest.raises(StoreError, match="readonly|read-only|READONLY"):
+            s.add_predictions(lost[:1])
+        assert not s.healthy and s._writer is None      # dropped, to be reopened
+
+        real_connect = Store._connect
+
+        def refuse(self):
+            raise sqlite3.OperationalError("unable to open database file")
+
+        monkeypatch.setattr(Store, "_connect", refuse)
+        with pytest.raises(StoreError, match="unable to open"):
+            s.add_predictions(lost[1:])
+        with pytest.raises(StoreError):
+            s.flush()
+        assert not s.healthy and s.stats()["pending"] == 2
+
+        monkeypatch.setattr(Store, "_connect", real_connect)
+        assert s.flush() == 2
+        assert s.healthy and s.last_error is None
+        assert {r.id for r in lost} <= set(stored_ids(db))
+    finally:
+        s.close()
+
+
+def test_locked_too_long_raises_then_recovers(db):
+    with Store(db, busy_timeout=0.1) as s:
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")          # another process holding the write lock
+        r = record(1)
+        try:
+            with pytest.raises(StoreError, match="locked"):
+                s.add_predictions([r])
+            assert not s.healthy
+            with pytest.raises(StoreError):
+                s.add_labels([(r.id, 1.0, 1.0)])    # labels are not buffered: sender retries
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert s.flush() == 1 and s.healthy
+        assert s.add_labels([(r.id, 1.0, 1.0)])[0][0][0] == r.id
+
+
+def test_retry_buffer_is_bounded_and_keeps_the_newest(db, monkeypatch):
+    with Store(db, max_pending=5) as s:
+        monkeypatch.setattr(Store, "_connect", lambda self: (_ for _ in ()).throw(
+            sqlite3.OperationalError("disk I/O error")))
+        s._writer.close()
+        s._writer = None
+        records = [record(i) for i in range(8)]
+        for r in records:
+            with pytest.raises(StoreError):
+                s.add_predictions([r])
+        assert s.stats()["pending"] == 5 and s.stats()["dropped"] == 3
+        monkeypatch.undo()
+        s.flush()
+        assert s.counts()["predictions"] == 5
+    assert set(stored_ids(db)) == {r.id for r in records[3:]}
+
+
+def test_close_writes_the_buffer_and_later_calls_fail(db):
+    s = Store(db, busy_timeout=0.05)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    r = record(1)
+    with pytest.raises(StoreError):
+        s.add_predictions([r])
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    s.close()
+    s.close()                                    # idempotent
+    assert not s.healthy
+    for call in (lambda: s.add_predictions([record(2)]), lambda: s.add_labels([(r.id, 1.0, 1.0)]),
+                 lambda: s.recent_inputs(1), s.flush, s.prune):
+        with pytest.raises(StoreError, match="closed"):
+            call()
+    assert stored_ids(db) == [r.id]
+
+
+# ------------------------------------------------------------------ crash
+
+CHILD = textwrap.dedent("""
+    import sys, threading
+    sys.path.insert(0, sys.argv[2])
+    from store import PredictionRecord, Store
+
+    store = Store(sys.argv[1])
+    out = threading.Lock()
+
+    def work(k):
+        i = 0
+        while True:
+            r = PredictionRecord.create((0.5, "Ideal", "G", "VS1", 61.0, 57.0), float(i), "crash")
+            store.add_predictions([r])
+            with out:                      # acknowledged only once add_predictions returned
+                sys.stdout.write(r.id + "\\n")
+                sys.stdout.flush()
+            i += 1
+
+    for k in range(4):
+        threading.Thread(target=work, args=(k,), daemon=True).start()
+    threading.Event().wait()
+""")
+
+
+def test_sigkill_loses_no_acknowledged_prediction(db):
+    db.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(ROOT)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    acked = []
+    try:
+        while len(acked) < 2_000:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            acked.append(line.strip())
+        os.kill(proc.pid, signal.SIGKILL)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL, err
+    acked += [x for x in rest.split("\n") if len(x) == 32]   # complete lines only
+    assert len(acked) >= 2_000
+    with Store(db) as s:                                     # WAL recovery on open
+        assert s.counts()["predictions"] >= len(acked)
+    assert set(acked) <= set(stored_ids(db))
+
+
+# ------------------------------------------------------------------ measurement
+
+def test_bench_store_reports_rates(tmp_path):
+    result = bench_store(tmp_path / "bench.db", threads=4, n=50)
+    assert result["rows"] == 200 and result["calls"] == 200
+    assert result["rows_per_s"] > 0 and result["commits_per_s"] > 0
+    assert 1 <= result["rows_per_commit"] <= 4
