@@ -125,8 +125,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("color_mix", "data", "worse colours more common: J and I 3x, H 1.5x",
              weight=_grade_weight("color", {"J": 3.0, "I": 3.0, "H": 1.5})),
     # data drift: one feature's values
-    Scenario("depth_shift", "data", f"depth + 0.5 sd (+{0.5 * DEPTH_SD:.2f})", transform=_shift("depth", 0.5 * DEPTH_SD)),
-    Scenario("table_shift", "data", f"table - 0.5 sd (-{0.5 * TABLE_SD:.2f})", transform=_shift("table", -0.5 * TABLE_SD)),
+    Scenario("depth_shift", "data", f"depth + 0.5 sd (+{0.5 * DEPTH_SD:.2f})",
+             transform=_shift("depth", 0.5 * DEPTH_SD)),
+    Scenario("table_shift", "data", f"table - 0.5 sd (-{0.5 * TABLE_SD:.2f})",
+             transform=_shift("table", -0.5 * TABLE_SD)),
     # concept drift: prices only
     Scenario("price_up_10", "concept", "prices 10% higher for the same stones", transform=_price_factor(1.10)),
     Scenario("price_up_20", "concept", "prices 20% higher for the same stones", transform=_price_factor(1.20)),
