@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Alertmanager (the Discord delivery test) and wrk (the load generator).
 APT_PACKAGES := prometheus prometheus-alertmanager wrk
 
-.PHONY: run test bench setup setup-dev system-packages clean
+.PHONY: run test bench evaluate generate setup setup-dev system-packages clean
 
 run: setup
 	$(PY) monitor.py $(ARGS)
@@ -15,6 +15,15 @@ test: setup-dev system-packages
 
 bench: setup-dev system-packages
 	$(PY) bench.py $(ARGS)
+
+# Detection delay and false-alarm rate of the drift detectors on held-out traffic (README figures).
+evaluate: setup-dev
+	$(PY) evaluate_drift.py $(ARGS)
+
+# Regenerate the dashboard JSON and both alert-rule files (tests fail when they are stale).
+generate: setup-dev
+	$(PY) -m tools.gen_dashboard
+	$(PY) -m tools.gen_alerts
 
 setup: $(VENV)/.installed
 setup-dev: $(VENV)/.installed-dev

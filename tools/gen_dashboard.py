@@ -1,0 +1,409 @@
+"""Write the Grafana dashboard "Model Monitoring" (grafana-provisioning/dashboards/model-monitoring.json).
+
+    python -m tools.gen_dashboard           # rewrite the JSON
+    python -m tools.gen_dashboard --check   # exit 1 if the committed JSON differs (tests/test_configs.py)
+
+The JSON is what Grafana's file provisioning reads: a plain dashboard model (no {"dashboard": ...}
+wrapper, no ${DS_...} import inputs), every panel and query naming the provisioned Prometheus
+datasource by its fixed uid. It is generated so that the panels' boilerplate stays consistent;
+edit the panel list below, not the JSON.
+
+Queries select `job="model-monitor"` (the scrape job in prometheus.yml) and `instance=~"$instance"`
+(a dashboard variable listing the scraped monitors, "All" by default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD_PATH = ROOT / "grafana-provisioning" / "dashboards" / "model-monitoring.json"
+
+JOB = "model-monitor"  # job_name in prometheus.yml
+DATASOURCE_UID = "prometheus"  # uid in grafana-provisioning/datasources/prometheus.yml
+DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
+DASHBOARD_UID = "model-monitoring"
+DASHBOARD_TITLE = "Model Monitoring"
+DASHBOARD_URL_PATH = f"/d/{DASHBOARD_UID}/model-monitoring"
+
+M = f'job="{JOB}", instance=~"$instance"'  # matchers shared by every query
+
+
+def sel(metric: str, extra: str = "") -> str:
+    """`metric{job="model-monitor", instance=~"$instance"[, extra]}`."""
+    return f"{metric}{{{M}{', ' + extra if extra else ''}}}"
+
+
+def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False, fmt: str | None = None) -> dict:
+    t = {"datasource": DATASOURCE, "refId": ref, "editorMode": "code", "expr": expr,
+         "legendFormat": legend or "__auto", "range": not instant, "instant": instant}
+    if fmt:
+        t["format"] = fmt
+    return t
+
+
+def targets(*specs) -> list[dict]:
+    """targets((expr, legend), ...) with refIds A, B, C..."""
+    return [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(specs)]
+
+
+def thresholds(*steps) -> dict:
+    """thresholds(("green", None), ("red", 1)): absolute steps, the first from -infinity."""
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
+
+
+OK_DRIFT = [{"type": "value", "options": {"0": {"text": "no drift", "color": "green", "index": 0},
+                                          "1": {"text": "DRIFT", "color": "red", "index": 1}}}]
+UP_DOWN = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0},
+                                         "1": {"text": "UP", "color": "green", "index": 1}}}]
+
+
+def stat(title, description, tgts, unit="none", mappings=None, steps=None, decimals=None, text_mode="value"):
+    defaults = {"unit": unit, "mappings": mappings or [],
+                "thresholds": steps or thresholds(("green", None)), "color": {"mode": "thresholds"}}
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    return {"type": "stat", "title": title, "description": description, "targets": tgts,
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "colorMode": "background", "graphMode": "none", "textMode": text_mode,
+                        "justifyMode": "center", "orientation": "auto", "showPercentChange": False}}
+
+
+def timeseries(title, description, tgts, unit="none", overrides=None, custom=None, steps=None,
+               minimum=None, maximum=None, legend_calcs=("lastNotNull", "max")):
+    custom_defaults = {"drawStyle": "line", "lineWidth": 2, "fillOpacity": 10, "showPoints": "never",
+                       "spanNulls": True, "axisSoftMin": 0, "thresholdsStyle": {"mode": "off"}}
+    custom_defaults.update(custom or {})
+    defaults = {"unit": unit, "custom": custom_defaults, "color": {"mode": "palette-classic"},
+                "thresholds": steps or thresholds(("green", None))}
+    if minimum is not None:
+        defaults["min"] = minimum
+    if maximum is not None:
+        defaults["max"] = maximum
+    return {"type": "timeseries", "title": title, "description": description, "targets": tgts,
+            "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
+            "options": {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
+                                   "calcs": list(legend_calcs)},
+                        "tooltip": {"mode": "multi", "sort": "desc"}}}
+
+
+DETECTED_BAND = {  # a 0/1 "detected" series drawn as a red band behind the scores, on a hidden 0..1 axis
+    "custom.drawStyle": "line", "custom.lineInterpolation": "stepAfter", "custom.lineWidth": 0,
+    "custom.fillOpacity": 25, "custom.axisPlacement": "hidden", "min": 0, "max": 1,
+    "custom.axisSoftMin": 0, "color": {"mode": "fixed", "fixedColor": "red"}, "unit": "none"}
+DASHED_LINE = {"custom.lineStyle": {"fill": "dash", "dash": [10, 10]}, "custom.fillOpacity": 0,
+               "custom.lineWidth": 2, "color": {"mode": "fixed", "fixedColor": "orange"}}
+
+
+def _override(regex: str, props: dict) -> dict:
+    """Field override for the series whose display name matches `regex`."""
+    return {"matcher": {"id": "byRegexp", "options": regex},
+            "properties": [{"id": k, "value": v} for k, v in props.items()]}
+
+
+# --------------------------------------------------------------------------------------------------
+# The panels, top to bottom. Each entry: (key, width, height, panel) in rows of 24 columns; `key`
+# names panels that alert rules link to (tools/gen_alerts.py), through PANEL_IDS.
+
+def _panels():
+    n_features = f"count by (instance) ({sel('data_drift_feature_p_value')})"
+    alpha = f"max by (instance) ({sel('data_drift_alpha')})"
+    inputs = sel("drift_window_samples", 'window="inputs"')
+    input_window = f"max by (instance) ({inputs})"
+    yield ("row", 24, 1, {"type": "row", "title": "Drift", "collapsed": False, "panels": []})
+    yield ("data-drift-state", 4, 4, stat(
+        "Data drift", "data_drift_detected: 1 when at least one feature's test rejects after the "
+        "Holm correction at the family-wise level alpha (one false alarm in 1/alpha checks at most).",
+        targets((f"max({sel('data_drift_detected')})", "")), mappings=OK_DRIFT,
+        steps=thresholds(("green", None), ("red", 1))))
+    yield ("concept-drift-state", 4, 4, stat(
+        "Concept drift", "concept_drift_detected: 1 when the labelled predictions' errors depart from "
+        "the held-out reference errors (calibrated test, not a fixed threshold on the score).",
+        targets((f"max({sel('concept_drift_detected')})", "")), mappings=OK_DRIFT,
+        steps=thresholds(("green", None), ("red", 1))))
+    yield ("up", 4, 4, stat(
+        "Monitor", "Prometheus' `up` for the monitor's scrape job: DOWN when /metrics cannot be scraped.",
+        targets((f"min({sel('up')})", "")), mappings=UP_DOWN,
+        steps=thresholds(("red", None), ("green", 1))))
+    yield ("prediction-rate-stat", 4, 4, stat(
+        "Predictions / s", "Rows predicted per second (a list request counts each row).",
+        targets((f"sum(rate({sel('predictions_total')}[$__rate_interval]))", "")), unit="reqps",
+        decimals=1))
+    yield ("windows-stat", 4, 4, stat(
+        "Drift windows", "Samples in the data-drift window (served inputs) and the concept-drift "
+        "window (labelled predictions).",
+        targets((f"max by (window) ({sel('drift_window_samples')})", "{{window}}")), text_mode="value_and_name"))
+    yield ("last-check", 4, 4, stat(
+        "Since last drift check", "Seconds since the last drift check finished; it should stay below "
+        "the monitor's --check-interval (60 s by default).",
+        targets((f"time() - max({sel('drift_last_check_timestamp_seconds')})", "")), unit="s",
+        decimals=0, steps=thresholds(("green", None), ("orange", 180), ("red", 600))))
+
+    yield ("data-drift", 12, 9, timeseries(
+        "Data drift: largest per-feature distance",
+        "data_drift: the largest per-feature distance between the recent inputs and the training data "
+        "(KS D for numeric features, total variation for grades), in [0, 1]. Dashed: the distance a "
+        "numeric feature needs for the first Holm step to reject, c(alpha/6) * sqrt(1/window) with "
+        "c(a) = sqrt(-ln(a/2)/2) (asymptotic KS, ignoring the large reference); grades are tested with "
+        "chi-square, whose boundary in total variation depends on the category mix. Red band: "
+        "data_drift_detected, the alert's condition (it fires when the band lasts 2 minutes).",
+        targets(
+            (f"max by (instance) ({sel('data_drift')})", "data drift {{instance}}"),
+            (f"sqrt(-ln({alpha} / (2 * {n_features})) / 2) * sqrt(1 / {input_window})",
+             "KS detection boundary {{instance}}"),
+            (f"max by (instance) ({sel('data_drift_detected')})", "detected {{instance}}"),
+        ),
+        minimum=0, maximum=1,
+        overrides=[_override("KS detection boundary.*", DASHED_LINE), _override("detected.*", DETECTED_BAND)]))
+    yield ("concept-drift", 12, 9, timeseries(
+        "Concept drift: model error vs held-out reference",
+        "concept_drift: relative increase of the labelled window's MSE over the held-out MSE (0.25 = 25% "
+        "worse); bias: how far actual prices sit above predictions, relative to the reference. Red band: "
+        "concept_drift_detected, the alert's condition (a calibrated test on the errors; it fires when "
+        "the band lasts 2 minutes). A covariate shift also moves the MSE; only the test decides.",
+        targets(
+            (f"max by (instance) ({sel('concept_drift')})", "MSE increase {{instance}}"),
+            (f"max by (instance) ({sel('concept_drift_bias_percent')}) / 100", "price bias {{instance}}"),
+            (f"max by (instance) ({sel('concept_drift_detected')})", "detected {{instance}}"),
+        ),
+        unit="percentunit", custom={"axisSoftMin": None},
+        overrides=[_override("detected.*", DETECTED_BAND)]))
+
+    yield ("feature-distance", 12, 8, timeseries(
+        "Per-feature drift distance",
+        "data_drift_feature_distance per feature: KS D (carat, depth, table) or total-variation distance "
+        "(cut, color, clarity) between the window and the training data, in [0, 1].",
+        targets((f"max by (feature) ({sel('data_drift_feature_distance')})", "{{feature}}")),
+        minimum=0, custom={"fillOpacity": 0}))
+    yield ("feature-p-value", 12, 8, timeseries(
+        "Per-feature p-value (log scale) and the corrected significance",
+        "data_drift_feature_p_value per feature (KS or chi-square), clamped at 1e-20 for the log axis. "
+        "Holm's correction compares the smallest p-value with alpha/6 (dashed), the next with alpha/5, "
+        "... and the largest with alpha (dotted): a feature under the dashed line is drifted.",
+        targets(
+            (f"clamp_min(max by (feature) ({sel('data_drift_feature_p_value')}), 1e-20)", "{{feature}}"),
+            (f"{alpha} / {n_features}", "alpha / 6 (Holm, first step)"),
+            (alpha, "alpha (family-wise)"),
+        ),
+        custom={"scaleDistribution": {"type": "log", "log": 10}, "fillOpacity": 0, "axisSoftMin": None},
+        overrides=[_override("alpha / 6.*", DASHED_LINE),
+                   _override("alpha \\(family.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
+                                                   "color": {"mode": "fixed", "fixedColor": "yellow"}})]))
+
+    yield ("feature-table", 12, 8, {
+        "type": "table", "title": "Per-feature drift now",
+        "description": "The latest check, per feature: test (ks or chi2), its statistic and p-value, the "
+                       "distance in [0, 1], and whether the feature drifted after the Holm correction.",
+        "targets": [
+            target(f"max by (feature, test) ({sel('data_drift_feature_statistic')})", ref="A", instant=True, fmt="table"),
+            target(f"max by (feature) ({sel('data_drift_feature_p_value')})", ref="B", instant=True, fmt="table"),
+            target(f"max by (feature) ({sel('data_drift_feature_distance')})", ref="C", instant=True, fmt="table"),
+            target(f"max by (feature) ({sel('data_drift_feature_detected')})", ref="D", instant=True, fmt="table"),
+        ],
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {"id": "organize", "options": {
+                "excludeByName": {"Time": True},
+                "indexByName": {"feature": 0, "test": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4, "Value #D": 5},
+                "renameByName": {"Value #A": "statistic", "Value #B": "p-value", "Value #C": "distance",
+                                 "Value #D": "drifted"}}},
+        ],
+        "fieldConfig": {"defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}},
+                                     "thresholds": thresholds(("green", None))},
+                        "overrides": [
+                            {"matcher": {"id": "byName", "options": "drifted"},
+                             "properties": [{"id": "mappings", "value": OK_DRIFT},
+                                            {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
+                            {"matcher": {"id": "byName", "options": "p-value"},
+                             "properties": [{"id": "decimals", "value": 4}]},
+                            {"matcher": {"id": "byName", "options": "distance"},
+                             "properties": [{"id": "decimals", "value": 3},
+                                            {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}},
+                                            {"id": "min", "value": 0}, {"id": "max", "value": 1}]}]},
+        "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+    })
+    yield ("detected-timeline", 12, 8, {
+        "type": "state-timeline", "title": "Drift detected, per feature and for the labels",
+        "description": "data_drift_feature_detected per feature and concept_drift_detected over time.",
+        "targets": targets(
+            (f"max by (feature) ({sel('data_drift_feature_detected')})", "{{feature}}"),
+            (f"max({sel('concept_drift_detected')})", "concept (labels)"),
+        ),
+        "fieldConfig": {"defaults": {"mappings": OK_DRIFT, "thresholds": thresholds(("green", None), ("red", 1)),
+                                     "color": {"mode": "thresholds"},
+                                     "custom": {"fillOpacity": 80, "lineWidth": 0}},
+                        "overrides": []},
+        "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8, "alignValue": "left",
+                    "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
+                    "tooltip": {"mode": "single", "sort": "none"}},
+    })
+
+    yield ("windows", 8, 8, timeseries(
+        "Drift windows",
+        "Samples in the data-drift window (served inputs) and the concept-drift window (labelled "
+        "predictions): a window that stays small makes the tests weak.",
+        targets((f"max by (window) ({sel('drift_window_samples')})", "{{window}} window"))))
+    yield ("labels", 8, 8, timeseries(
+        "Labels received",
+        "Ground-truth prices joined to their prediction (/feedback), and labels whose prediction id is "
+        "unknown (expired or never served).",
+        targets((f"sum(rate({sel('labels_received_total')}[$__rate_interval]))", "accepted"),
+                (f"sum(rate({sel('labels_unknown_total')}[$__rate_interval]))", "unknown id")),
+        unit="reqps"))
+    yield ("model-error", 8, 8, timeseries(
+        "Model error: labelled window vs held-out",
+        "Root of the labelled window's MSE, and of the held-out MSE it is compared with, in dollars.",
+        targets((f"sqrt(max by (instance) ({sel('concept_drift_window_mse')}))", "window RMSE {{instance}}"),
+                (f"sqrt(max by (instance) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{instance}}")),
+        unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE)]))
+
+    yield ("row", 24, 1, {"type": "row", "title": "Traffic", "collapsed": False, "panels": []})
+    yield ("prediction-rate", 8, 8, timeseries(
+        "Prediction rate",
+        "Rows predicted per second and /predict requests per second (a list request predicts many rows).",
+        targets((f"sum(rate({sel('predictions_total')}[$__rate_interval]))", "rows / s"),
+                (f"sum(rate({sel('prediction_requests_total')}[$__rate_interval]))", "requests / s")),
+        unit="reqps"))
+    latency = f"sum by (le) (rate({sel('prediction_latency_seconds_bucket')}[$__rate_interval]))"
+    yield ("latency", 8, 8, timeseries(
+        "Prediction latency",
+        "Time to answer one /predict request (parsing to response), p50 and p99 from the histogram.",
+        targets((f"histogram_quantile(0.5, {latency})", "p50"), (f"histogram_quantile(0.99, {latency})", "p99")),
+        unit="s"))
+    yield ("predicted-price", 8, 8, {
+        "type": "heatmap", "title": "Predicted price distribution",
+        "description": "Predictions per price bucket over time (predicted_price_dollars histogram): a "
+                       "change in the mix of stones shows up here before any label arrives.",
+        "targets": [target(f"sum by (le) (increase({sel('predicted_price_dollars_bucket')}[$__rate_interval]))",
+                           "{{le}}", fmt="heatmap")],
+        "fieldConfig": {"defaults": {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False},
+                                                "scaleDistribution": {"type": "linear"}}},
+                        "overrides": []},
+        "options": {"calculate": False, "cellGap": 1, "yAxis": {"axisPlacement": "left", "unit": "currencyUSD"},
+                    "rowsFrame": {"layout": "le"},
+                    "color": {"mode": "scheme", "scheme": "Oranges", "fill": "dark-orange", "scale": "exponential",
+                              "exponent": 0.5, "steps": 64, "reverse": False},
+                    "cellValues": {"unit": "short"}, "filterValues": {"le": 1e-9},
+                    "legend": {"show": True}, "tooltip": {"mode": "single", "yHistogram": False, "showColorScale": False},
+                    "exemplars": {"color": "rgba(255,0,255,0.7)"}},
+    })
+    yield ("invalid-requests", 12, 8, timeseries(
+        "Invalid requests by reason",
+        "Requests refused with a 4xx, per endpoint and reason (invalid_json, missing_field, "
+        "unknown_category, not_a_number, ...): a broken client shows up here.",
+        targets((f"sum by (endpoint, reason) (rate({sel('invalid_requests_total')}[$__rate_interval]))",
+                 "{{endpoint}} {{reason}}")),
+        unit="reqps", custom={"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal", "group": "A"}}))
+    check = f"sum by (le) (rate({sel('drift_check_duration_seconds_bucket')}[$__rate_interval]))"
+    yield ("drift-checks", 12, 8, timeseries(
+        "Drift checks: duration and failures",
+        "Time one drift check takes (p50, p99) and checks that raised (bars, right axis). A failing "
+        "check means drift is not being measured.",
+        targets((f"histogram_quantile(0.5, {check})", "duration p50"),
+                (f"histogram_quantile(0.99, {check})", "duration p99"),
+                (f"sum(increase({sel('drift_check_failures_total')}[$__rate_interval]))", "failed checks")),
+        unit="s",
+        overrides=[_override("failed checks", {"custom.drawStyle": "bars", "custom.fillOpacity": 80,
+                                               "custom.axisPlacement": "right", "unit": "none", "decimals": 0,
+                                               "color": {"mode": "fixed", "fixedColor": "red"}})]))
+
+    yield ("row", 24, 1, {"type": "row", "title": "Model", "collapsed": False, "panels": []})
+    yield ("model-info", 12, 5, {
+        "type": "table", "title": "Served model",
+        "description": "model_info: the artifact's version, training date and scikit-learn version.",
+        "targets": [target(f"max by (instance, version, trained_at, sklearn_version) ({sel('model_info')})",
+                           instant=True, fmt="table")],
+        "transformations": [{"id": "organize", "options": {
+            "excludeByName": {"Time": True, "Value": True},
+            "indexByName": {"instance": 0, "version": 1, "trained_at": 2, "sklearn_version": 3},
+            "renameByName": {"trained_at": "trained at", "sklearn_version": "scikit-learn"}}}],
+        "fieldConfig": {"defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}},
+                                     "thresholds": thresholds(("green", None))}, "overrides": []},
+        "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
+    })
+    yield ("heldout-rmse", 4, 5, stat(
+        "Held-out RMSE", "Square root of model_heldout_mse, the MSE on the 20% held-out split at training.",
+        targets((f"sqrt(max({sel('model_heldout_mse')}))", "")), unit="currencyUSD", decimals=0,
+        steps=thresholds(("blue", None))))
+    yield ("model-age", 4, 5, stat(
+        "Model trained", "model_trained_timestamp_seconds: when the served model was trained.",
+        targets((f"max({sel('model_trained_timestamp_seconds')}) * 1000", "")), unit="dateTimeFromNow",
+        steps=thresholds(("blue", None))))
+    yield ("checks-run", 4, 5, stat(
+        "Drift checks in range", "Drift checks run over the dashboard's time range (drift_checks_total).",
+        targets((f"sum(increase({sel('drift_checks_total')}[$__range]))", "")), decimals=0,
+        steps=thresholds(("blue", None))))
+
+
+def build() -> tuple[dict, dict[str, int]]:
+    """The dashboard model and the ids of its keyed panels."""
+    panels, ids = [], {}
+    x = y = row_height = 0
+    for panel_id, (key, width, height, panel) in enumerate(_panels(), start=1):
+        if x + width > 24:
+            x, y, row_height = 0, y + row_height, 0
+        panel = {"id": panel_id, "gridPos": {"x": x, "y": y, "w": width, "h": height}, **panel}
+        if panel["type"] != "row":
+            panel["datasource"] = DATASOURCE
+        panels.append(panel)
+        if key != "row":
+            ids[key] = panel_id
+        x += width
+        row_height = max(row_height, height)
+    dashboard = {
+        "uid": DASHBOARD_UID,
+        "title": DASHBOARD_TITLE,
+        "description": "Data drift, concept drift and serving health of the diamond-price model "
+                       "(provisioned from grafana-provisioning/; generated by tools/gen_dashboard.py).",
+        "tags": ["ml", "drift", "diamonds"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "15s",
+        "time": {"from": "now-30m", "to": "now"},
+        "schemaVersion": 39,
+        "version": 1,
+        "links": [],
+        "annotations": {"list": [{
+            "builtIn": 1, "name": "Annotations & Alerts", "type": "dashboard", "enable": True, "hide": True,
+            "iconColor": "rgba(0, 211, 255, 1)", "datasource": {"type": "grafana", "uid": "-- Grafana --"}}]},
+        "templating": {"list": [{
+            "name": "instance", "label": "Monitor", "type": "query", "datasource": DATASOURCE,
+            "definition": f'label_values(up{{job="{JOB}"}}, instance)',
+            "query": {"qryType": 1, "query": f'label_values(up{{job="{JOB}"}}, instance)',
+                      "refId": "PrometheusVariableQueryEditor-VariableQuery"},
+            "refresh": 2, "includeAll": True, "multi": True, "allValue": ".+", "sort": 1,
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [], "hide": 0}]},
+        "panels": panels,
+    }
+    return dashboard, ids
+
+
+DASHBOARD, PANEL_IDS = build()
+
+
+def render() -> str:
+    return json.dumps(DASHBOARD, indent=2) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if the file is out of date")
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        current = DASHBOARD_PATH.read_text() if DASHBOARD_PATH.exists() else ""
+        if current != text:
+            print(f"{DASHBOARD_PATH.relative_to(ROOT)} is out of date: run `python -m tools.gen_dashboard`")
+            return 1
+        return 0
+    DASHBOARD_PATH.write_text(text)
+    print(f"wrote {DASHBOARD_PATH.relative_to(ROOT)} ({len(DASHBOARD['panels'])} panels)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
