@@ -1,0 +1,403 @@
+"""Measure the drift detectors on the held-out split streamed as production traffic.
+
+For each seed and scenario, one run streams `--warmup` clean rows (at least a window, so the window
+holds only clean traffic), then switches the scenario on for `--drift-rows` rows. Every
+`--check-every` rows a drift check runs on the newest `--window` inputs and the newest `--window`
+labelled predictions (each row is labelled as soon as it is served). It reports:
+
+  false alarms    flagged checks / checks whose window held clean traffic only, pooled over all runs
+  delay           drifted samples (inputs for data scenarios, labels for concept ones) from the
+                  switch to the first check that flags the scenario's own kind of drift
+  other detector  share of drifted-phase checks flagged by the detector that should stay quiet
+                  (concept drift under a covariate shift, data drift when only prices change)
+
+Data-drift reference: the training features, as in production. Concept-drift reference: the model's
+errors on one half of the held-out split (fixed seed); the other half is what gets streamed, so
+the concept detector is never shown its own reference rows. Mix scenarios draw their rows without
+replacement, and never a row still in the window at the switch. Delays are multiples of
+--check-every. The false-alarm interval resamples whole runs, because consecutive checks share
+most of their window and their false alarms come in clusters.
+
+Two sinks, the only part that differs between the modes; the runs, the table and the JSON are the
+same code:
+
+  in process     (default) the windows are kept here and scored with drift.py's detectors directly
+  --through-api  each seed's stream goes through a real monitor (monitor.start_monitor on a free port
+                 of 127.0.0.1, no timer, no store, windows of --window): every --check-every rows are
+                 POSTed to /predict as JSON objects, their prices (as the scenario changed them) to
+                 /feedback with the returned ids, then POST /drift/check, whose `data_drift.detected`
+                 and `concept_drift.detected` are what is counted. The monitor is given the artifact
+                 with its `reference_errors` replaced by half A, so both modes have the same references
+                 and, seed for seed, give the same records (tests/test_evaluate_drift.py checks it).
+
+    python evaluate_drift.py                    # about a minute on 2 cores; prints a markdown table
+    python evaluate_drift.py --through-api      # 4 seeds through the HTTP API, about a minute
+    python evaluate_drift.py --seeds 5 --scenarios large_stones price_up_20
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+import drift
+import scenarios
+import train
+
+
+@dataclass
+class Traffic:
+    """Rows to stream, as served (`frame`: FEATURES, "price" = the label that arrives for the row,
+    "predicted" = what the model answered) and encoded once as the monitor's windows hold them
+    (`arrays`: one array per feature, grades as schema codes, plus "actual" and "predicted")."""
+
+    frame: pd.DataFrame
+    arrays: dict[str, np.ndarray]
+    _payload: list[dict] | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, detector: drift.DataDriftDetector) -> "Traffic":
+        arrays = detector.encode(frame)
+        arrays["actual"] = frame["price"].to_numpy(dtype=np.float64)
+        arrays["predicted"] = frame["predicted"].to_numpy(dtype=np.float64)
+        return cls(frame, arrays)
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def payload(self) -> list[dict]:
+        """The rows as /predict JSON objects (grades as strings, numbers as floats), built once."""
+        if self._payload is None:
+            columns = {name: (self.frame[name].astype(str).tolist() if name in train.CATEGORICAL_FEATURES
+                              else self.frame[name].to_numpy(dtype=np.float64).tolist())
+                       for name in train.FEATURES}
+            self._payload = [dict(zip(columns, values)) for values in zip(*columns.values())]
+        return self._payload
+
+
+# A sink serves rows [start, stop) of some traffic, labels them, runs a drift check and returns
+# (data drift detected, concept drift detected). One sink serves one seed's whole stream, so its
+# windows carry over from one scenario to the next in both modes.
+Sink = Callable[[Traffic, int, int], tuple[bool, bool]]
+
+
+def in_process_sink(data_detector: drift.DataDriftDetector, concept_detector: drift.ConceptDriftDetector,
+                    window: int) -> Sink:
+    """Keep the newest `window` inputs and labelled predictions, as the monitor's windows do, and
+    score them with the detectors in this process."""
+    state: dict[str, np.ndarray] = {}
+
+    def serve_and_check(traffic: Traffic, start: int, stop: int) -> tuple[bool, bool]:
+        for key, values in traffic.arrays.items():
+            old = state.get(key)
+            new = values[start:stop]
+            state[key] = new if old is None else np.concatenate((old, new))[-window:]
+        data = data_detector.score(state)
+        concept = concept_detector.score(state["actual"], state["predicted"])
+        return data.detected, concept.detected
+
+    return serve_and_check
+
+
+class ApiError(RuntimeError):
+    pass
+
+
+def http_sink(url: str, timeout: float = 60.0) -> ContextManager[Sink]:
+    """Stream through a monitor's HTTP API at `url` on one keep-alive connection: POST the rows to
+    /predict, their labels (traffic.frame's "price") to /feedback with the ids it returned, then
+    POST /drift/check and read `detected` from the report. Any answer but 200 raises ApiError."""
+    parts = urlsplit(url)
+
+    @contextlib.contextmanager
+    def connected() -> Iterator[Sink]:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+        def call(path: str, body=None) -> dict:
+            payload = b"" if body is None else json.dumps(body).encode()
+            conn.request("POST", path, body=payload, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            data = response.read()
+            if response.status != 200:
+                raise ApiError(f"POST {path}: HTTP {response.status}: {data[:300].decode(errors='replace')}")
+            return json.loads(data)
+
+        def serve_and_check(traffic: Traffic, start: int, stop: int) -> tuple[bool, bool]:
+            served = call("/predict", traffic.payload()[start:stop])
+            ids = served["ids"]
+            if len(ids) != stop - start:
+                raise ApiError(f"/predict answered {len(ids)} ids for {stop - start} rows")
+            prices = traffic.frame["price"].to_numpy(dtype=np.float64)[start:stop].tolist()
+            accepted = call("/feedback", [{"id": i, "actual": a} for i, a in zip(ids, prices)])
+            if accepted["accepted"] != len(ids) or accepted["unknown"]:
+                raise ApiError(f"/feedback accepted {accepted['accepted']} of {len(ids)} labels "
+                               f"({len(accepted['unknown'])} unknown ids)")
+            report = call("/drift/check")
+            return bool(report["data_drift"]["detected"]), bool(report["concept_drift"]["detected"])
+
+        try:
+            yield serve_and_check
+        finally:
+            conn.close()
+
+    return connected()
+
+
+@contextlib.contextmanager
+def monitor_sink(artifact: dict, args: argparse.Namespace) -> Iterator[Sink]:
+    """A monitor of its own, started in this process on a free port, streamed through by http_sink
+    and stopped at the end. Drift is checked only on request (no timer) and nothing is stored."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor import MonitorConfig, start_monitor
+
+    config = MonitorConfig(model_path=args.model, port=0, host="127.0.0.1", check_interval=0,
+                           window=args.window, label_window=args.window, db_path=None, alpha=args.alpha)
+    handle = start_monitor(config, artifact=artifact, registry=CollectorRegistry())
+    try:
+        with http_sink(handle.url) as sink:
+            yield sink
+    finally:
+        handle.stop()
+
+
+@dataclass
+class Context:
+    """What every run shares: built once, before any worker process forks."""
+
+    pipeline: object
+    data_detector: drift.DataDriftDetector
+    concept_detector: drift.ConceptDriftDetector
+    stream_rows: pd.DataFrame  # held-out half B, with the model's "predicted"
+    reference_rows: int
+    # the artifact with `reference_errors` = half A, as --through-api hands it to the monitor
+    monitor_artifact: dict | None = None
+
+
+def build_context(args: argparse.Namespace) -> Context:
+    import joblib
+
+    if not Path(args.model).is_file():
+        sys.exit(f"{args.model} does not exist: train the model first (python train.py --output {args.model})")
+    artifact = joblib.load(args.model)
+    pipeline = artifact["pipeline"]
+    heldout = scenarios.heldout_rows(args.data_dir)
+    heldout["predicted"] = pipeline.predict(heldout[train.FEATURES])
+    order = np.random.default_rng(args.split_seed).permutation(len(heldout))
+    reference = heldout.iloc[order[: len(order) // 2]]
+    stream = heldout.iloc[order[len(order) // 2:]].reset_index(drop=True)
+    if args.warmup > len(stream) or args.drift_rows > len(stream) - args.window:
+        sys.exit(f"--warmup and --drift-rows must fit in the {len(stream)} streamed held-out rows")
+    reference_errors = {"actual": reference["price"].to_numpy(dtype=np.float64),
+                        "predicted": reference["predicted"].to_numpy(dtype=np.float64)}
+    return Context(
+        pipeline=pipeline,
+        data_detector=drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha),
+        concept_detector=drift.ConceptDriftDetector(reference_errors["actual"], reference_errors["predicted"],
+                                                    alpha=args.alpha),
+        stream_rows=stream, reference_rows=len(reference),
+        monitor_artifact={**artifact, "reference_errors": reference_errors})
+
+
+def open_sink(ctx: Context, args: argparse.Namespace) -> ContextManager[Sink]:
+    """The sink of one seed's stream: through a monitor of its own with --through-api, else in process."""
+    if args.through_api:
+        return monitor_sink(ctx.monitor_artifact, args)
+    return contextlib.nullcontext(in_process_sink(ctx.data_detector, ctx.concept_detector, args.window))
+
+
+def run_seed(ctx: Context, args: argparse.Namespace, seed: int) -> list[dict]:
+    """One stream: for each scenario in turn, `warmup` clean rows then `drift_rows` drifted ones.
+    Returns one record per scenario run."""
+    with open_sink(ctx, args) as sink:
+        return _stream(ctx, args, seed, sink)
+
+
+def _stream(ctx: Context, args: argparse.Namespace, seed: int, sink: Sink) -> list[dict]:
+    rows, window, every = ctx.stream_rows, args.window, args.check_every
+    records = []
+    clean_rows = 0  # clean rows streamed since the last drifted one
+    for k, name in enumerate(args.scenarios):
+        scenario = scenarios.SCENARIOS[name]
+        rng = np.random.default_rng([seed, k])
+        order = rng.permutation(len(rows))
+        warm = rows.iloc[order[: args.warmup]]
+        # drifted rows never repeat a row still in the window at the switch
+        pool = rows.iloc[np.r_[order[: args.warmup - window], order[args.warmup:]]]
+        drifted = scenario.sample(pool, args.drift_rows, rng)  # carries each row's "predicted"
+        if scenario.kind == "data":  # the inputs changed: ask the model again
+            drifted["predicted"] = ctx.pipeline.predict(drifted[train.FEATURES])
+        record = {"scenario": name, "seed": seed, "clean_checks": 0, "clean_data": 0, "clean_concept": 0,
+                  "delay": None, "other_checks": 0, "other_flags": 0}
+        clean = Traffic.of(warm, ctx.data_detector)
+        for start in range(0, len(clean), every):
+            stop = min(start + every, len(clean))
+            data_flag, concept_flag = sink(clean, start, stop)
+            clean_rows += stop - start
+            if clean_rows >= window:  # the window holds clean traffic only
+                record["clean_checks"] += 1
+                record["clean_data"] += data_flag
+                record["clean_concept"] += concept_flag
+        if scenario.kind == "none":
+            records.append(record)
+            continue
+        own = 0 if scenario.kind == "data" else 1
+        shifted = Traffic.of(drifted, ctx.data_detector)
+        for start in range(0, len(shifted), every):
+            stop = min(start + every, len(shifted))
+            flags = sink(shifted, start, stop)
+            if flags[own] and record["delay"] is None:
+                record["delay"] = stop
+            record["other_checks"] += 1
+            record["other_flags"] += flags[1 - own]
+        clean_rows = 0
+        records.append(record)
+    return records
+
+
+_CONTEXT: Context | None = None  # inherited by forked workers
+
+
+def _run_seed_in_worker(args: argparse.Namespace, seed: int) -> list[dict]:
+    return run_seed(_CONTEXT, args, seed)
+
+
+def run_evaluation(args: argparse.Namespace) -> dict:
+    global _CONTEXT
+    started = time.perf_counter()
+    _CONTEXT = ctx = build_context(args)
+    seeds = range(args.seeds)
+    if args.jobs > 1 and args.seeds > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            per_seed = list(pool.map(_run_seed_in_worker, [args] * len(seeds), seeds))
+    else:
+        per_seed = [run_seed(ctx, args, seed) for seed in seeds]
+    return {"runs": [r for records in per_seed for r in records], "seconds": time.perf_counter() - started,
+            "reference_rows": ctx.reference_rows, "stream_rows": len(ctx.stream_rows)}
+
+
+def false_alarms(runs: list[dict], key: str, n_boot: int = 2000) -> tuple[int, int, float, float]:
+    """(flagged, checks, low, high): a 95% interval by resampling whole runs, since the checks of
+    one run overlap and their false alarms come in clusters."""
+    flags = np.array([r[key] for r in runs], dtype=np.float64)
+    checks = np.array([r["clean_checks"] for r in runs], dtype=np.float64)
+    if checks.sum() == 0:
+        return 0, 0, float("nan"), float("nan")
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(runs), size=(n_boot, len(runs)))
+    rates = flags[idx].sum(axis=1) / np.maximum(checks[idx].sum(axis=1), 1)
+    low, high = np.quantile(rates, [0.025, 0.975])
+    return int(flags.sum()), int(checks.sum()), float(low), float(high)
+
+
+def _fmt_delay(value: float, limit: int) -> str:
+    return f"> {limit}" if not np.isfinite(value) else f"{value:.0f}"
+
+
+def render(result: dict, args: argparse.Namespace) -> str:
+    runs = result["runs"]
+    fa = {key: false_alarms(runs, f"clean_{key}") for key in ("data", "concept")}
+
+    def fa_text(key):
+        flagged, checks, low, high = fa[key]
+        return (f"{key} drift {flagged}/{checks} checks ({100 * flagged / max(checks, 1):.2f}%, "
+                f"95% interval {100 * low:.2f}-{100 * high:.2f}%)")
+
+    mode = ("through the HTTP API: per seed, a monitor started in process; rows POSTed to /predict, "
+            "labels to /feedback, then POST /drift/check" if args.through_api
+            else "in process: the detectors scored on windows kept here")
+    lines = [
+        f"Mode: {mode}.",
+        "",
+        f"Window {args.window} inputs / {args.window} labels, a check every {args.check_every} rows, "
+        f"alpha {args.alpha}, {args.seeds} seeds x {len(args.scenarios)} scenarios, each run {args.warmup} clean "
+        f"then {args.drift_rows} drifted rows; {result['stream_rows']:,} held-out rows streamed, concept reference = "
+        f"the other {result['reference_rows']:,} held-out rows; data reference = the training features.",
+        "",
+        f"False alarms on clean traffic: {fa_text('data')}; {fa_text('concept')}.",
+        "",
+        f"| scenario | kind | change | detected within {args.within} | median delay | p90 delay "
+        f"| other detector flags |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in args.scenarios:
+        scenario = scenarios.SCENARIOS[name]
+        mine = [r for r in runs if r["scenario"] == name]
+        if scenario.kind == "none" or not mine:
+            continue
+        delays = np.array([np.inf if r["delay"] is None else r["delay"] for r in mine], dtype=np.float64)
+        within = float(np.mean(delays <= args.within))
+        median, p90 = (float(np.quantile(delays, q, method="higher")) for q in (0.5, 0.9))
+        other = "concept" if scenario.kind == "data" else "data"
+        checks = sum(r["other_checks"] for r in mine)
+        rate = sum(r["other_flags"] for r in mine) / max(checks, 1)
+        unit = "inputs" if scenario.kind == "data" else "labels"
+        lines.append(f"| {scenario.name} | {scenario.kind} | {scenario.description} | {100 * within:.0f}% "
+                     f"| {_fmt_delay(median, args.drift_rows)} {unit} | {_fmt_delay(p90, args.drift_rows)} {unit} "
+                     f"| {other}: {100 * rate:.1f}% of {checks} checks |")
+    lines += ["", f"({result['seconds']:.0f} s)"]
+    return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", type=Path, default=train.DEFAULT_MODEL_PATH, help="artifact written by train.py")
+    parser.add_argument("--data-dir", type=Path, default=train.DATA_DIR, help="folder holding diamonds.csv")
+    parser.add_argument("--window", type=int, default=500, help="inputs (and labels) in the drift windows")
+    parser.add_argument("--check-every", type=int, default=25, help="rows streamed between drift checks")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="runs per scenario; None means 20, or 4 with --through-api")
+    parser.add_argument("--through-api", action="store_true",
+                        help="stream each seed through a real monitor's HTTP API instead of scoring in process")
+    parser.add_argument("--alpha", type=float, default=drift.DEFAULT_ALPHA,
+                        help="family-wise false-alarm level of a check")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="clean rows before each switch; None means 4 x --window")
+    parser.add_argument("--drift-rows", type=int, default=None, help="drifted rows per run; None means 3 x --window")
+    parser.add_argument("--within", type=int, default=500,
+                        help="report the share of runs detected within this many drifted samples")
+    parser.add_argument("--split-seed", type=int, default=0,
+                        help="seed of the held-out split into reference / streamed halves")
+    parser.add_argument("--scenarios", nargs="+", default=list(scenarios.SCENARIOS),
+                        choices=list(scenarios.SCENARIOS), metavar="NAME", help="scenarios to run")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (seeds run in parallel)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    args = parser.parse_args(argv)
+    args.seeds = args.seeds if args.seeds is not None else (4 if args.through_api else 20)
+    args.warmup = args.warmup if args.warmup is not None else 4 * args.window
+    args.drift_rows = args.drift_rows if args.drift_rows is not None else 3 * args.window
+    if args.warmup < args.window:
+        parser.error("--warmup must be at least --window, so that the window holds only clean rows")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    result = run_evaluation(args)
+    print(render(result, args))
+    if args.json:
+        out = {"mode": "through-api" if args.through_api else "in-process",
+               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "runs": result["runs"]}
+        args.json.write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
