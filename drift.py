@@ -78,6 +78,16 @@ class TestResult:
     window_size: int
 
 
+def _finite_pairs(actual, predicted, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(actual, predicted) as float arrays, pairs with a non-finite value dropped."""
+    actual = np.asarray(actual, dtype=np.float64).ravel()
+    predicted = np.asarray(predicted, dtype=np.float64).ravel()
+    if actual.shape != predicted.shape:
+        raise ValueError(f"{what} differ in length")
+    ok = np.isfinite(actual) & np.isfinite(predicted)
+    return actual[ok], predicted[ok]
+
+
 def _none_if_nan(value):
     return None if value is None or (isinstance(value, float) and not np.isfinite(value)) else value
 
@@ -369,12 +379,7 @@ class ConceptDriftDetector:
                  min_samples: int = 30, n_bins: int = 10, price_floor: float = 1.0):
         if not 0 < alpha < 1:
             raise ValueError("alpha must be in (0, 1)")
-        actual = np.asarray(reference_actual, dtype=np.float64).ravel()
-        predicted = np.asarray(reference_predicted, dtype=np.float64).ravel()
-        if actual.shape != predicted.shape:
-            raise ValueError("reference actual and predicted differ in length")
-        ok = np.isfinite(actual) & np.isfinite(predicted)
-        actual, predicted = actual[ok], predicted[ok]
+        actual, predicted = _finite_pairs(reference_actual, reference_predicted, "reference actual and predicted")
         if actual.size < 2 * n_bins:
             raise ValueError(f"ConceptDriftDetector needs at least {2 * n_bins} reference errors")
         self.alpha = float(alpha)
@@ -414,12 +419,7 @@ class ConceptDriftDetector:
         return u, bins
 
     def score(self, actual: np.ndarray, predicted: np.ndarray) -> ConceptDriftReport:
-        actual = np.asarray(actual, dtype=np.float64).ravel()
-        predicted = np.asarray(predicted, dtype=np.float64).ravel()
-        if actual.shape != predicted.shape:
-            raise ValueError("actual and predicted differ in length")
-        ok = np.isfinite(actual) & np.isfinite(predicted)
-        actual, predicted = actual[ok], predicted[ok]
+        actual, predicted = _finite_pairs(actual, predicted, "actual and predicted")
         m = int(actual.size)
         if m < self.min_samples:
             return ConceptDriftReport(
