@@ -1,0 +1,83 @@
+"""bench.py runs end to end and reports sane, parseable figures. No timing is asserted here: the
+benchmark is the measure, and a busy test machine must not fail the suite."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+
+def test_the_load_generator_is_installed():
+    # Not a skip: without wrk the benchmark cannot run, and `make test` installs it.
+    assert shutil.which("wrk"), "wrk is missing: `make test` installs it (apt-get install wrk)"
+
+
+@pytest.fixture(scope="module")
+def quick_run(small_artifact_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--quick", "--model", str(small_artifact_path),
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"bench.py failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_single_row_load_has_throughput_and_no_errors(quick_run):
+    _, results = quick_run
+    for name in ("bare", "monitor"):
+        s = results["single"][name]
+        assert s["requests"] > 0 and s["rps"] > 0, name
+        assert 0 < s["p50_ms"] <= s["p99_ms"] <= s["max_ms"], name
+        assert s["non2xx"] == 0 and s["socket_errors"] == 0, name
+
+
+def test_batches_are_served(quick_run):
+    _, results = quick_run
+    b = results["batch"]["monitor"]
+    assert b["batches"] > 0 and b["rows_per_s"] > 0
+    assert b["rows_per_batch"] == 1000
+    assert b["errors"] == 0, b["first_errors"]
+
+
+def test_drift_check_times_are_reported(quick_run):
+    _, results = quick_run
+    d = results["drift"]["1000"]
+    assert d["window_size"] == 1000 and d["labelled_size"] == 1000  # both windows were filled
+    assert 0 < d["server_median_ms"] <= d["server_max_ms"]
+    assert d["client_median_ms"] > 0
+    during = results["drift"]["during_load"]
+    assert during["checks"] > 0 and during["check_failures"] == 0
+    assert during["with_checks"]["rps"] > 0
+    assert during["with_checks"]["non2xx"] == 0 and during["with_checks"]["socket_errors"] == 0
+
+
+def test_memory_and_machine_are_reported(quick_run):
+    _, results = quick_run
+    m = results["memory"]
+    assert m["monitor"]["rss_mb"] > m["import_baseline"]["rss_mb"] > 0
+    assert m["monitor"]["hwm_mb"] >= m["monitor"]["rss_mb"]
+    assert results["model"]["file_mb"] > 0
+    assert results["machine"]["nproc"] >= 1 and results["machine"]["python"]
+    assert {t["target"] for t in results["targets"]}  # every measured target is listed
+
+
+def test_prints_a_markdown_table(quick_run):
+    stdout, _ = quick_run
+    assert "| server | req/s |" in stdout
+    assert "### Targets" in stdout
+    assert "monitor, store on" in stdout or "| monitor |" in stdout
+
+
+def test_no_server_is_left_running(quick_run, small_artifact_path):
+    # the baselines, and the monitors serving this session's model: none may survive the run
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    leftovers = [line for line in out.splitlines() if "--port" in line and (
+        "bench/bare_server.py" in line or "bench/lab_app.py" in line
+        or ("monitor.py" in line and str(small_artifact_path) in line))]
+    assert not leftovers
