@@ -24,8 +24,7 @@ import socket
 import sys
 import threading
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -36,7 +35,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
 from metrics import MonitorMetrics
-from model import FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact, parse_positive_number
+from model import (FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact, parse_positive_number,
+                   release_freed_memory)
 from store import PredictionRecord, Store, StoreError
 from windows import InputWindow, LabelledWindow
 
@@ -152,7 +152,7 @@ class Monitor:
 
     def _serve_batch(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
         predictions = self.predictor.predict(rows)
-        ids = [uuid.uuid4().hex for _ in rows]
+        ids = _new_ids(len(rows))
         if self.store is None:
             self._predictions.add(ids, predictions)
         else:
@@ -166,8 +166,7 @@ class Monitor:
                 log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
         self.inputs.extend(rows)
         self.metrics.predictions.inc(len(rows))
-        for value in predictions:
-            self.metrics.predicted_price.observe(value)
+        self.metrics.predicted_price.observe_many(predictions)
         return predictions, ids
 
     def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
@@ -232,6 +231,16 @@ class Monitor:
         return self._latest_report
 
 
+def _new_ids(n: int) -> list[str]:
+    """n random (version 4) UUIDs as 32 hex digits, like uuid4().hex, from one urandom call: a
+    1,000-row batch would otherwise spend ~3.5 ms making them one by one."""
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    digits = raw.tobytes().hex()
+    return [digits[i:i + 32] for i in range(0, 32 * n, 32)]
+
+
 class _RecentPredictions:
     """Predictions by id, the newest `capacity` of them, so that late labels can be joined when
     there is no store (--db '')."""
@@ -283,7 +292,7 @@ class _Batcher:
     def submit(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
         job = _Job(rows)
         self._queue.put(job)
-        job.done.wait()
+        job.done.acquire()  # released by the worker once the job is answered
         if job.error is not None:
             raise job.error
         return job.predictions, job.ids
@@ -321,16 +330,20 @@ class _Batcher:
                 job.error = exc
         finally:
             for job in jobs:
-                job.done.set()
+                job.done.release()
 
 
-@dataclass
 class _Job:
-    rows: list[tuple]
-    done: threading.Event = field(default_factory=threading.Event)
-    predictions: np.ndarray | None = None
-    ids: list[str] | None = None
-    error: Exception | None = None
+    __slots__ = ("rows", "done", "predictions", "ids", "error")
+
+    def __init__(self, rows: list[tuple]):
+        self.rows = rows
+        # A lock taken at birth and released when answered: cheaper to hand over than an Event.
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.predictions: np.ndarray | None = None
+        self.ids: list[str] | None = None
+        self.error: Exception | None = None
 
 
 class _Every:
@@ -778,9 +791,8 @@ class MonitorHandle:
 def start_monitor(config: MonitorConfig, artifact: dict | None = None,
                   registry: CollectorRegistry | None = None) -> MonitorHandle:
     """Load the model (training one if there is none), start serving in a background thread."""
-    if artifact is None:
-        artifact = load_or_train(config)
-    monitor = Monitor(config, artifact, registry)
+    monitor = Monitor(config, artifact if artifact is not None else load_or_train(config), registry)
+    release_freed_memory()  # the artifact's pipeline and unpickling buffers are garbage by now
     monitor.start()
     server = MonitorServer(monitor)
     # A short poll interval makes shutdown prompt (serve_forever checks for it between polls).

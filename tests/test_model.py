@@ -74,8 +74,10 @@ def test_fast_path_equals_the_pipeline_on_the_whole_heldout_split(small_artifact
     rows = [tuple(r) for r in frame[schema.names].astype(object).itertuples(index=False)]
     expected = small_artifact["pipeline"].predict(frame[schema.names])
     assert np.array_equal(fast.predict(rows), expected)
-    for n in (1, 7, 100):  # small batches go through the same code
-        assert np.array_equal(fast.predict(rows[:n]), expected[:n])
+    # Every batch size the batcher may form, on both walking orders (all trees at once up to 64 rows)
+    for n in (1, 2, 3, 7, 8, 9, 16, 33, 63, 64, 65, 100, 1000):
+        for start in (0, 4321):
+            assert np.array_equal(fast.predict(rows[start:start + n]), expected[start:start + n]), n
 
 
 def test_fast_path_equals_the_default_pipeline(default_model):

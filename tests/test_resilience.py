@@ -286,8 +286,11 @@ def test_idle_and_half_sent_connections_do_not_starve_others(small_artifact):
         # The socket timeout frees the slots held by the idle and the half-sent.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if request(handle.url, "POST", "/predict", ROW, timeout=5)[0] == 200:
-                break
+            try:
+                if request(handle.url, "POST", "/predict", ROW, timeout=5)[0] == 200:
+                    break
+            except (OSError, http.client.HTTPException):  # still over the cap: 503 and closed at once
+                pass
             time.sleep(0.2)
         else:
             raise AssertionError("slots were never freed")
