@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -178,9 +180,13 @@ class FastPredictor:
     and refuses a pipeline it cannot reproduce. The pipeline itself is not kept.
     """
 
-    # Big batches walk the trees in groups whose nodes stay in cache; small ones walk all at once.
+    # Big batches walk the trees in groups whose nodes stay in cache, the groups on a few threads
+    # (numpy's gathers release the GIL); small ones walk all trees at once on the caller's thread.
     _TREES_PER_GROUP = 25
     _SMALL_BATCH = 64
+    # Every few levels, (row, tree) pairs already at a leaf are dropped from the walk: paths end at
+    # very different depths, so most of a fixed-depth walk would be leaves stepping on the spot.
+    _COMPACT_EVERY = 4
 
     def __init__(self, pipeline, schema: Schema, check_rows=None):
         preprocessor = pipeline.named_steps["preprocessor"]
@@ -215,6 +221,7 @@ class FastPredictor:
         self._feature = np.empty(total, dtype=np.int64)
         self._threshold = np.empty(total, dtype=np.float64)
         self._value = np.empty(total, dtype=np.float64)
+        self._is_leaf = np.empty(total, dtype=bool)
         for tree, offset in zip(trees, self._roots):
             nodes = slice(offset, offset + tree.node_count)
             leaf = tree.children_left == -1
@@ -224,9 +231,11 @@ class FastPredictor:
             self._feature[nodes] = np.where(leaf, 0, tree.feature)
             self._threshold[nodes] = np.where(leaf, 0.0, tree.threshold)
             self._value[nodes] = tree.value[:, 0, 0]
+            self._is_leaf[nodes] = leaf
         self._children = children.ravel()
         self._depth = max(t.max_depth for t in trees)
         self.n_trees = len(trees)
+        self._pool: ThreadPoolExecutor | None = None
 
     def encode(self, rows: Sequence[tuple]) -> np.ndarray:
         matrix = np.empty((len(rows), len(self._columns)), dtype=np.float64)
@@ -237,10 +246,16 @@ class FastPredictor:
 
     def predict(self, rows: Sequence[tuple]) -> np.ndarray:
         X = self.encode(rows)
-        n = len(rows)
-        group = self.n_trees if n <= self._SMALL_BATCH else self._TREES_PER_GROUP
-        leaves = [self._leaves(X, self._roots[start:start + group]) for start in range(0, self.n_trees, group)]
-        values = self._value.take(np.concatenate(leaves, axis=1).T)  # (trees, rows), C order
+        if len(rows) <= self._SMALL_BATCH:
+            leaves = self._leaves(X, self._roots)
+        else:
+            groups = [self._roots[start:start + self._TREES_PER_GROUP]
+                      for start in range(0, self.n_trees, self._TREES_PER_GROUP)]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                                thread_name_prefix="forest")
+            leaves = np.concatenate(list(self._pool.map(lambda roots: self._leaves(X, roots), groups)), axis=1)
+        values = self._value.take(leaves.T)  # (trees, rows), C order
         # cumsum adds strictly in tree order, as the forest accumulates (a plain sum may pair terms)
         total = np.cumsum(values, axis=0)[-1]
         total /= self.n_trees
@@ -248,13 +263,22 @@ class FastPredictor:
 
     def _leaves(self, X: np.ndarray, roots: np.ndarray) -> np.ndarray:
         """The leaf each row reaches in each tree of `roots`: an (n_rows, n_trees) array of nodes."""
+        n_rows, n_trees = len(X), len(roots)
         flat = X.ravel()
-        row_start = (np.arange(len(X), dtype=np.int64) * X.shape[1])[:, None]
-        node = np.broadcast_to(roots, (len(X), len(roots))).copy()
-        for _ in range(self._depth):
+        leaf = np.tile(roots, n_rows)  # (row, tree) pairs, row-major; final once a pair is dropped
+        active = np.arange(leaf.size)  # the pairs still walking
+        node = leaf.copy()
+        row_start = np.repeat(np.arange(n_rows, dtype=np.int64) * X.shape[1], n_trees)
+        for level in range(1, self._depth + 1):
             went_right = flat.take(row_start + self._feature.take(node)) > self._threshold.take(node)
             node = self._children.take(node * 2 + went_right)
-        return node
+            if level % self._COMPACT_EVERY == 0 or level == self._depth:
+                leaf[active] = node
+                walking = ~self._is_leaf.take(node)
+                active, node, row_start = active[walking], node[walking], row_start[walking]
+                if not active.size:
+                    break
+        return leaf.reshape(n_rows, n_trees)
 
     def _check_against(self, pipeline, schema: Schema, frame) -> None:
         import pandas as pd
