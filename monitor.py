@@ -87,8 +87,9 @@ class Monitor:
         self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window)
-        self._predictions = _RecentPredictions(config.max_tracked_predictions)
         self.store = self._open_store(config)
+        # Without a store, late labels are joined to predictions kept in memory.
+        self._predictions = _RecentPredictions(config.max_tracked_predictions) if self.store is None else None
 
         tests = {f.name: ("chi2" if f.kind == "categorical" else "ks") for f in self.schema.features}
         self.metrics = MonitorMetrics(registry, self.schema.names, tests)
@@ -110,13 +111,10 @@ class Monitor:
         a crash) neither forgets the traffic drift is measured on nor loses late labels' joins."""
         if config.db_path is None:
             return None
-        try:
-            store = Store(config.db_path, retention_seconds=config.retention_days * 86400,
-                          max_rows=config.max_stored_rows)
-            self.inputs.extend(store.recent_inputs(config.window))
-            self.labelled.extend(store.recent_labelled(config.label_window))
-        except StoreError as exc:
-            raise ModelLoadError(f"cannot use the prediction store: {exc}") from exc
+        store = Store(config.db_path, retention_seconds=config.retention_days * 86400,
+                      max_rows=config.max_stored_rows)
+        self.inputs.extend(store.recent_inputs(config.window))
+        self.labelled.extend(store.recent_labelled(config.label_window))
         counts = store.counts()
         log.info("prediction store %s: %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
                  config.db_path, counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
@@ -178,7 +176,7 @@ class Monitor:
             now = time.time()
             joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
             known = [(actual, predicted) for _, actual, predicted, _ in joined]
-        self.labelled.extend([(actual, predicted) for actual, predicted in known])
+        self.labelled.extend(known)
         self.metrics.labels_received.inc(len(known))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))
@@ -898,7 +896,7 @@ def main(argv=None) -> int:
         return _export_labelled(config, export_target)
     try:
         handle = start_monitor(config)
-    except ModelLoadError as exc:
+    except (ModelLoadError, StoreError) as exc:
         log.error("cannot serve: %s", exc)
         return 2
     except OSError as exc:
