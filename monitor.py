@@ -175,8 +175,10 @@ class Monitor:
         else:
             now = time.time()
             joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
-            known = [(actual, predicted) for _, actual, predicted, _ in joined]
-        self.labelled.extend(known)
+            known = [(actual, predicted, first) for _, actual, predicted, _, first in joined]
+        # A prediction enters the labelled window once: a corrected or resent label updates the
+        # record, but counting it twice would make the window look more certain than it is.
+        self.labelled.extend([(actual, predicted) for actual, predicted, first in known if first])
         self.metrics.labels_received.inc(len(known))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))
@@ -246,6 +248,7 @@ class _RecentPredictions:
     def __init__(self, capacity: int):
         self._capacity = capacity
         self._by_id: dict[str, float] = {}  # dicts keep insertion order: the first key is the oldest
+        self._labelled: set[str] = set()
         self._lock = threading.Lock()
 
     def add(self, ids: list[str], predictions: np.ndarray) -> None:
@@ -255,12 +258,19 @@ class _RecentPredictions:
             if excess > 0:
                 for stale in list(self._by_id)[:excess]:
                     del self._by_id[stale]
+                    self._labelled.discard(stale)
 
-    def join(self, labels: list[tuple[str, float]]) -> tuple[list[tuple[float, float]], list[str]]:
+    def join(self, labels: list[tuple[str, float]]) -> tuple[list[tuple[float, float, bool]], list[str]]:
+        """(actual, predicted, first label for this id?) for known ids, and the unknown ids."""
+        known, unknown = [], []
         with self._lock:
-            found = [(self._by_id.get(label_id), label_id, actual) for label_id, actual in labels]
-        known = [(actual, predicted) for predicted, _, actual in found if predicted is not None]
-        unknown = [label_id for predicted, label_id, _ in found if predicted is None]
+            for label_id, actual in labels:
+                predicted = self._by_id.get(label_id)
+                if predicted is None:
+                    unknown.append(label_id)
+                    continue
+                known.append((actual, predicted, label_id not in self._labelled))
+                self._labelled.add(label_id)
         return known, unknown
 
 

@@ -438,9 +438,10 @@ class Store:
             if row is None:
                 unknown.append(id_)
                 continue
-            known.append((id_, actual, _num(row[1]), _features(row[3:])))
+            first = bool(row[2])
+            known.append((id_, actual, _num(row[1]), _features(row[3:]), first))
             updates.append((actual, label_ts, id_))
-            newly += bool(row[2])
+            newly += first
         if updates:
             conn.executemany("UPDATE predictions SET actual = ?, label_ts = ? WHERE id = ?", updates)
         return (known, unknown), newly
@@ -463,9 +464,10 @@ class Store:
         """Join ground truth to served predictions; durable when this returns.
 
         labels: (id, actual, received_ts). Returns (known, unknown_ids): known holds
-        (id, actual, prediction, features) for each id found in the store (including rows still
-        in the retry buffer, which are written first), unknown_ids the others; each id appears once.
-        Latest wins: a label for an id that already has one replaces it (actual and label_ts), and
+        (id, actual, prediction, features, first) for each id found in the store (including rows
+        still in the retry buffer, which are written first), `first` False when the prediction had
+        a label already (a correction, or a sender's retry); unknown_ids the others; each id
+        appears once. Latest wins: a label for an id that already has one replaces it (actual and label_ts), and
         within one call a later entry for the same id replaces an earlier one. Labels are not kept
         for retry: on StoreError nothing of the call was written."""
         joined: dict[str, tuple[float, float]] = {}

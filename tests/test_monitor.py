@@ -86,6 +86,23 @@ def test_feedback_joins_labels_to_predictions_and_reports_unknown_ids(server, he
     assert metric_value(text, "labels_unknown_total") == 1
 
 
+@pytest.mark.parametrize("with_store", [True, False])
+def test_a_resent_label_is_accepted_but_enters_the_window_once(small_artifact_path, small_artifact, tmp_path,
+                                                                with_store):
+    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0,
+                           db_path=tmp_path / "monitor.db" if with_store else None)
+    handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
+    try:
+        ids = request(handle.url, "POST", "/predict", [CURL_EXAMPLE] * 3)[2]["ids"]
+        labels = [{"id": i, "actual": 1700.0} for i in ids]
+        assert request(handle.url, "POST", "/feedback", labels)[2]["accepted"] == 3
+        assert request(handle.url, "POST", "/feedback", labels[:2])[2]["accepted"] == 2  # a client's retry
+        assert len(handle.monitor.labelled) == 3
+        assert metric_value(_metrics(handle), "labels_received_total") == 5
+    finally:
+        handle.stop()
+
+
 def test_feedback_accepts_a_single_object(server):
     _, _, body = request(server.url, "POST", "/predict", CURL_EXAMPLE)
     status, _, reply = request(server.url, "POST", "/feedback", {"id": body["id"], "actual": 1700})

@@ -169,18 +169,18 @@ def test_labels_join_unknown_ids_and_relabel(store):
     known, unknown = store.add_labels([(a.id, 510.0, 2_000.0), ("f" * 32, 1.0, 2_000.0),
                                        (b.id, 520.0, 2_001.0)])
     assert unknown == ["f" * 32]
-    assert known == [(a.id, 510.0, a.prediction, a.features), (b.id, 520.0, b.prediction, b.features)]
+    assert known == [(a.id, 510.0, a.prediction, a.features, True), (b.id, 520.0, b.prediction, b.features, True)]
     assert store.counts() == {"predictions": 3, "labelled": 2}
 
     # Latest wins: a relabel replaces the value and the label time, and is not counted twice.
     known, unknown = store.add_labels([(a.id, 999.0, 2_005.0)])
-    assert known == [(a.id, 999.0, a.prediction, a.features)] and unknown == []
+    assert known == [(a.id, 999.0, a.prediction, a.features, False)] and unknown == []  # a relabel
     assert store.counts() == {"predictions": 3, "labelled": 2}
     assert store.recent_labelled(10) == [(520.0, b.prediction), (999.0, a.prediction)]
 
     # Within one call too, the later entry for an id wins, and the id is reported once.
     known, _ = store.add_labels([(c.id, 1.0, 2_010.0), (c.id, 2.0, 2_011.0)])
-    assert known == [(c.id, 2.0, c.prediction, c.features)]
+    assert known == [(c.id, 2.0, c.prediction, c.features, True)]
     assert store.counts()["labelled"] == 3
 
 
@@ -209,7 +209,7 @@ def test_windows_rebuilt_in_order_after_restart(db):
         assert len(s.recent_labelled(100)) == 10
         # A label for a prediction made before the restart still joins.
         known, unknown = s.add_labels([(records[40].id, 1.5, 4_000.0)])
-        assert known == [(records[40].id, 1.5, records[40].prediction, records[40].features)]
+        assert known == [(records[40].id, 1.5, records[40].prediction, records[40].features, True)]
         assert s.recent_labelled(1) == [(1.5, records[40].prediction)]
 
 
