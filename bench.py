@@ -249,11 +249,8 @@ def heldout() -> tuple[list[dict], list[float]]:
     """The held-out rows (as /predict JSON objects) and their prices, split exactly as train.py does."""
     sys.path.insert(0, str(ROOT))
     import train
-    from sklearn.model_selection import train_test_split
 
-    diamonds = train.load_diamonds()
-    _, X_test, _, y_test = train_test_split(diamonds[train.FEATURES], diamonds[train.TARGET],
-                                            test_size=train.TEST_SIZE, random_state=42)
+    _, X_test, _, y_test = train.split(train.load_diamonds())
     rows = [{k: (str(v) if k in CATEGORICAL else float(v)) for k, v in row.items()}
             for row in X_test[FEATURES].astype(object).to_dict("records")]
     return rows, [float(p) for p in y_test]

@@ -37,11 +37,7 @@ TABLE_SD = 2.2345
 def heldout_rows(data_dir: Path = train.DATA_DIR) -> pd.DataFrame:
     """The held-out split exactly as train.py makes it (test_size=0.2, random_state=42): FEATURES
     then price, index reset. Grades are seaborn's categoricals."""
-    from sklearn.model_selection import train_test_split
-
-    diamonds = train.load_diamonds(data_dir)
-    X, y = diamonds[train.FEATURES], diamonds[train.TARGET]
-    _, X_test, _, y_test = train_test_split(X, y, test_size=train.TEST_SIZE, random_state=42)
+    _, X_test, _, y_test = train.split(train.load_diamonds(data_dir))
     return pd.concat([X_test, y_test], axis=1).reset_index(drop=True)[COLUMNS]
 
 

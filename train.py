@@ -46,6 +46,7 @@ CATEGORICAL_FEATURES = ["cut", "color", "clarity"]
 FEATURES = ["carat", "cut", "color", "clarity", "depth", "table"]
 TARGET = "price"
 TEST_SIZE = 0.2
+SPLIT_RANDOM_STATE = 42
 ARTIFACT_FORMAT = 1
 
 
@@ -63,6 +64,13 @@ def load_diamonds(data_dir: Path = DATA_DIR) -> pd.DataFrame:
 
 def data_sha256(data_dir: Path = DATA_DIR) -> str:
     return hashlib.sha256((Path(data_dir) / "diamonds.csv").read_bytes()).hexdigest()
+
+
+def split(diamonds: pd.DataFrame):
+    """(X_train, X_test, y_train, y_test) as the lab splits them: test_size=0.2, random_state=42.
+    Everything that needs "the held-out rows" takes them from here."""
+    return train_test_split(diamonds[FEATURES], diamonds[TARGET], test_size=TEST_SIZE,
+                            random_state=SPLIT_RANDOM_STATE)
 
 
 def feature_schema(diamonds: pd.DataFrame) -> dict:
@@ -116,8 +124,7 @@ def train(n_estimators: int = 100, min_samples_leaf: int = 4, max_features: floa
     started = time.perf_counter()
     diamonds = load_diamonds(data_dir)
     schema = feature_schema(diamonds)
-    X, y = diamonds[FEATURES], diamonds[TARGET]
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=TEST_SIZE, random_state=42)
+    X_train, X_test, y_train, y_test = split(diamonds)
 
     pipeline = build_pipeline(schema, n_estimators, min_samples_leaf, max_features, random_state, n_jobs)
     pipeline.fit(X_train, y_train)
@@ -150,7 +157,7 @@ def train(n_estimators: int = 100, min_samples_leaf: int = 4, max_features: floa
             "data_sha256": digest,
             "params": {"n_estimators": n_estimators, "min_samples_leaf": min_samples_leaf,
                        "max_features": max_features, "random_state": random_state,
-                       "test_size": TEST_SIZE, "split_random_state": 42},
+                       "test_size": TEST_SIZE, "split_random_state": SPLIT_RANDOM_STATE},
             "versions": {"python": platform.python_version(), "sklearn": sklearn.__version__,
                          "numpy": np.__version__, "pandas": pd.__version__,
                          "joblib": joblib.__version__, "seaborn": sns.__version__},

@@ -29,14 +29,9 @@ def request(url: str, method: str = "GET", path: str = "/", body=None, *, raw: b
 
 def heldout_frame():
     """The held-out rows (features and price) exactly as train.py splits them."""
-    from sklearn.model_selection import train_test_split
+    import scenarios
 
-    diamonds = train.load_diamonds()
-    _, X_test, _, y_test = train_test_split(diamonds[train.FEATURES], diamonds[train.TARGET],
-                                            test_size=train.TEST_SIZE, random_state=42)
-    frame = X_test.copy()
-    frame["price"] = y_test
-    return frame.reset_index(drop=True)
+    return scenarios.heldout_rows()
 
 
 def as_payload(frame) -> list[dict]:
