@@ -51,7 +51,7 @@ def load_artifact(path: str | Path, verify_hash: bool = True) -> dict:
         if not hash_file.is_file():
             raise ModelLoadError(f"{hash_file} is missing: the model's recorded hash cannot be checked "
                                  "(retrain with train.py, or pass --no-verify-hash for a file you trust)")
-        recorded = hash_file.read_text().split()[0] if hash_file.read_text().strip() else ""
+        recorded = (hash_file.read_text().split() or [""])[0]
         actual = _file_sha256(path)
         if recorded != actual:
             raise ModelLoadError(f"{path} does not match its recorded sha256 (recorded {recorded[:12]}..., "
@@ -109,7 +109,7 @@ class Schema:
         strings), or InvalidInput naming the field and what is accepted."""
         if not isinstance(obj, dict):
             raise InvalidInput("not_an_object", f"{where or 'body'}: expected a JSON object with fields "
-                                                f"{self._accepted}, got {_json_type(obj)}")
+                                                f"{self._accepted}, got {describe_json(obj)}")
         extra = [k for k in obj if k not in self._by_name]
         if extra:
             raise InvalidInput("unknown_field", f"{where}{_quote(extra[0])}: unknown field; accepted fields: "
@@ -125,7 +125,7 @@ class Schema:
             else:
                 if not isinstance(value, str):
                     raise InvalidInput("wrong_type", f"{field}: expected a string, one of "
-                                                     f"{', '.join(feature.categories)}; got {_json_type(value)}")
+                                                     f"{', '.join(feature.categories)}; got {describe_json(value)}")
                 if value not in self._codes[feature.name]:
                     raise InvalidInput("unknown_category", f"{field}: unknown category {_quote(value)}; "
                                                            f"accepted: {', '.join(feature.categories)}")
@@ -136,7 +136,7 @@ class Schema:
 def parse_positive_number(field: str, value: Any) -> float:
     # bool is an int subclass in Python, but true is not a carat.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidInput("not_a_number", f"{field}: expected a number, got {_json_type(value)}")
+        raise InvalidInput("not_a_number", f"{field}: expected a number, got {describe_json(value)}")
     number = float(value)
     if not math.isfinite(number):
         raise InvalidInput("non_finite", f"{field}: expected a finite number, got {value}")
@@ -145,7 +145,8 @@ def parse_positive_number(field: str, value: Any) -> float:
     return number
 
 
-def _json_type(value: Any) -> str:
+def describe_json(value: Any) -> str:
+    """A JSON value as an error message names it: "the string 'x'", "an array", "null"..."""
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -35,8 +35,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
 from metrics import MonitorMetrics
-from model import (FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact, parse_positive_number,
-                   release_freed_memory)
+from model import (FastPredictor, InvalidInput, ModelLoadError, Schema, describe_json, load_artifact,
+                   parse_positive_number, release_freed_memory)
 from store import PredictionRecord, Store, StoreError
 from windows import InputWindow, LabelledWindow
 
@@ -427,10 +427,11 @@ def _predict(monitor: Monitor, body) -> tuple[int, dict]:
 
 
 def _feedback(monitor: Monitor, body) -> tuple[int, dict]:
-    items = [body] if isinstance(body, dict) else _as_list(body, monitor.config.max_rows, "labels")
+    single = isinstance(body, dict)
+    items = [body] if single else _as_list(body, monitor.config.max_rows, "labels")
     labels = []
     for i, item in enumerate(items):
-        where = "" if isinstance(body, dict) else f"[{i}]."
+        where = "" if single else f"[{i}]."
         if not isinstance(item, dict):
             raise _HttpError(400, "not_an_object", f"{where or 'body'}: expected an object "
                                                    '{"id": "<prediction id>", "actual": <price>}')
@@ -460,7 +461,7 @@ def _feedback(monitor: Monitor, body) -> tuple[int, dict]:
 def _as_list(body, max_items: int, what: str) -> list:
     if not isinstance(body, list):
         raise _HttpError(400, "wrong_type", f"body: expected a JSON object or a list of objects, got "
-                                            f"{type(body).__name__ if body is not None else 'null'}")
+                                            f"{describe_json(body)}")
     if not body:
         raise _HttpError(400, "empty_list", f"body: the list of {what} is empty")
     if len(body) > max_items:
