@@ -14,11 +14,11 @@ test: setup-dev system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: setup-dev system-packages
-	$(PY) bench.py $(ARGS)
+	$(PY) bench/bench.py $(ARGS)
 
 # Detection delay and false-alarm rate of the drift detectors on held-out traffic (README figures).
 evaluate: setup-dev
-	$(PY) evaluate_drift.py $(ARGS)
+	$(PY) -m evaluation.evaluate_drift $(ARGS)
 
 # Regenerate the dashboard JSON and both alert-rule files (tests fail when they are stale).
 generate: setup-dev

@@ -33,12 +33,12 @@ from typing import Callable
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
-from metrics import MonitorMetrics
-from model import (FastPredictor, InvalidInput, ModelLoadError, Schema, describe_json, load_artifact,
+from monitoring.drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
+from monitoring.metrics import MonitorMetrics
+from monitoring.model import (FastPredictor, InvalidInput, ModelLoadError, Schema, describe_json, load_artifact,
                    parse_positive_number, release_freed_memory)
-from store import PredictionRecord, Store, StoreError
-from windows import InputWindow, LabelledWindow
+from monitoring.store import PredictionRecord, Store, StoreError
+from monitoring.windows import InputWindow, LabelledWindow
 
 log = logging.getLogger("monitor")
 

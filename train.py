@@ -28,49 +28,16 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pandas as pd
-import seaborn as sns
 import sklearn
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
-HERE = Path(__file__).resolve().parent
-DATA_DIR = HERE / "data"
-DEFAULT_MODEL_PATH = HERE / "model.joblib"
-
-NUMERIC_FEATURES = ["carat", "depth", "table"]
-CATEGORICAL_FEATURES = ["cut", "color", "clarity"]
-FEATURES = ["carat", "cut", "color", "clarity", "depth", "table"]
-TARGET = "price"
-TEST_SIZE = 0.2
-SPLIT_RANDOM_STATE = 42
-ARTIFACT_FORMAT = 1
-
-
-def load_diamonds(data_dir: Path = DATA_DIR) -> pd.DataFrame:
-    """The seaborn diamonds table, read from the copy shipped in data/ (no network).
-
-    seaborn turns cut, color and clarity into ordered categoricals; they are listed best grade
-    first (cut Ideal..Fair, color D..J, clarity IF..I1).
-    """
-    csv = Path(data_dir) / "diamonds.csv"
-    if not csv.is_file():
-        raise FileNotFoundError(f"{csv} is missing; the project ships it (see data/README.md)")
-    return sns.load_dataset("diamonds", data_home=str(data_dir), cache=True)
-
-
-def data_sha256(data_dir: Path = DATA_DIR) -> str:
-    return hashlib.sha256((Path(data_dir) / "diamonds.csv").read_bytes()).hexdigest()
-
-
-def split(diamonds: pd.DataFrame):
-    """(X_train, X_test, y_train, y_test) as the lab splits them: test_size=0.2, random_state=42.
-    Everything that needs "the held-out rows" takes them from here."""
-    return train_test_split(diamonds[FEATURES], diamonds[TARGET], test_size=TEST_SIZE,
-                            random_state=SPLIT_RANDOM_STATE)
+from monitoring.diamonds import (CATEGORICAL_FEATURES, DATA_DIR, FEATURES, NUMERIC_FEATURES,
+                                 SPLIT_RANDOM_STATE, TARGET, TEST_SIZE, data_sha256, load_diamonds, split)
+from monitoring.model import DEFAULT_MODEL_PATH, SUPPORTED_FORMAT as ARTIFACT_FORMAT
 
 
 def feature_schema(diamonds: pd.DataFrame) -> dict:
@@ -160,7 +127,7 @@ def train(n_estimators: int = 100, min_samples_leaf: int = 4, max_features: floa
                        "test_size": TEST_SIZE, "split_random_state": SPLIT_RANDOM_STATE},
             "versions": {"python": platform.python_version(), "sklearn": sklearn.__version__,
                          "numpy": np.__version__, "pandas": pd.__version__,
-                         "joblib": joblib.__version__, "seaborn": sns.__version__},
+                         "joblib": joblib.__version__},
         },
     }
 

@@ -5,7 +5,7 @@ import http.client
 import json
 from urllib.parse import urlsplit
 
-import train
+from monitoring.diamonds import as_payload  # noqa: F401  (re-exported for the tests)
 
 
 def request(url: str, method: str = "GET", path: str = "/", body=None, *, raw: bytes | None = None,
@@ -29,15 +29,9 @@ def request(url: str, method: str = "GET", path: str = "/", body=None, *, raw: b
 
 def heldout_frame():
     """The held-out rows (features and price) exactly as train.py splits them."""
-    import scenarios
+    from evaluation import scenarios
 
     return scenarios.heldout_rows()
-
-
-def as_payload(frame) -> list[dict]:
-    """DataFrame rows -> /predict JSON objects (grades as plain strings)."""
-    rows = frame[train.FEATURES].astype(object).to_dict("records")
-    return [{k: (str(v) if k in train.CATEGORICAL_FEATURES else float(v)) for k, v in row.items()} for row in rows]
 
 
 def metric_value(text: str, name: str, labels: dict | None = None) -> float:

@@ -22,7 +22,7 @@ def test_the_load_generator_is_installed():
 @pytest.fixture(scope="module")
 def quick_run(small_artifact_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench.py"), "--quick", "--model", str(small_artifact_path),
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--model", str(small_artifact_path),
                            "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"bench.py failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout, json.loads(out.read_text())

@@ -89,7 +89,7 @@ def test_dockerfile_installs_before_copying_code_runs_unprivileged_and_checks_he
     base = next(l for l in lines if l.startswith("FROM "))
     assert re.fullmatch(r"FROM python:3\.11\.\d+-slim(-\w+)?", base), base
     text = "\n".join(lines)
-    assert text.index("COPY requirements.txt") < text.index("pip install") < text.index("COPY *.py")
+    assert text.index("COPY requirements.txt") < text.index("pip install") < text.index("COPY monitor.py train.py")
     assert "python train.py" in text, "the model is trained at build time"
     user = [l for l in lines if l.startswith("USER ")]
     assert user and user[-1].split()[1].split(":")[0] not in ("root", "0")
@@ -150,7 +150,9 @@ def test_compose_takes_secrets_from_the_environment_only(compose):
 def test_the_demo_profile_runs_the_simulator_against_the_monitor(compose):
     simulator = compose["services"]["simulator"]
     assert simulator["profiles"] == ["demo"]
-    assert simulator["command"][:4] == ["python", "simulate.py", "--url", "http://monitor:5000"]
+    assert simulator["command"][:5] == ["python", "-m", "evaluation.simulate", "--url", "http://monitor:5000"]
+    # the image holds only what serves: the simulator gets the evaluation code as a read-only mount
+    assert "./evaluation:/app/evaluation:ro" in simulator["volumes"]
     assert compose["services"]["monitor"]["build"] == simulator["build"] == "."
 
 

@@ -23,8 +23,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from monitor import MonitorConfig, start_monitor
-from scenarios import SCENARIOS, heldout_rows
-from simulate import Client, as_requests
+from evaluation.scenarios import SCENARIOS, heldout_rows
+from evaluation.simulate import Client
+from monitoring.diamonds import as_payload
 from tests.observability import ROOT, Process, Prometheus, free_port, http, load_yaml, run_tool, tool, wait_until
 
 WINDOW = 300
@@ -146,7 +147,7 @@ def delivered(small_artifact, tmp_path_factory):
         client = Client(monitor.url)
         for start in range(0, WINDOW, 100):
             chunk = rows.iloc[start:start + 100]
-            ids = client.predict(as_requests(chunk))
+            ids = client.predict(as_payload(chunk))
             client.feedback(list(zip(ids, chunk["price"].astype(float))))
         started = time.monotonic()
 

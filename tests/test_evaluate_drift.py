@@ -6,7 +6,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
-import evaluate_drift
+from evaluation import evaluate_drift
 from monitor import MonitorConfig, start_monitor
 
 # Short streams on the 20-tree model: a window of 200, a check every 50 rows.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import train
-from model import FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact
+from monitoring.model import FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact
 from tests.helpers import heldout_frame
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,8 +21,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from monitor import MonitorConfig, start_monitor
-from scenarios import SCENARIOS, heldout_rows
-from simulate import Client, as_requests
+from evaluation.scenarios import SCENARIOS, heldout_rows
+from evaluation.simulate import Client
+from monitoring.diamonds import as_payload
 from tests.observability import ROOT, Prometheus, http, load_yaml, wait_until
 from tools import gen_alerts, gen_dashboard
 
@@ -32,7 +33,7 @@ WINDOW = 300
 def drive(client: Client, rows, labels: bool = True, batch: int = 100) -> None:
     for start in range(0, len(rows), batch):
         chunk = rows.iloc[start:start + batch]
-        ids = client.predict(as_requests(chunk))
+        ids = client.predict(as_payload(chunk))
         if labels:
             answer = client.feedback(list(zip(ids, chunk["price"].astype(float))))
             assert answer["accepted"] == len(ids)

@@ -7,7 +7,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-import simulate
+from evaluation import simulate
 from monitor import MonitorConfig, start_monitor
 
 

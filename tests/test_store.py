@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-import store as store_module
-from store import PredictionRecord, Store, StoreError, bench_store
+from monitoring import store as store_module
+from monitoring.store import PredictionRecord, Store, StoreError, bench_store
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADES = [("Ideal", "G", "VS1"), ("Premium", "D", "IF"), ("Fair", "J", "I1")]
@@ -462,7 +462,7 @@ def test_close_writes_the_buffer_and_later_calls_fail(db):
 CHILD = textwrap.dedent("""
     import sys, threading
     sys.path.insert(0, sys.argv[2])
-    from store import PredictionRecord, Store
+    from monitoring.store import PredictionRecord, Store
 
     store = Store(sys.argv[1])
     out = threading.Lock()

@@ -30,9 +30,9 @@ same code:
                  with its `reference_errors` replaced by half A, so both modes have the same references
                  and, seed for seed, give the same records (tests/test_evaluate_drift.py checks it).
 
-    python evaluate_drift.py                    # about a minute on 2 cores; prints a markdown table
-    python evaluate_drift.py --through-api      # 4 seeds through the HTTP API, about a minute
-    python evaluate_drift.py --seeds 5 --scenarios large_stones price_up_20
+    python -m evaluation.evaluate_drift                    # about a minute on 2 cores; prints a markdown table
+    python -m evaluation.evaluate_drift --through-api      # 4 seeds through the HTTP API, about a minute
+    python -m evaluation.evaluate_drift --seeds 5 --scenarios large_stones price_up_20
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ from urllib.parse import urlsplit
 import numpy as np
 import pandas as pd
 
-import drift
-import scenarios
-import train
+from evaluation import scenarios
+from monitoring import diamonds, drift
+from monitoring.model import DEFAULT_MODEL_PATH, ModelLoadError, load_artifact
 
 
 @dataclass
@@ -79,10 +79,7 @@ class Traffic:
     def payload(self) -> list[dict]:
         """The rows as /predict JSON objects (grades as strings, numbers as floats), built once."""
         if self._payload is None:
-            columns = {name: (self.frame[name].astype(str).tolist() if name in train.CATEGORICAL_FEATURES
-                              else self.frame[name].to_numpy(dtype=np.float64).tolist())
-                       for name in train.FEATURES}
-            self._payload = [dict(zip(columns, values)) for values in zip(*columns.values())]
+            self._payload = diamonds.as_payload(self.frame)
         return self._payload
 
 
@@ -186,14 +183,13 @@ class Context:
 
 
 def build_context(args: argparse.Namespace) -> Context:
-    import joblib
-
-    if not Path(args.model).is_file():
-        sys.exit(f"{args.model} does not exist: train the model first (python train.py --output {args.model})")
-    artifact = joblib.load(args.model)
+    try:
+        artifact = load_artifact(args.model)  # the monitor's own checks: hash, format, versions
+    except ModelLoadError as exc:
+        sys.exit(str(exc))
     pipeline = artifact["pipeline"]
     heldout = scenarios.heldout_rows(args.data_dir)
-    heldout["predicted"] = pipeline.predict(heldout[train.FEATURES])
+    heldout["predicted"] = pipeline.predict(heldout[diamonds.FEATURES])
     order = np.random.default_rng(args.split_seed).permutation(len(heldout))
     reference = heldout.iloc[order[: len(order) // 2]]
     stream = heldout.iloc[order[len(order) // 2:]].reset_index(drop=True)
@@ -237,7 +233,7 @@ def _stream(ctx: Context, args: argparse.Namespace, seed: int, sink: Sink) -> li
         pool = rows.iloc[np.r_[order[: args.warmup - window], order[args.warmup:]]]
         drifted = scenario.sample(pool, args.drift_rows, rng)  # carries each row's "predicted"
         if scenario.kind == "data":  # the inputs changed: ask the model again
-            drifted["predicted"] = ctx.pipeline.predict(drifted[train.FEATURES])
+            drifted["predicted"] = ctx.pipeline.predict(drifted[diamonds.FEATURES])
         record = {"scenario": name, "seed": seed, "clean_checks": 0, "clean_data": 0, "clean_concept": 0,
                   "delay": None, "other_checks": 0, "other_flags": 0}
         clean = Traffic.of(warm, ctx.data_detector)
@@ -356,8 +352,8 @@ def render(result: dict, args: argparse.Namespace) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", type=Path, default=train.DEFAULT_MODEL_PATH, help="artifact written by train.py")
-    parser.add_argument("--data-dir", type=Path, default=train.DATA_DIR, help="folder holding diamonds.csv")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="artifact written by train.py")
+    parser.add_argument("--data-dir", type=Path, default=diamonds.DATA_DIR, help="folder holding diamonds.csv")
     parser.add_argument("--window", type=int, default=500, help="inputs (and labels) in the drift windows")
     parser.add_argument("--check-every", type=int, default=25, help="rows streamed between drift checks")
     parser.add_argument("--seeds", type=int, default=None,

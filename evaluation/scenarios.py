@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-import train
+from monitoring import diamonds
 
-COLUMNS = train.FEATURES + [train.TARGET]
+COLUMNS = diamonds.FEATURES + [diamonds.TARGET]
 
 # Standard deviations over the whole diamonds table (53,940 rows); fixed so that a shift is the
 # same whatever batch it is applied to (tests/test_drift.py checks them against the data).
@@ -34,10 +34,10 @@ DEPTH_SD = 1.4326
 TABLE_SD = 2.2345
 
 
-def heldout_rows(data_dir: Path = train.DATA_DIR) -> pd.DataFrame:
+def heldout_rows(data_dir: Path = diamonds.DATA_DIR) -> pd.DataFrame:
     """The held-out split exactly as train.py makes it (test_size=0.2, random_state=42): FEATURES
     then price, index reset. Grades are seaborn's categoricals."""
-    _, X_test, _, y_test = train.split(train.load_diamonds(data_dir))
+    _, X_test, _, y_test = diamonds.split(diamonds.load_diamonds(data_dir))
     return pd.concat([X_test, y_test], axis=1).reset_index(drop=True)[COLUMNS]
 
 

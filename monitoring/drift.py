@@ -241,7 +241,7 @@ class FeatureDrift:
 
 @dataclass
 class DataDriftReport:
-    score: float | None  # max per-feature distance, in [0, 1]
+    max_distance: float | None  # the largest per-feature distance, in [0, 1] (JSON and gauge: data_drift score)
     detected: bool
     window_size: int
     alpha: float
@@ -249,7 +249,7 @@ class DataDriftReport:
     reason: str | None = None  # set when the window could not be tested
 
     def to_dict(self) -> dict:
-        return {"score": _none_if_nan(self.score), "detected": bool(self.detected),
+        return {"score": _none_if_nan(self.max_distance), "detected": bool(self.detected),
                 "window_size": int(self.window_size), "alpha": float(self.alpha),
                 "features": {name: f.to_dict() for name, f in self.features.items()},
                 "reason": self.reason}
@@ -311,7 +311,7 @@ class DataDriftDetector:
         m = sizes.pop() if sizes else 0
         if m < self.min_samples:
             return DataDriftReport(
-                score=None, detected=False, window_size=m, alpha=self.alpha,
+                max_distance=None, detected=False, window_size=m, alpha=self.alpha,
                 features={n: FeatureDrift(n, d.test, None, None, None, False) for n, d in self.detectors.items()},
                 reason=NOT_ENOUGH_DATA.format(n=m, what="inputs", need=self.min_samples))
         results = {n: d.score(window[n]) for n, d in self.detectors.items()}
@@ -319,7 +319,7 @@ class DataDriftDetector:
         features = {n: FeatureDrift(n, r.test, r.statistic, r.p_value, r.distance, bool(rej))
                     for (n, r), rej in zip(results.items(), rejected)}
         distances = [r.distance for r in results.values() if r.distance is not None]
-        return DataDriftReport(score=max(distances) if distances else None, detected=bool(rejected.any()),
+        return DataDriftReport(max_distance=max(distances) if distances else None, detected=bool(rejected.any()),
                                window_size=m, alpha=self.alpha, features=features)
 
 
@@ -329,7 +329,7 @@ class DataDriftDetector:
 
 @dataclass
 class ConceptDriftReport:
-    score: float | None  # relative MSE increase over the reference (the lab's concept_drift)
+    mse_increase: float | None  # relative MSE increase over the reference (JSON: score; gauge: the lab's concept_drift)
     detected: bool
     labelled_size: int
     mse: float | None
@@ -344,6 +344,8 @@ class ConceptDriftReport:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out = {"score": out.pop("mse_increase"), **out}
+        out["detected"] = bool(out["detected"])
         return {k: (_none_if_nan(v) if isinstance(v, float) else v) for k, v in out.items()}
 
 
@@ -363,7 +365,7 @@ class ConceptDriftDetector:
     1/n_eff = 1/m + sum_b (m_b/m)^2 / n_b, which for a window spread like the reference is the usual
     two-sample n*m/(n+m) and grows the p-value when the window crowds into few bins.
 
-    `score` keeps the lab's meaning (relative MSE increase over the reference), which a covariate
+    `mse_increase` keeps the lab's meaning (relative MSE increase over the reference), which a covariate
     shift moves as much as a concept change; `detected` comes from the test only. `bias_pct` is the
     mean log ratio against each sample's own bin, so it too ignores the input mix.
 
@@ -395,7 +397,6 @@ class ConceptDriftDetector:
         self._sorted = [np.sort(q[bins == b]) for b in range(self.n_bins)]
         self._bin_sizes = np.array([max(s.size, 1) for s in self._sorted], dtype=np.float64)
         self._bin_mean = np.array([s.mean() if s.size else 0.0 for s in self._sorted])
-        self.reference_mean_log_ratio = float(q.mean())
 
     def _log_ratio(self, actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         return np.log(np.maximum(actual, self.price_floor) / np.maximum(predicted, self.price_floor))
@@ -423,7 +424,7 @@ class ConceptDriftDetector:
         m = int(actual.size)
         if m < self.min_samples:
             return ConceptDriftReport(
-                score=None, detected=False, labelled_size=m, mse=None, reference_mse=self.reference_mse,
+                mse_increase=None, detected=False, labelled_size=m, mse=None, reference_mse=self.reference_mse,
                 statistic=None, p_value=None, alpha=self.alpha, test=self.test, mean_log_ratio=None,
                 bias_pct=None, reason=NOT_ENOUGH_DATA.format(n=m, what="labelled predictions",
                                                              need=self.min_samples))
@@ -439,7 +440,7 @@ class ConceptDriftDetector:
         p = ks_p_value(d, n_eff)
         shift = float(np.mean(q - self._bin_mean[bins]))
         return ConceptDriftReport(
-            score=(mse - self.reference_mse) / self.reference_mse, detected=bool(p <= self.alpha),
+            mse_increase=(mse - self.reference_mse) / self.reference_mse, detected=bool(p <= self.alpha),
             labelled_size=m, mse=mse, reference_mse=self.reference_mse, statistic=d, p_value=p,
             alpha=self.alpha, test=self.test, mean_log_ratio=float(q.mean()),
             bias_pct=100.0 * float(np.expm1(shift)))

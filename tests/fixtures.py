@@ -1,16 +1,15 @@
-"""Shared fixtures: one small model trained once per test session (fast to train and load)."""
+"""Shared fixtures: one small model trained once per test session (fast to train and load).
+
+Loaded as a plugin by pytest.ini (`-p tests.fixtures`), so that both tests/ and the top-level
+test_monitor.py see them.
+"""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import train  # noqa: E402
+import train
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
 """Benchmark the monitor side by side with its baselines, on this machine, in one run.
 
-    python bench.py                      # full run (~3 min): trains a model into a temp dir first
-    python bench.py --with-lab           # also the lab's Flask app (needs `pip install flask` in the
+    python bench/bench.py                      # full run (~3 min): trains a model into a temp dir first
+    python bench/bench.py --with-lab           # also the lab's Flask app (needs `pip install flask` in the
                                          # python that runs bench.py; +~1 min)
-    python bench.py --quick              # smoke run (~25 s): short loads, drift at a 1,000 window only
-    python bench.py --model model.joblib --json bench.json
+    python bench/bench.py --quick              # smoke run (~25 s): short loads, drift at a 1,000 window only
+    python bench/bench.py --model model.joblib --json bench.json
 
 What it measures, each against a server started here as a subprocess on 127.0.0.1 (a free port):
   * single-row POST /predict under wrk (bench/predict.lua: 16 keep-alive connections, 2 threads,
@@ -41,8 +41,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-BENCH_DIR = ROOT / "bench"
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
 LUA_SCRIPT = BENCH_DIR / "predict.lua"
 BARE_SERVER = BENCH_DIR / "bare_server.py"
 LAB_APP = BENCH_DIR / "lab_app.py"
@@ -51,8 +51,6 @@ TRAIN = ROOT / "train.py"
 
 SAMPLE_ROW = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "depth": 61.5, "table": 55}
 LIBRARIES = "numpy, pandas, sklearn.ensemble, scipy.stats, prometheus_client"
-FEATURES = ["carat", "cut", "color", "clarity", "depth", "table"]
-CATEGORICAL = {"cut", "color", "clarity"}
 
 TARGETS = {"ratio_to_lab": 25.0, "min_rps": 1500.0, "max_p99_ms": 50.0, "min_batch_rows_per_s": 20_000.0,
            "max_check_ms_at_10k": 100.0, "max_rss_over_model": 1.5}
@@ -248,12 +246,10 @@ def machine_info() -> dict:
 def heldout() -> tuple[list[dict], list[float]]:
     """The held-out rows (as /predict JSON objects) and their prices, split exactly as train.py does."""
     sys.path.insert(0, str(ROOT))
-    import train
+    from monitoring import diamonds
 
-    _, X_test, _, y_test = train.split(train.load_diamonds())
-    rows = [{k: (str(v) if k in CATEGORICAL else float(v)) for k, v in row.items()}
-            for row in X_test[FEATURES].astype(object).to_dict("records")]
-    return rows, [float(p) for p in y_test]
+    _, X_test, _, y_test = diamonds.split(diamonds.load_diamonds())
+    return diamonds.as_payload(X_test), [float(p) for p in y_test]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,7 +558,7 @@ def say(message: str) -> None:
 
 
 def run(args) -> dict:
-    results: dict = {"machine": machine_info(), "command": "python bench.py " + " ".join(args.argv),
+    results: dict = {"machine": machine_info(), "command": "python bench/bench.py " + " ".join(args.argv),
                      "settings": {"connections": args.connections, "threads": args.threads,
                                   "duration_s": args.duration, "warmup_s": args.warmup,
                                   "batch_rows": args.batch_rows, "batch_concurrency": args.batch_concurrency,

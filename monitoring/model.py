@@ -18,6 +18,7 @@ import numpy as np
 
 REQUIRED_KEYS = ("pipeline", "schema", "reference_features", "reference_errors", "metrics", "info")
 SUPPORTED_FORMAT = 1
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "model.joblib"
 
 
 class ModelLoadError(Exception):
@@ -97,8 +98,6 @@ class Schema:
         self._by_name = {f.name: f for f in self.features}
         self._codes = {f.name: {c: i for i, c in enumerate(f.categories)}
                        for f in self.features if f.kind == "categorical"}
-        self.numeric = [f.name for f in self.features if f.kind == "numeric"]
-        self.categorical = [f.name for f in self.features if f.kind == "categorical"]
         self._accepted = ", ".join(self.names)
 
     def code(self, name: str, category: str) -> int:

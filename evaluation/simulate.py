@@ -1,10 +1,10 @@
 """Traffic simulator: replay held-out diamonds against the monitor, send their true prices later, and
 switch drift scenarios on mid-run, so that the dashboard reacts and the alerts fire.
 
-    python simulate.py                                   # 20 rows/s of clean traffic for 10 minutes
-    python simulate.py --scenario large_stones --drift-after 120
-    python simulate.py --scenario large_stones,price_up_25 --drift-after 3000rows --duration 1800
-    python simulate.py --list-scenarios
+    python -m evaluation.simulate                                   # 20 rows/s of clean traffic for 10 minutes
+    python -m evaluation.simulate --scenario large_stones --drift-after 120
+    python -m evaluation.simulate --scenario large_stones,price_up_25 --drift-after 3000rows --duration 1800
+    python -m evaluation.simulate --list-scenarios
 
 Rows are the held-out split of train.py (stones the model never saw), in a seeded random order. Each
 row is sent to POST /predict (--batch rows per request, --rate rows per second in all); its true
@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from scenarios import SCENARIOS, heldout_rows
+from evaluation.scenarios import SCENARIOS, heldout_rows
+from monitoring.diamonds import as_payload
 
-FEATURES = ["carat", "cut", "color", "clarity", "depth", "table"]
 
 
 class SimulatorError(Exception):
@@ -84,15 +84,6 @@ class Client:
                 time.sleep(1.0)
 
 
-def as_requests(rows: pd.DataFrame) -> list[dict]:
-    """Rows of features as /predict objects: grades as strings, numbers as floats."""
-    out = []
-    for carat, cut, color, clarity, depth, table in rows[FEATURES].itertuples(index=False):
-        out.append({"carat": float(carat), "cut": str(cut), "color": str(color), "clarity": str(clarity),
-                    "depth": float(depth), "table": float(table)})
-    return out
-
-
 def drifted(rows: pd.DataFrame, names: list[str], rng: np.random.Generator) -> pd.DataFrame:
     """The scenarios applied in turn to the whole pool (mix changes resample it, value changes
     transform it)."""
@@ -136,7 +127,7 @@ class Pool:
 
     def __init__(self, rows: pd.DataFrame):
         self.rows = rows.reset_index(drop=True)
-        self.requests = as_requests(self.rows)
+        self.requests = as_payload(self.rows)
         self.prices = self.rows["price"].to_numpy(dtype=np.float64)
         self.position = 0
 

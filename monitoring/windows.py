@@ -44,10 +44,6 @@ class RingBuffer:
                 return self._data[:self._size].copy()
             return np.concatenate((self._data[self._next:], self._data[:self._next]))
 
-    def clear(self) -> None:
-        with self._lock:
-            self._next = self._size = 0
-
 
 class InputWindow:
     """Served inputs, per feature: numbers as they came, grades as their schema codes."""

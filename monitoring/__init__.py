@@ -1,0 +1,10 @@
+"""What monitor.py is built from, one module per role:
+
+- diamonds: the default data set: its features, where it ships, the lab's split, rows as /predict JSON
+- model:    loading an artifact safely, validating request rows, the fast prediction path
+- drift:    the statistics: data drift (per-feature tests, Holm) and concept drift (held-out errors)
+- windows:  the recent inputs and labelled predictions that a drift check reads
+- store:    the prediction log (SQLite): every prediction and label, durable before the answer
+- metrics:  the Prometheus metrics the dashboard and the alert rules read
+- options:  every command-line option of monitor.py, with its environment variable and help
+"""
