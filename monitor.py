@@ -30,15 +30,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+try:
+    import numpy as np
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from monitoring.drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
-from monitoring.metrics import MonitorMetrics
-from monitoring.model import (FastPredictor, InvalidInput, ModelLoadError, Schema, describe_json, load_artifact,
-                   parse_positive_number, release_freed_memory)
-from monitoring.store import PredictionRecord, Store, StoreError
-from monitoring.windows import InputWindow, LabelledWindow
+    from monitoring.drift import (DEFAULT_ALPHA, ConceptDriftDetector, ConceptDriftReport, DataDriftDetector,
+                                  DataDriftReport)
+    from monitoring.metrics import MonitorMetrics
+    from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
+                                  describe_json, load_artifact, parse_label, release_freed_memory)
+    from monitoring.store import PredictionRecord, Store, StoreError
+    from monitoring.windows import InputWindow, LabelledWindow
+except ModuleNotFoundError as missing:  # e.g. the system Python, with the libraries in .venv
+    from monitoring.environment import run_in_project_environment
+
+    run_in_project_environment(missing)
+from monitoring.options import add_options, config_from, option, optional_path, optional_text
 
 log = logging.getLogger("monitor")
 
@@ -47,27 +54,35 @@ HERE = Path(__file__).resolve().parent
 
 @dataclass
 class MonitorConfig:
-    model_path: Path = HERE / "model.joblib"
-    host: str = "127.0.0.1"
-    port: int = 5000
-    check_interval: float = 60.0  # seconds; 0 turns the timer off (checks only on POST /drift/check)
-    window: int = 1000  # served inputs in the data-drift window
-    label_window: int = 500  # labelled predictions in the concept-drift window
-    alpha: float = DEFAULT_ALPHA  # family-wise false-alarm level of one check
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_rows: int = 10_000  # rows in one /predict or /feedback list
-    max_tracked_predictions: int = 200_000  # predictions kept in memory to join late labels
-    socket_timeout: float = 15.0  # idle keep-alive and slow clients are dropped after this
-    max_connections: int = 256  # open connections (one handler thread each); more get a 503
-    drain_seconds: float = 10.0  # at shutdown, how long in-flight requests may take to finish
-    db_path: Path | None = HERE / "monitor.db"  # None: keep nothing across restarts
-    retention_days: float = 30.0
-    max_stored_rows: int = 5_000_000
-    maintenance_interval: float = 5.0  # seconds between retries of unwritten records
-    prune_interval: float = 600.0
-    token: str | None = None  # bearer token required by the write endpoints when set
-    verify_hash: bool = True
-    access_log: bool = False
+    """Every setting of the monitor. Each field is also a command-line option and an environment
+    variable (MONITOR_ and the flag's name: --check-interval is MONITOR_CHECK_INTERVAL)."""
+    model_path: Path = option(DEFAULT_MODEL_PATH, "model artifact written by train.py; trained here if missing",
+                              flag="--model")
+    host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 for all interfaces")
+    port: int = option(5000, "port to listen on; 0 picks a free one")
+    check_interval: float = option(60.0, "seconds between drift checks; 0 for on-demand only (POST /drift/check)")
+    window: int = option(1000, "recent served inputs compared with the training data")
+    label_window: int = option(500, "recent labelled predictions compared with held-out errors")
+    alpha: float = option(DEFAULT_ALPHA, "false-alarm probability of one drift check (data and concept each)")
+    max_body_bytes: int = option(4 * 1024 * 1024, "larger request bodies get 413")
+    max_rows: int = option(10_000, "most rows in one /predict list or labels in one /feedback list; more get 413")
+    max_tracked_predictions: int = option(200_000, "without a store (--db ''): predictions kept in memory "
+                                                   "to join late labels")
+    socket_timeout: float = option(15.0, "seconds a connection may stay idle or silent mid-request")
+    max_connections: int = option(256, "open connections served at once; more get 503")
+    drain_seconds: float = option(10.0, "at shutdown, seconds that requests in flight may take to finish")
+    db_path: Path | None = option(HERE / "monitor.db", "SQLite file recording every prediction and label; "
+                                                       "'' keeps nothing", flag="--db", parse=optional_path)
+    retention_days: float = option(30.0, "stored records older than this are pruned")
+    max_stored_rows: int = option(5_000_000, "the oldest stored records beyond this count are pruned")
+    maintenance_interval: float = option(5.0, "seconds between retries of unwritten records")
+    prune_interval: float = option(600.0, "seconds between retention runs")
+    token: str | None = option(None, "bearer token required on /feedback and /drift/check; unset: open",
+                               parse=optional_text)
+    verify_hash: bool = option(True, "check the model file against its .sha256 before loading it "
+                                     "(turn off only for a file you trust)")
+    access_log: bool = option(False, "log every request")
+    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,8 +106,8 @@ class Monitor:
         # Without a store, late labels are joined to predictions kept in memory.
         self._predictions = _RecentPredictions(config.max_tracked_predictions) if self.store is None else None
 
-        tests = {f.name: ("chi2" if f.kind == "categorical" else "ks") for f in self.schema.features}
-        self.metrics = MonitorMetrics(registry, self.schema.names, tests)
+        self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()})
+        self.metrics.watch_windows(self.inputs, self.labelled)
         self.metrics.describe_model(self.info, self.model_metrics)
         self.metrics.data_drift_alpha.set(config.alpha)
         if self.store is not None:
@@ -100,7 +115,7 @@ class Monitor:
 
         self._batcher = _Batcher(self._serve_batch)
         self._check_lock = threading.Lock()
-        self._latest_report: dict | None = None
+        self._latest_check: DriftCheck | None = None
         self._loops = [_Every(config.check_interval, self._scheduled_check, "drift-check")]
         if self.store is not None:
             self._loops += [_Every(config.maintenance_interval, self._retry_unwritten, "store-retry"),
@@ -122,6 +137,9 @@ class Monitor:
 
     # lifecycle
     def start(self) -> None:
+        if len(self.inputs) or len(self.labelled):
+            # Windows refilled from the store: report on them now, not a check interval from now.
+            self.check_drift()
         self._batcher.start()
         for loop in self._loops:
             loop.start()
@@ -185,50 +203,56 @@ class Monitor:
         return len(known), unknown
 
     # drift
-    def check_drift(self) -> dict:
-        """Score both windows now, publish the report, and return it."""
+    def check_drift(self) -> DriftCheck:
+        """Score both windows now, publish the result, and return it."""
         with self._check_lock:
             started = time.perf_counter()
             self.metrics.checks.inc()
             try:
-                report = self._score_windows()
+                # Copies of the windows: serving goes on while the statistics run.
+                data = self.data_detector.score(self.inputs.snapshot())
+                concept = self.concept_detector.score(*self.labelled.snapshot())
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
             duration = time.perf_counter() - started
-            report["duration_seconds"] = round(duration, 6)
+            check = DriftCheck(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               self.info["model_version"], data, concept, round(duration, 6))
             self.metrics.check_duration.observe(duration)
-            self.metrics.record_drift(report["data_drift"], report["concept_drift"])
+            self.metrics.record_drift(data, concept)
             self.metrics.last_check.set(time.time())
-            self._latest_report = report
-            return report
-
-    def _score_windows(self) -> dict:
-        window = self.inputs.snapshot()  # copies, so serving goes on while we compute
-        actual, predicted = self.labelled.snapshot()
-        data = self.data_detector.score(window).to_dict()
-        concept = self.concept_detector.score(actual, predicted).to_dict()
-        return {
-            "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model_version": self.info["model_version"],
-            "data_drift": data,
-            "concept_drift": concept,
-        }
+            self._latest_check = check
+            return check
 
     def _scheduled_check(self) -> None:
-        report = self.check_drift()
-        data, concept = report["data_drift"], report["concept_drift"]
-        if data["detected"]:
-            drifted = [n for n, f in data["features"].items() if f["detected"]]
-            log.warning("data drift detected in %s (score %.3f, window %d)", ", ".join(drifted),
-                        data["score"], data["window_size"])
-        if concept["detected"]:
+        check = self.check_drift()
+        data, concept = check.data, check.concept
+        if data.detected:
+            drifted = [name for name, feature in data.features.items() if feature.detected]
+            log.warning("data drift detected in %s (largest distance %.3f, window %d)", ", ".join(drifted),
+                        data.max_distance, data.window_size)
+        if concept.detected:
             log.warning("concept drift detected: MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)",
-                        100 * concept["score"], concept.get("bias_pct") or 0.0, concept["labelled_size"])
+                        100 * concept.mse_increase, concept.bias_pct or 0.0, concept.labelled_size)
 
     @property
-    def latest_report(self) -> dict | None:
-        return self._latest_report
+    def latest_check(self) -> DriftCheck | None:
+        return self._latest_check
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """One drift check: both reports, typed until the HTTP edge turns them into /drift's JSON."""
+    checked_at: str  # ISO 8601, UTC
+    model_version: str
+    data: DataDriftReport
+    concept: ConceptDriftReport
+    duration_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"checked_at": self.checked_at, "model_version": self.model_version,
+                "data_drift": self.data.to_dict(), "concept_drift": self.concept.to_dict(),
+                "duration_seconds": self.duration_seconds}
 
 
 def _new_ids(n: int) -> list[str]:
@@ -414,10 +438,7 @@ class _HttpError(Exception):
 def _predict(monitor: Monitor, body) -> tuple[int, dict]:
     single = isinstance(body, dict)
     items = [body] if single else _as_list(body, monitor.config.max_rows, "rows to predict")
-    try:
-        rows = [monitor.schema.parse_row(item, "" if single else f"[{i}].") for i, item in enumerate(items)]
-    except InvalidInput as exc:
-        raise _HttpError(400, exc.reason, exc.message) from None
+    rows = [monitor.schema.parse_row(item, "" if single else f"[{i}].") for i, item in enumerate(items)]
     predictions, ids = monitor.predict(rows)
     monitor.metrics.prediction_requests.inc()
     if single:
@@ -429,26 +450,7 @@ def _predict(monitor: Monitor, body) -> tuple[int, dict]:
 def _feedback(monitor: Monitor, body) -> tuple[int, dict]:
     single = isinstance(body, dict)
     items = [body] if single else _as_list(body, monitor.config.max_rows, "labels")
-    labels = []
-    for i, item in enumerate(items):
-        where = "" if single else f"[{i}]."
-        if not isinstance(item, dict):
-            raise _HttpError(400, "not_an_object", f"{where or 'body'}: expected an object "
-                                                   '{"id": "<prediction id>", "actual": <price>}')
-        extra = [k for k in item if k not in ("id", "actual")]
-        if extra:
-            raise _HttpError(400, "unknown_field", f"{where}{extra[0]!r}: unknown field; accepted fields: id, actual")
-        label_id = item.get("id")
-        if not isinstance(label_id, str) or not label_id:
-            raise _HttpError(400, "missing_field" if label_id is None else "wrong_type",
-                             f"{where}id: expected the prediction id string that /predict returned")
-        if "actual" not in item:
-            raise _HttpError(400, "missing_field", f"{where}actual: missing; the true price in dollars")
-        try:
-            actual = parse_positive_number(f"{where}actual", item["actual"])
-        except InvalidInput as exc:
-            raise _HttpError(400, exc.reason, exc.message) from None
-        labels.append((label_id, actual))
+    labels = [parse_label(item, "" if single else f"[{i}].") for i, item in enumerate(items)]
     try:
         accepted, unknown = monitor.record_labels(labels)
     except StoreError as exc:
@@ -460,26 +462,26 @@ def _feedback(monitor: Monitor, body) -> tuple[int, dict]:
 
 def _as_list(body, max_items: int, what: str) -> list:
     if not isinstance(body, list):
-        raise _HttpError(400, "wrong_type", f"body: expected a JSON object or a list of objects, got "
-                                            f"{describe_json(body)}")
+        raise InvalidInput("wrong_type", f"body: expected a JSON object or a list of objects, got "
+                                         f"{describe_json(body)}")
     if not body:
-        raise _HttpError(400, "empty_list", f"body: the list of {what} is empty")
+        raise InvalidInput("empty_list", f"body: the list of {what} is empty")
     if len(body) > max_items:
         raise _HttpError(413, "too_many_rows", f"body: {len(body)} {what}; at most {max_items} per request")
     return body
 
 
 def _get_drift(monitor: Monitor, _body) -> tuple[int, dict]:
-    report = monitor.latest_report
-    if report is None:
+    check = monitor.latest_check
+    if check is None:
         return 200, {"checked_at": None, "message": "no drift check has run yet; POST /drift/check runs one now",
                      "next_check_in_seconds": monitor.config.check_interval or None}
-    return 200, report
+    return 200, check.to_dict()
 
 
 def _run_drift_check(monitor: Monitor, _body) -> tuple[int, dict]:
     try:
-        return 200, monitor.check_drift()
+        return 200, monitor.check_drift().to_dict()
     except Exception as exc:
         log.exception("drift check on request failed")
         return 500, {"error": f"drift check failed: {type(exc).__name__}: {exc}"}
@@ -499,14 +501,25 @@ def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
     return 200, health
 
 
+def _metrics(monitor: Monitor, _body) -> tuple[int, _Text]:
+    return 200, _Text(generate_latest(monitor.metrics.registry), CONTENT_TYPE_LATEST)
+
+
 def _index(monitor: Monitor, _body) -> tuple[int, dict]:
     return 200, {"service": "diamond-price model monitor", "model_version": monitor.info["model_version"],
                  "endpoints": {path: sorted(methods) for path, methods in ROUTES.items()}}
 
 
 @dataclass(frozen=True)
+class _Text:
+    """A payload that is not JSON (the Prometheus exposition)."""
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
 class _Route:
-    handler: Callable | None  # None: /metrics, answered by the handler itself (it is not JSON)
+    handler: Callable[[Monitor, object], tuple[int, "dict | _Text"]]
     reads_json: bool = False
     needs_token: bool = False  # write endpoints, when a token is configured
 
@@ -518,7 +531,7 @@ ROUTES: dict[str, dict[str, _Route]] = {
     "/drift": {"GET": _Route(_get_drift)},
     "/drift/check": {"POST": _Route(_run_drift_check, needs_token=True)},
     "/healthz": {"GET": _Route(_healthz)},
-    "/metrics": {"GET": _Route(None)},
+    "/metrics": {"GET": _Route(_metrics)},
 }
 
 
@@ -534,23 +547,12 @@ class _Handler(BaseHTTPRequestHandler):
         # body waits for the client's delayed ACK (~40 ms a response).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
+    def __getattr__(self, name: str):
+        # http.server looks up do_<METHOD>: every method goes through the one dispatch, so an unknown
+        # method gets the same JSON 405 (or 404) as any other refusal.
+        if name.startswith("do_"):
+            return lambda: self._dispatch(name[3:])
+        raise AttributeError(name)
 
     def _dispatch(self, method: str) -> None:
         started = time.perf_counter()
@@ -561,17 +563,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # shutting down: answer this one, take no more
             try:
                 route = self._route(method, path)
-                if route.handler is None:
-                    self._discard_body()
-                    self._send(200, generate_latest(self.monitor.metrics.registry), CONTENT_TYPE_LATEST)
-                    return
                 body = self._read_json() if route.reads_json else self._discard_body()
                 status, payload = route.handler(self.monitor, body)
-            except _HttpError as exc:
+            except (_HttpError, InvalidInput) as exc:
+                status = getattr(exc, "status", 400)  # InvalidInput: a request we understood but refuse
                 self.monitor.metrics.invalid_requests.labels(endpoint, exc.reason).inc()
-                self._send_json(exc.status, {"error": exc.message}, exc.headers)
+                self._send_json(status, {"error": exc.message}, getattr(exc, "headers", None))
                 return
-            self._send_json(status, payload)
+            if isinstance(payload, _Text):
+                self._send(status, payload.body, payload.content_type)
+            else:
+                self._send_json(status, payload)
         if path == "/predict":
             self.monitor.metrics.prediction_latency.observe(time.perf_counter() - started)
 
@@ -579,10 +581,12 @@ class _Handler(BaseHTTPRequestHandler):
         methods = ROUTES.get(path)
         if methods is None:
             raise _HttpError(404, "not_found", f"no endpoint {path[:100]!r}; endpoints: {', '.join(ROUTES)}")
+        if method == "HEAD" and "GET" in methods:  # HEAD is GET without the body (_send leaves it out)
+            method = "GET"
         if method not in methods:
-            allowed = ", ".join(sorted(methods))
+            allowed = ", ".join(sorted(methods) + (["HEAD"] if "GET" in methods else []))
             self._discard_body()
-            raise _HttpError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {allowed}",
+            raise _HttpError(405, "method_not_allowed", f"{method[:20]} is not allowed on {path}; use {allowed}",
                              {"Allow": allowed})
         route = methods[method]
         token = self.monitor.config.token
@@ -675,9 +679,7 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors raised by http.server itself (malformed request line, headers too long...) as JSON."""
         self.close_connection = True
-        reason = {414: "uri_too_long", 431: "headers_too_large", 501: "method_not_allowed"}.get(code, "bad_request")
-        if code == 501:  # an HTTP method we do not speak at all
-            code = 405
+        reason = {414: "uri_too_long", 431: "headers_too_large"}.get(code, "bad_request")
         try:
             self.monitor.metrics.invalid_requests.labels("other", reason).inc()
             if not getattr(self, "command", None):
@@ -825,61 +827,16 @@ def load_or_train(config: MonitorConfig) -> dict:
 # Command line
 
 
-def _env(name: str, default, cast=str):
-    value = os.environ.get(name)
-    return default if value in (None, "") else cast(value)
-
-
 def _parse_args(argv=None) -> tuple[MonitorConfig, Path | None]:
-    d = MonitorConfig()
     parser = argparse.ArgumentParser(
-        description="Serve the diamond-price model with drift monitoring and Prometheus metrics.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--host", default=_env("MONITOR_HOST", d.host),
-                        help="address to listen on; 0.0.0.0 for all interfaces (env MONITOR_HOST)")
-    parser.add_argument("--port", type=int, default=_env("MONITOR_PORT", d.port, int), help="env MONITOR_PORT")
-    parser.add_argument("--model", type=Path, default=_env("MONITOR_MODEL", d.model_path, Path),
-                        help="model artifact written by train.py; trained here if missing (env MONITOR_MODEL)")
-    parser.add_argument("--check-interval", type=float,
-                        default=_env("MONITOR_CHECK_INTERVAL", d.check_interval, float),
-                        help="seconds between drift checks; 0 for on-demand only (env MONITOR_CHECK_INTERVAL)")
-    parser.add_argument("--window", type=int, default=_env("MONITOR_WINDOW", d.window, int),
-                        help="recent inputs compared with the training data (env MONITOR_WINDOW)")
-    parser.add_argument("--label-window", type=int, default=_env("MONITOR_LABEL_WINDOW", d.label_window, int),
-                        help="recent labelled predictions compared with held-out errors (env MONITOR_LABEL_WINDOW)")
-    parser.add_argument("--alpha", type=float, default=_env("MONITOR_ALPHA", d.alpha, float),
-                        help="false-alarm probability of one drift check (env MONITOR_ALPHA)")
-    parser.add_argument("--max-body-bytes", type=int, default=_env("MONITOR_MAX_BODY_BYTES", d.max_body_bytes, int),
-                        help="larger request bodies get 413 (env MONITOR_MAX_BODY_BYTES)")
-    parser.add_argument("--max-rows", type=int, default=_env("MONITOR_MAX_ROWS", d.max_rows, int),
-                        help="most rows in one /predict or /feedback list (env MONITOR_MAX_ROWS)")
-    parser.add_argument("--max-connections", type=int, default=_env("MONITOR_MAX_CONNECTIONS", d.max_connections, int),
-                        help="open connections served at once; more get 503 (env MONITOR_MAX_CONNECTIONS)")
-    parser.add_argument("--db", default=_env("MONITOR_DB", str(d.db_path)),
-                        help="SQLite file recording every prediction and label; '' keeps nothing (env MONITOR_DB)")
-    parser.add_argument("--retention-days", type=float, default=_env("MONITOR_RETENTION_DAYS", d.retention_days, float),
-                        help="records older than this are pruned (env MONITOR_RETENTION_DAYS)")
-    parser.add_argument("--max-stored-rows", type=int, default=_env("MONITOR_MAX_STORED_ROWS", d.max_stored_rows, int),
-                        help="the oldest records beyond this count are pruned (env MONITOR_MAX_STORED_ROWS)")
-    parser.add_argument("--token", default=None,
-                        help="bearer token required on /feedback and /drift/check (env MONITOR_TOKEN; "
-                             "unset: they are open)")
+        description="Serve the model with drift monitoring and Prometheus metrics. Every option can also "
+                    "be set by the environment variable named beside it.")
+    add_options(parser, MonitorConfig, "MONITOR_")
     parser.add_argument("--export-labelled", type=Path, metavar="FILE",
                         help="write the labelled records of --db to FILE (.csv, or .parquet with pyarrow) and exit")
-    parser.add_argument("--no-verify-hash", dest="verify_hash", action="store_false",
-                        help="load a model without its .sha256 file (only a file you trust)")
-    parser.add_argument("--access-log", action="store_true", help="log every request")
-    parser.add_argument("--log-level", default=_env("MONITOR_LOG_LEVEL", "INFO"), help="env MONITOR_LOG_LEVEL")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = MonitorConfig(model_path=args.model, host=args.host, port=args.port, check_interval=args.check_interval,
-                           window=args.window, label_window=args.label_window, alpha=args.alpha,
-                           max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
-                           max_connections=args.max_connections, db_path=Path(args.db) if args.db else None,
-                           retention_days=args.retention_days, max_stored_rows=args.max_stored_rows,
-                           token=args.token or os.environ.get("MONITOR_TOKEN") or None,
-                           verify_hash=args.verify_hash, access_log=args.access_log)
+    config = config_from(args, MonitorConfig)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return config, args.export_labelled
 
 

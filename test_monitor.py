@@ -182,9 +182,26 @@ def test_healthz_metrics_and_index(server):
     assert "/predict" in body["endpoints"]
 
 
+def test_head_answers_like_get_without_a_body(server):
+    # load balancers probe with HEAD
+    for path in ("/healthz", "/metrics", "/drift", "/"):
+        status, headers, body = request(server.url, "HEAD", path)
+        assert status == 200, path
+        assert body == "" and int(headers["Content-Length"]) > 0, path
+    status, headers, _ = request(server.url, "HEAD", "/predict")
+    assert status == 405 and headers["Allow"] == "POST"
+
+
+def test_the_window_gauges_follow_the_windows_between_checks(server, heldout):
+    request(server.url, "POST", "/predict", as_payload(heldout.iloc[:40]))
+    assert metric_value(_metrics(server), "drift_window_samples", {"window": "inputs"}) == 40
+    assert server.monitor.latest_check is None  # no check ran: the gauge is live
+
+
 @pytest.mark.parametrize("method,path,status", [
     ("GET", "/nope", 404), ("POST", "/predict/extra", 404), ("GET", "/predict", 405),
     ("DELETE", "/feedback", 405), ("POST", "/metrics", 405), ("PUT", "/drift", 405),
+    ("BREW", "/predict", 405), ("PATCH", "/nope", 404),
 ])
 def test_unknown_paths_and_wrong_methods_get_json_errors(server, method, path, status):
     got, headers, body = request(server.url, method, path)
@@ -215,7 +232,7 @@ BAD_PREDICT = [
     ("wrong_type", "a string", "expected a JSON object or a list"),
     ("wrong_type", 42, "expected a JSON object or a list"),
     ("empty_list", [], "is empty"),
-    ("not_an_object", [CURL_EXAMPLE, 1, "x"], "[1].: expected a JSON object"),
+    ("not_an_object", [CURL_EXAMPLE, 1, "x"], "[1]: expected a JSON object with fields carat, cut, color, clarity, depth, table, got the number 1"),
     ("unknown_category", [CURL_EXAMPLE, {**CURL_EXAMPLE, "clarity": "XX"}], "[1].clarity: unknown category"),
     ("invalid_json", b"\xff\xfe\x00", "not valid JSON"),
     ("invalid_json", b"[" * 100_000, "not valid JSON"),
@@ -240,7 +257,7 @@ BAD_FEEDBACK = [
     ("out_of_range", {"id": "abc", "actual": -5}, "actual: expected a positive number"),
     ("wrong_type", {"id": 5, "actual": 100}, "id: expected the prediction id"),
     ("unknown_field", {"id": "abc", "actual": 100, "x": 1}, "unknown field"),
-    ("not_an_object", [["abc", 100]], "[0].: expected an object"),
+    ("not_an_object", [["abc", 100]], "[0]: expected an object {\"id\": \"<prediction id>\", \"actual\": <price>}, got an array"),
     ("empty_list", [], "is empty"),
 ]
 
@@ -306,12 +323,12 @@ def test_a_failing_scheduled_check_is_counted_and_the_next_one_runs(small_artifa
 
         monkeypatch.setattr(handle.monitor.data_detector, "score", sometimes_failing)
         deadline = time.monotonic() + 10
-        while handle.monitor.latest_report is None and time.monotonic() < deadline:
+        while handle.monitor.latest_check is None and time.monotonic() < deadline:
             time.sleep(0.02)
         text = _metrics(handle)
         assert metric_value(text, "drift_check_failures_total") == 2
         assert metric_value(text, "drift_checks_total") >= 3
-        assert handle.monitor.latest_report is not None
+        assert handle.monitor.latest_check is not None
     finally:
         handle.stop()
 

@@ -25,19 +25,24 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
-import numpy as np
-import pandas as pd
-import sklearn
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestRegressor
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OrdinalEncoder
+try:
+    import joblib
+    import numpy as np
+    import pandas as pd
+    import sklearn
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OrdinalEncoder
 
-from monitoring.diamonds import (CATEGORICAL_FEATURES, DATA_DIR, FEATURES, NUMERIC_FEATURES,
-                                 SPLIT_RANDOM_STATE, TARGET, TEST_SIZE, data_sha256, load_diamonds, split)
-from monitoring.model import DEFAULT_MODEL_PATH, SUPPORTED_FORMAT as ARTIFACT_FORMAT
+    from monitoring.diamonds import (CATEGORICAL_FEATURES, DATA_DIR, FEATURES, NUMERIC_FEATURES,
+                                     SPLIT_RANDOM_STATE, TARGET, TEST_SIZE, data_sha256, load_diamonds, split)
+    from monitoring.model import DEFAULT_MODEL_PATH, SUPPORTED_FORMAT as ARTIFACT_FORMAT
+except ModuleNotFoundError as missing:  # e.g. the system Python, with the libraries in .venv
+    from monitoring.environment import run_in_project_environment
+
+    run_in_project_environment(missing)
 
 
 def feature_schema(diamonds: pd.DataFrame) -> dict:

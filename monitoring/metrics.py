@@ -13,13 +13,16 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from monitoring.drift import ConceptDriftReport, DataDriftReport
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PRICE_BUCKETS = (500, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000, 12500, 15000, 20000)
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class MonitorMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, feature_names=(), feature_tests=None):
+    def __init__(self, registry: CollectorRegistry | None = None, feature_tests: dict[str, str] | None = None):
+        """feature_tests: the test each feature's drift detector runs, by feature name ("ks", "chi2")."""
         self.registry = registry = registry if registry is not None else CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -68,7 +71,7 @@ class MonitorMetrics:
         self.window_mse = Gauge("concept_drift_window_mse", "MSE of the labelled window", registry=registry)
         self.reference_mse = Gauge("concept_drift_reference_mse", "Held-out MSE the window is compared "
                                    "with", registry=registry)
-        self.window_samples = Gauge("drift_window_samples", "Samples in a drift window", ["window"],
+        self.window_samples = Gauge("drift_window_samples", "Samples in a drift window now", ["window"],
                                     registry=registry)
         self.checks = Counter("drift_checks", "Drift checks run", registry=registry)
         self.check_failures = Counter("drift_check_failures", "Drift checks that raised", registry=registry)
@@ -84,17 +87,19 @@ class MonitorMetrics:
                                    registry=registry)
 
         # Start per-feature series at NaN so that dashboards list every feature from the first scrape.
-        for name in feature_names:
+        for name, test in (feature_tests or {}).items():
             self.feature_distance.labels(name).set(math.nan)
             self.feature_p_value.labels(name).set(math.nan)
             self.feature_detected.labels(name).set(0)
-            if feature_tests:
-                self.feature_statistic.labels(name, feature_tests[name]).set(math.nan)
-        for window in ("inputs", "labelled"):
-            self.window_samples.labels(window).set(0)
+            self.feature_statistic.labels(name, test).set(math.nan)
         for gauge in (self.data_drift, self.concept_drift, self.concept_drift_p_value,
                       self.concept_drift_bias, self.window_mse):
             gauge.set(math.nan)
+
+    def watch_windows(self, inputs, labelled) -> None:
+        """Publish the windows' sizes as they are at each scrape (refilled at start, not only at checks)."""
+        self.window_samples.labels("inputs").set_function(lambda: len(inputs))
+        self.window_samples.labels("labelled").set_function(lambda: len(labelled))
 
     def watch_store(self, store) -> None:
         """Publish the prediction store's health and counters, read from it at each scrape."""
@@ -107,23 +112,21 @@ class MonitorMetrics:
         self.reference_mse.set(metrics["mse"])
         self.model_trained.set(dt.datetime.fromisoformat(info["trained_at"]).timestamp())
 
-    def record_drift(self, data: dict, concept: dict) -> None:
-        """Publish one drift report (the dicts that /drift returns)."""
-        self.data_drift_alpha.set(data["alpha"])
-        self.data_drift.set(_number(data.get("score")))
-        self.data_drift_detected.set(1 if data["detected"] else 0)
-        for name, feature in (data.get("features") or {}).items():
-            self.feature_distance.labels(name).set(_number(feature["distance"]))
-            self.feature_statistic.labels(name, feature["test"]).set(_number(feature["statistic"]))
-            self.feature_p_value.labels(name).set(_number(feature["p_value"]))
-            self.feature_detected.labels(name).set(1 if feature["detected"] else 0)
-        self.concept_drift.set(_number(concept.get("score")))
-        self.concept_drift_detected.set(1 if concept["detected"] else 0)
-        self.concept_drift_p_value.set(_number(concept.get("p_value")))
-        self.concept_drift_bias.set(_number(concept.get("bias_pct")))
-        self.window_mse.set(_number(concept.get("mse")))
-        self.window_samples.labels("inputs").set(data["window_size"])
-        self.window_samples.labels("labelled").set(concept["labelled_size"])
+    def record_drift(self, data: DataDriftReport, concept: ConceptDriftReport) -> None:
+        """Publish one check's reports; a figure the check could not compute reads NaN."""
+        self.data_drift_alpha.set(data.alpha)
+        self.data_drift.set(_number(data.max_distance))
+        self.data_drift_detected.set(1 if data.detected else 0)
+        for name, feature in data.features.items():
+            self.feature_distance.labels(name).set(_number(feature.distance))
+            self.feature_statistic.labels(name, feature.test).set(_number(feature.statistic))
+            self.feature_p_value.labels(name).set(_number(feature.p_value))
+            self.feature_detected.labels(name).set(1 if feature.detected else 0)
+        self.concept_drift.set(_number(concept.mse_increase))
+        self.concept_drift_detected.set(1 if concept.detected else 0)
+        self.concept_drift_p_value.set(_number(concept.p_value))
+        self.concept_drift_bias.set(_number(concept.bias_pct))
+        self.window_mse.set(_number(concept.mse))
 
 
 def _number(value) -> float:

@@ -107,7 +107,7 @@ class Schema:
         """One request object -> a tuple of feature values in schema order (floats and category
         strings), or InvalidInput naming the field and what is accepted."""
         if not isinstance(obj, dict):
-            raise InvalidInput("not_an_object", f"{where or 'body'}: expected a JSON object with fields "
+            raise InvalidInput("not_an_object", f"{_item(where)}: expected a JSON object with fields "
                                                 f"{self._accepted}, got {describe_json(obj)}")
         extra = [k for k in obj if k not in self._by_name]
         if extra:
@@ -130,6 +130,30 @@ class Schema:
                                                            f"accepted: {', '.join(feature.categories)}")
                 values.append(value)
         return tuple(values)
+
+
+def parse_label(obj: Any, where: str = "") -> tuple[str, float]:
+    """One /feedback object -> (prediction id, actual price), or InvalidInput naming the field."""
+    if not isinstance(obj, dict):
+        raise InvalidInput("not_an_object", f"{_item(where)}: expected an object "
+                                            '{"id": "<prediction id>", "actual": <price>}, '
+                                            f"got {describe_json(obj)}")
+    extra = [k for k in obj if k not in ("id", "actual")]
+    if extra:
+        raise InvalidInput("unknown_field", f"{where}{_quote(extra[0])}: unknown field; accepted fields: id, actual")
+    label_id = obj.get("id")
+    if not isinstance(label_id, str) or not label_id:
+        raise InvalidInput("missing_field" if label_id is None else "wrong_type",
+                           f"{where}id: expected the prediction id string that /predict returned, "
+                           f"got {describe_json(label_id) if 'id' in obj else 'nothing'}")
+    if "actual" not in obj:
+        raise InvalidInput("missing_field", f"{where}actual: missing; the true price in dollars")
+    return label_id, parse_positive_number(f"{where}actual", obj["actual"])
+
+
+def _item(where: str) -> str:
+    """How a message names a whole object: 'body' for a lone one, '[3]' for one in a list."""
+    return where.rstrip(".") or "body"
 
 
 def parse_positive_number(field: str, value: Any) -> float:

@@ -21,7 +21,7 @@ def request(url: str, method: str = "GET", path: str = "/", body=None, *, raw: b
         response = conn.getresponse()
         data = response.read()
         content_type = response.getheader("Content-Type", "")
-        parsed = json.loads(data) if content_type.startswith("application/json") else data.decode()
+        parsed = json.loads(data) if data and content_type.startswith("application/json") else data.decode()
         return response.status, dict(response.getheaders()), parsed
     finally:
         conn.close()

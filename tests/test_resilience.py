@@ -107,6 +107,11 @@ def test_sigkill_loses_nothing_acknowledged_and_a_restart_rebuilds_the_windows(s
     try:
         health = request(second.url, "GET", "/healthz")[2]
         assert health["windows"]["inputs"] == 500  # refilled from the store, not empty
+        # the gauges and /drift show the refilled windows at once, not a check interval later
+        assert metric_value(request(second.url, "GET", "/metrics")[2], "drift_window_samples",
+                            {"window": "inputs"}) == 500
+        report = request(second.url, "GET", "/drift")[2]
+        assert report["checked_at"] is not None and report["data_drift"]["window_size"] == 500
         labels = [{"id": i, "actual": 1800.0} for i in acknowledged[:50]]
         status, _, reply = request(second.url, "POST", "/feedback", labels)
         assert status == 200 and reply == {"accepted": 50, "unknown": []}  # late labels still join

@@ -1,0 +1,47 @@
+"""The scripts as a new user starts them: with whatever `python` is on the PATH."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from monitoring.environment import PROJECT_PYTHON
+from tests.observability import ROOT
+
+
+def _bare_python(script, *args, cwd=ROOT):
+    """Run a script with this Python but without its site-packages (-S): like the system Python of a
+    machine where `make run` installed the libraries into .venv only."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    return subprocess.run([sys.executable, "-S", str(script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.mark.parametrize("script", ["monitor.py", "train.py"])
+def test_a_python_without_the_libraries_reruns_the_script_with_the_project_environment(script):
+    assert PROJECT_PYTHON.exists(), "make test creates .venv in the project; these tests run from it"
+    out = _bare_python(ROOT / script, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--help" in out.stdout and "usage:" in out.stdout
+    assert f"running with {PROJECT_PYTHON}" in out.stderr
+
+
+def test_without_a_project_environment_it_says_how_to_make_one(tmp_path):
+    # a copy of the project with no .venv beside it
+    shutil.copy(ROOT / "monitor.py", tmp_path)
+    shutil.copytree(ROOT / "monitoring", tmp_path / "monitoring", ignore=shutil.ignore_patterns("__pycache__"))
+    out = _bare_python(tmp_path / "monitor.py", "--help", cwd=tmp_path)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert "lacks numpy" in out.stderr and "make run" in out.stderr and ".venv/bin/python" in out.stderr
+
+
+def test_a_bad_environment_variable_is_named(tmp_path):
+    env = {**os.environ, "MONITOR_PORT": "eighty"}
+    out = subprocess.run([sys.executable, "monitor.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.returncode == 2
+    assert "MONITOR_PORT='eighty'" in out.stderr and "Traceback" not in out.stderr
