@@ -1,13 +1,14 @@
 """Serve the diamond-price model and watch it drift, in one process on the standard library's HTTP server.
 
-One request:  POST /predict -> _Handler.do_POST -> _route -> _predict (validate rows with the schema)
-              -> Monitor.predict -> _Batcher (concurrent requests share one model call) ->
+One request:  POST /predict -> _Handler._dispatch -> _route -> _predict (Schema.parse_row validates
+              each row; an InvalidInput becomes a 400 in _dispatch) -> Monitor.predict -> _Batcher (concurrent requests share one model call) ->
               Monitor._serve_batch: predict, record, join the input window -> {"prediction", "id"}.
-One label:    POST /feedback -> _feedback -> Monitor.record_labels: join each label to its prediction
-              by id, add (actual, predicted) to the labelled window.
+One label:    POST /feedback -> _feedback (parse_label) -> Monitor.record_labels: join each label to
+              its prediction by id, add (actual, predicted) to the labelled window.
 One check:    _Every (a threading.Timer, every --check-interval s) or POST /drift/check ->
               Monitor.check_drift: copy both windows, score them with drift.DataDriftDetector and
-              drift.ConceptDriftDetector, publish the report on /drift and as Prometheus gauges.
+              drift.ConceptDriftDetector, keep the DriftCheck for /drift, set the Prometheus gauges.
+Options:      MonitorConfig: each field is a flag and a MONITOR_ variable (monitoring/options.py).
 """
 from __future__ import annotations
 
@@ -256,8 +257,8 @@ class DriftCheck:
 
 
 def _new_ids(n: int) -> list[str]:
-    """n random (version 4) UUIDs as 32 hex digits, like uuid4().hex, from one urandom call: a
-    1,000-row batch would otherwise spend ~3.5 ms making them one by one."""
+    """n random (version 4) UUIDs as 32 hex digits, like uuid4().hex, from one urandom call: making
+    them one by one costs a big batch more than predicting it."""
     raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
     raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
@@ -322,7 +323,7 @@ class _Batcher:
             self._thread = None
 
     def submit(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
-        job = _Job(rows)
+        job = _PredictionJob(rows)
         self._queue.put(job)
         job.done.acquire()  # released by the worker once the job is answered
         if job.error is not None:
@@ -347,7 +348,7 @@ class _Batcher:
                 n_rows += len(job.rows)
             self._serve_jobs(jobs)
 
-    def _serve_jobs(self, jobs: list["_Job"]) -> None:
+    def _serve_jobs(self, jobs: list["_PredictionJob"]) -> None:
         try:
             rows = jobs[0].rows if len(jobs) == 1 else [row for job in jobs for row in job.rows]
             predictions, ids = self._serve(rows)
@@ -365,7 +366,7 @@ class _Batcher:
                 job.done.release()
 
 
-class _Job:
+class _PredictionJob:
     __slots__ = ("rows", "done", "predictions", "ids", "error")
 
     def __init__(self, rows: list[tuple]):
@@ -544,7 +545,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.timeout = self.monitor.config.socket_timeout
         super().setup()
         # BaseHTTPRequestHandler sends headers and body separately; with Nagle's algorithm on, the
-        # body waits for the client's delayed ACK (~40 ms a response).
+        # body waits for the client's delayed ACK (tens of ms a response).
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def __getattr__(self, name: str):
@@ -815,7 +816,7 @@ def start_monitor(config: MonitorConfig, artifact: dict | None = None,
 def load_or_train(config: MonitorConfig) -> dict:
     path = Path(config.model_path)
     if not path.exists():
-        log.warning("no model at %s: training one now (about 10 s)", path)
+        log.warning("no model at %s: training one now (seconds to a minute, by the machine)", path)
         import train  # deferred: seaborn and the training code are not needed to serve
 
         train.save_artifact(train.train(), path)

@@ -488,24 +488,16 @@ def checks_during_load(port: int, pid: int, rows_file: Path, args, duration: flo
 # Servers
 
 
-def monitor_supports_db() -> bool:
-    out = subprocess.run([sys.executable, str(MONITOR), "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120, env=child_env())
-    return "--db" in out.stdout
-
-
 class Bench:
     def __init__(self, args, tmp: Path, procs: Processes):
         self.args, self.tmp, self.procs = args, tmp, procs
         self.started: dict[str, dict] = {}  # memory of each monitor right after it answered /healthz
 
     def start_monitor(self, name: str, model: Path, window: int, label_window: int,
-                      db: str | None) -> tuple[subprocess.Popen, int]:
+                      db: str) -> tuple[subprocess.Popen, int]:
         port = free_port()
         cmd = [sys.executable, str(MONITOR), "--port", str(port), "--model", str(model), "--check-interval", "0",
-               "--window", str(window), "--label-window", str(label_window), "--log-level", "WARNING"]
-        if db is not None:
-            cmd += ["--db", db]
+               "--window", str(window), "--label-window", str(label_window), "--log-level", "WARNING", "--db", db]
         log_path = self.tmp / f"{name}.log"
         proc = self.procs.start(cmd, log_path, child_env())
         seconds = wait_healthy(port, proc, log_path, timeout=180)
@@ -603,8 +595,6 @@ def run(args) -> dict:
             results["lab_model"] = {"train_seconds": round(seconds, 1),
                                     "file_mb": round(lab_model.stat().st_size / 2**20, 1)}
 
-        db_supported = monitor_supports_db()
-        results["store"] = {"db_option": db_supported}
         single, batch, memory = {}, {}, {}
 
         # ---- baseline (a): bare http.server
@@ -624,13 +614,13 @@ def run(args) -> dict:
             procs.stop(proc)
 
         # ---- the monitor, store on (the default) and off
-        modes = [("monitor", str(tmp / "monitor.db") if db_supported else None)]
-        if db_supported and not args.quick:
+        modes = [("monitor", str(tmp / "monitor.db"))]
+        if not args.quick:
             modes.append(("monitor_nodb", ""))
         first_window = args.windows[0]
         drift: dict = {}
         for name, db in modes:
-            say(f"{name} (store {'off' if db == '' else 'on' if db else 'n/a'}): single rows, then "
+            say(f"{name} (store {'off' if db == '' else 'on'}): single rows, then "
                 f"{args.batch_rows}-row batches ...")
             proc, port = bench.start_monitor(name, model, first_window, first_window, db)
             single[name] = single_row_load(port, rows_file, args, proc.pid)
@@ -653,7 +643,7 @@ def run(args) -> dict:
         # ---- drift checks at the larger windows
         for window in args.windows[1:]:
             say(f"drift checks at a window of {window:,} ...")
-            db = str(tmp / f"monitor-{window}.db") if db_supported else None
+            db = str(tmp / f"monitor-{window}.db")
             proc, port = bench.start_monitor(f"monitor_w{window}", model, window, window, db)
             fill = fill_windows(port, rows, prices, window)
             drift[str(window)] = {**time_checks(port, args.checks), "fill": fill, "memory": memory_mb(proc.pid),
@@ -774,8 +764,6 @@ def render(results: dict) -> str:
     ]
     names = {"bare": "bare http.server (ceiling)", "lab": "the lab's Flask app", "monitor": "monitor, store on",
              "monitor_nodb": "monitor, store off (`--db ''`)"}
-    if not results["store"]["db_option"]:
-        names["monitor"] = "monitor"
     lab_rps = single.get("lab", {}).get("rps")
     bare_rps = single.get("bare", {}).get("rps")
     for key in ("bare", "lab", "monitor", "monitor_nodb"):

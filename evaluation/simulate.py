@@ -26,13 +26,15 @@ import time
 import urllib.error
 import urllib.request
 from collections import deque
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from evaluation.scenarios import SCENARIOS, heldout_rows
 from monitoring.diamonds import as_payload
+from monitoring.options import add_options, config_from, option
 
 
 
@@ -92,21 +94,83 @@ def drifted(rows: pd.DataFrame, names: list[str], rng: np.random.Generator) -> p
     return rows.reset_index(drop=True)
 
 
+def parse_drift_after(text: str) -> tuple[float | None, int | None]:
+    """'300' or '300s' -> (300.0, None) seconds; '2000rows' -> (None, 2000) rows."""
+    text = str(text).strip().lower()
+    try:
+        if text.endswith("rows"):
+            rows = int(text[:-4])
+            if rows < 0:
+                raise ValueError
+            return None, rows
+        seconds = float(text[:-1] if text.endswith("s") else text)
+        if seconds < 0 or not math.isfinite(seconds):
+            raise ValueError
+        return seconds, None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds (300, 300s) or rows (2000rows)") from None
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
+        return value
+    return parse
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1")
+    return value
+
+
+def _non_negative(text):
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds >= 0")
+    return value
+
+
+def _scenario_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in str(text).split(",") if n.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
+    return names
+
+
 @dataclass
 class Options:
-    url: str = "http://127.0.0.1:5000"
-    rate: float = 20.0  # rows per second
-    batch: int = 1  # rows per /predict request
-    label_delay: float = 30.0  # seconds between a prediction and its label
-    label_fraction: float = 1.0
-    scenarios: list[str] = field(default_factory=list)
-    drift_after_seconds: float | None = 300.0
-    drift_after_rows: int | None = None
-    duration: float = 600.0
-    seed: int = 0
+    """The simulator's settings; each is also a flag and a SIMULATE_ environment variable."""
+    url: str = option("http://127.0.0.1:5000", "the monitor")
+    rate: float = option(20.0, "rows per second", parse=_positive(float))
+    batch: int = option(1, "rows per /predict request", parse=_positive(int))
+    label_delay: float = option(30.0, "seconds before a prediction's true price is sent to /feedback",
+                                parse=_non_negative)
+    label_fraction: float = option(1.0, "share of predictions that get a label", parse=_fraction)
+    scenarios: tuple[str, ...] = option((), "drift scenario(s) from evaluation/scenarios.py, comma-separated, "
+                                            "applied in order; empty for clean traffic (see --list-scenarios)",
+                                        flag="--scenario", parse=_scenario_names)
+    drift_after: tuple[float | None, int | None] = option((300.0, None), "when drift starts: seconds (300, 300s) "
+                                                                        "or rows sent (2000rows)",
+                                                          parse=parse_drift_after, shown="300s")
+    duration: float = option(600.0, "seconds to run, then stop", parse=_positive(float))
+    seed: int = option(0, "seed of the row order, the scenarios and the labelled share")
+    report_every: float = option(15.0, "seconds between progress lines", parse=_positive(float))
+    wait: float = option(60.0, "seconds to wait for the monitor's /healthz before giving up", parse=_non_negative)
+    # A secret: from the environment only (MONITOR_TOKEN, as the monitor), never a flag that `ps` shows.
     token: str | None = None
-    report_every: float = 15.0
-    wait: float = 60.0  # seconds to wait for the monitor's /healthz at start
+
+    @property
+    def drift_after_seconds(self) -> float | None:
+        return self.drift_after[0]
+
+    @property
+    def drift_after_rows(self) -> int | None:
+        return self.drift_after[1]
 
 
 @dataclass
@@ -245,96 +309,18 @@ def run(options: Options, client: Client | None = None, out=print, rows: pd.Data
 # --------------------------------------------------------------------------------------------------
 # Command line
 
-def _env(name: str, default):
-    value = os.environ.get(name)
-    return default if value in (None, "") else value
-
-
-def parse_drift_after(text: str) -> tuple[float | None, int | None]:
-    """'300' or '300s' -> (300.0, None) seconds; '2000rows' -> (None, 2000) rows."""
-    text = str(text).strip().lower()
-    try:
-        if text.endswith("rows"):
-            rows = int(text[:-4])
-            if rows < 0:
-                raise ValueError
-            return None, rows
-        seconds = float(text[:-1] if text.endswith("s") else text)
-        if seconds < 0 or not math.isfinite(seconds):
-            raise ValueError
-        return seconds, None
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds (300, 300s) or rows (2000rows)") from None
-
-
-def _positive(kind):
-    def parse(text):
-        value = kind(text)
-        if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{text!r}: expected a positive number")
-        return value
-    return parse
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction between 0 and 1")
-    return value
-
-
-def _non_negative(text):
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds >= 0")
-    return value
-
-
 def parse_args(argv=None) -> Options | None:
-    d = Options()
     parser = argparse.ArgumentParser(
-        description="Replay held-out diamonds against the monitor, label them later, switch drift on mid-run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--url", default=_env("SIMULATE_URL", d.url), help="the monitor (env SIMULATE_URL)")
-    parser.add_argument("--rate", type=_positive(float), default=_env("SIMULATE_RATE", d.rate),
-                        help="rows per second (env SIMULATE_RATE)")
-    parser.add_argument("--batch", type=_positive(int), default=_env("SIMULATE_BATCH", d.batch),
-                        help="rows per /predict request (env SIMULATE_BATCH)")
-    parser.add_argument("--label-delay", type=_non_negative, default=_env("SIMULATE_LABEL_DELAY", d.label_delay),
-                        help="seconds before a prediction's true price is sent to /feedback (env SIMULATE_LABEL_DELAY)")
-    parser.add_argument("--label-fraction", type=_fraction, default=_env("SIMULATE_LABEL_FRACTION", d.label_fraction),
-                        help="share of predictions that get a label (env SIMULATE_LABEL_FRACTION)")
-    parser.add_argument("--scenario", default=_env("SIMULATE_SCENARIO", ""),
-                        help="drift scenario(s) from scenarios.py, comma-separated, applied in order; "
-                             "empty for clean traffic only (env SIMULATE_SCENARIO; see --list-scenarios)")
-    parser.add_argument("--drift-after", type=parse_drift_after, default=_env("SIMULATE_DRIFT_AFTER", "300"),
-                        help="when drift starts: seconds (300, 300s) or rows sent (2000rows) (env SIMULATE_DRIFT_AFTER)")
-    parser.add_argument("--duration", type=_positive(float), default=_env("SIMULATE_DURATION", d.duration),
-                        help="seconds to run, then stop (env SIMULATE_DURATION)")
-    parser.add_argument("--seed", type=int, default=_env("SIMULATE_SEED", d.seed),
-                        help="seed of the row order, the scenarios and the labelled share (env SIMULATE_SEED)")
-    parser.add_argument("--token", default=None,  # read from the environment below: --help must not print it
-                        help="bearer token, if the monitor requires one on /feedback (env MONITOR_TOKEN)")
-    parser.add_argument("--report-every", type=_positive(float), default=_env("SIMULATE_REPORT_EVERY", d.report_every),
-                        help="seconds between progress lines (env SIMULATE_REPORT_EVERY)")
-    parser.add_argument("--wait", type=_non_negative, default=_env("SIMULATE_WAIT", d.wait),
-                        help="seconds to wait for the monitor's /healthz before giving up (env SIMULATE_WAIT)")
+        description="Replay held-out diamonds against the monitor, label them later, switch drift on mid-run. "
+                    "The bearer token, if the monitor needs one on /feedback, comes from MONITOR_TOKEN.")
+    add_options(parser, Options, "SIMULATE_")
     parser.add_argument("--list-scenarios", action="store_true", help="list the drift scenarios and exit")
     args = parser.parse_args(argv)
     if args.list_scenarios:
         for s in SCENARIOS.values():
             print(f"{s.name:15} {s.kind:8} {s.description}")
         return None
-    names = [n.strip() for n in str(args.scenario).split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        parser.error(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
-    seconds, rows = args.drift_after if isinstance(args.drift_after, tuple) else parse_drift_after(args.drift_after)
-    return Options(url=args.url, rate=float(args.rate), batch=int(args.batch), label_delay=float(args.label_delay),
-                   label_fraction=float(args.label_fraction), scenarios=names, drift_after_seconds=seconds,
-                   drift_after_rows=rows, duration=float(args.duration), seed=int(args.seed),
-                   token=args.token or os.environ.get("MONITOR_TOKEN") or None, report_every=float(args.report_every), wait=float(args.wait))
+    return dataclasses.replace(config_from(args, Options), token=os.environ.get("MONITOR_TOKEN") or None)
 
 
 def main(argv=None) -> int:

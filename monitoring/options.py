@@ -23,15 +23,16 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
-           env: bool = True, metavar: str | None = None) -> Any:
+           env: bool = True, metavar: str | None = None, shown: str | None = None) -> Any:
     """A config field that is also a command-line option and (unless env=False) an environment variable.
 
     `parse` turns the text of the flag or variable into the value; by default the type of `default`
-    (str, int, float, Path, bool). A bool option whose default is True becomes `--no-<name>`."""
+    (str, int, float, Path, bool). A bool option whose default is True becomes `--no-<name>`.
+    `shown`: how help and the README write the default, when its value does not say it well."""
     if parse is None:
         parse = _parse_bool if isinstance(default, bool) else type(default) if default is not None else str
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "parse": parse,
-                                                        "env": env, "metavar": metavar})
+                                                        "env": env, "metavar": metavar, "shown": shown})
 
 
 def optional_path(text: str) -> Path | None:
@@ -68,7 +69,7 @@ def declared(config_type) -> list[dataclasses.Field]:
 
 
 def _shown(value: Any) -> str:
-    if value is None or value == "":
+    if value is None or value == "" or value == ():
         return "unset"
     return str(value)
 
@@ -84,7 +85,7 @@ def add_options(parser: argparse.ArgumentParser, config_type, env_prefix: str,
         if variable and environ.get(variable, "") != "":
             try:
                 default = parse(environ[variable])
-            except ValueError as exc:
+            except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"environment variable {variable}={environ[variable]!r}: {exc}")
         if isinstance(f.default, bool):  # a switch: the flag flips the default
             flag = ("--no-" + _flag(f).lstrip("-")) if f.default else _flag(f)
@@ -95,7 +96,7 @@ def add_options(parser: argparse.ArgumentParser, config_type, env_prefix: str,
         where = f"env {variable}; " if variable else ""
         metavar = f.metadata["metavar"] or _flag(f).lstrip("-").replace("-", "_").upper()
         parser.add_argument(_flag(f), dest=f.name, type=parse, default=default, metavar=metavar,
-                            help=f"{f.metadata['help']} ({where}default: {_shown(f.default)})")
+                            help=f"{f.metadata['help']} ({where}default: {f.metadata['shown'] or _shown(f.default)})")
 
 
 def config_from(args: argparse.Namespace, config_type):
@@ -114,7 +115,7 @@ def markdown_table(config_type, env_prefix: str, root: Path | None = None) -> st
         if isinstance(default, bool):
             flag, shown = ("--no-" + _flag(f).lstrip("-")) if default else _flag(f), "on" if default else "off"
         else:
-            flag, shown = _flag(f), _shown(default)
+            flag, shown = _flag(f), f.metadata["shown"] or _shown(default)
         shown = shown if shown == "unset" else f"`{shown}`"
         lines.append(f"| `{flag}` | `{env_name(f, env_prefix)}` | {shown} | {f.metadata['help'].replace('|', '/')} |")
     return "\n".join(lines)

@@ -23,8 +23,7 @@ def monitor(small_artifact):
 def test_a_run_sends_paced_rows_labels_them_later_and_switches_drift_on(monitor):
     lines = []
     options = simulate.Options(url=monitor.url, rate=300, batch=20, label_delay=0.3, duration=5.0,
-                               scenarios=["large_stones", "price_up_25"], drift_after_seconds=None,
-                               drift_after_rows=300, report_every=1.0, seed=3)
+                               scenarios=("large_stones", "price_up_25"), drift_after=(None, 300), report_every=1.0, seed=3)
     started = time.monotonic()
     summary = simulate.run(options, out=lines.append)
     elapsed = time.monotonic() - started
@@ -77,7 +76,7 @@ def test_options_come_from_the_environment_and_are_validated(monkeypatch, capsys
     monkeypatch.setenv("SIMULATE_DRIFT_AFTER", "500rows")
     monkeypatch.setenv("MONITOR_TOKEN", "t0ken")
     options = simulate.parse_args(["--duration", "60"])
-    assert options.rate == 7.5 and options.scenarios == ["cut_mix", "price_up_20"]
+    assert options.rate == 7.5 and options.scenarios == ("cut_mix", "price_up_20")
     assert (options.drift_after_seconds, options.drift_after_rows) == (None, 500)
     assert options.duration == 60 and options.token == "t0ken"
     for bad in (["--scenario", "no_such_thing"], ["--rate", "0"], ["--duration", "-1"],
@@ -91,5 +90,5 @@ def test_help_shows_defaults_and_environment_names(capsys):
     with pytest.raises(SystemExit):
         simulate.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for needle in ("env SIMULATE_RATE", "(default: 20.0)", "env SIMULATE_DURATION", "--label-delay", "2000rows"):
+    for needle in ("env SIMULATE_RATE; default: 20.0", "env SIMULATE_DURATION", "--label-delay", "2000rows"):
         assert needle in text
