@@ -76,7 +76,9 @@ def timeseries(title, description, tgts, unit="none", overrides=None, custom=Non
                minimum=None, maximum=None, legend_calcs=("lastNotNull", "max")):
     custom_defaults = {"drawStyle": "line", "lineWidth": 2, "fillOpacity": 10, "showPoints": "never",
                        "spanNulls": True, "axisSoftMin": 0, "thresholdsStyle": {"mode": "off"}}
-    custom_defaults.update(custom or {})
+    # `custom={"axisSoftMin": None}` removes a default: the key is left out, since the schema types
+    # these as numbers and has no null (the Grafana schema test reports a null as a dropped key)
+    custom_defaults = {k: v for k, v in {**custom_defaults, **(custom or {})}.items() if v is not None}
     defaults = {"unit": unit, "custom": custom_defaults, "color": {"mode": "palette-classic"},
                 "thresholds": steps or thresholds(("green", None))}
     if minimum is not None:
