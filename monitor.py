@@ -563,6 +563,8 @@ class _Handler(BaseHTTPRequestHandler):
             if self.server.draining:
                 self.close_connection = True  # shutting down: answer this one, take no more
             try:
+                self._unread = 0
+                self._unread = self._body_length()  # refuses ambiguous framing before anything else
                 route = self._route(method, path)
                 body = self._read_json() if route.reads_json else self._discard_body()
                 status, payload = route.handler(self.monitor, body)
@@ -586,7 +588,6 @@ class _Handler(BaseHTTPRequestHandler):
             method = "GET"
         if method not in methods:
             allowed = ", ".join(sorted(methods) + (["HEAD"] if "GET" in methods else []))
-            self._discard_body()
             raise _HttpError(405, "method_not_allowed", f"{method[:20]} is not allowed on {path}; use {allowed}",
                              {"Allow": allowed})
         route = methods[method]
@@ -594,75 +595,85 @@ class _Handler(BaseHTTPRequestHandler):
         if route.needs_token and token:
             given = self.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                self._discard_body()
                 raise _HttpError(401, "unauthorized", f"{path} needs the header 'Authorization: Bearer <token>' "
                                                       "(the MONITOR_TOKEN the monitor was started with)",
                                  {"WWW-Authenticate": "Bearer"})
         return route
 
-    def _content_length(self) -> int:
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            if self.headers.get("Transfer-Encoding"):
-                self.close_connection = True
-                raise _HttpError(411, "length_required", "chunked bodies are not accepted; send Content-Length")
-            return 0
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError
-        except ValueError:
+    def _body_length(self) -> int:
+        """The body's length from a single, plain Content-Length. Anything a proxy in front could read
+        differently (Transfer-Encoding, two lengths, '+93', '1_0', ' 10') is refused and the connection
+        closed: a body we might frame differently from the client must never be run as a request."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None:
             self.close_connection = True
-            raise _HttpError(400, "bad_content_length", f"Content-Length {raw[:20]!r} is not a byte count") from None
-        return length
+            if lengths:
+                raise _HttpError(400, "ambiguous_length", "both Content-Length and Transfer-Encoding; send one "
+                                                          "Content-Length only")
+            raise _HttpError(411, "length_required", "chunked bodies are not accepted; send Content-Length")
+        if not lengths:
+            return 0
+        if len(lengths) > 1:
+            self.close_connection = True
+            raise _HttpError(400, "ambiguous_length", f"{len(lengths)} Content-Length headers; send one")
+        raw = lengths[0]
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 15):
+            self.close_connection = True
+            raise _HttpError(400, "bad_content_length", f"Content-Length {raw[:20]!r} is not a byte count "
+                                                        "(ASCII digits only)")
+        return int(raw)
 
     def _read_json(self):
-        length = self._content_length()
+        length = self._unread
         if length > self.monitor.config.max_body_bytes:
-            self.close_connection = True  # the unread body must not be parsed as the next request
             raise _HttpError(413, "too_large", f"body of {length} bytes; at most "
                                                f"{self.monitor.config.max_body_bytes} bytes per request")
         content_type = self.headers.get("Content-Type", "application/json").split(";")[0].strip().lower()
         if content_type not in ("application/json", "") and not content_type.endswith("+json"):
-            self.close_connection = True
-            self._drain(length)
             raise _HttpError(415, "wrong_content_type", f"Content-Type {content_type!r}; send application/json "
                                                           "(with curl: -H 'Content-Type: application/json')")
         if length == 0:
             raise _HttpError(400, "empty_body", "empty body; send a JSON object such as "
                                                 '{"carat": 0.5, "cut": "Ideal", ...}')
-        try:
-            raw = self.rfile.read(length)
-        except (TimeoutError, socket.timeout):
-            self.close_connection = True
-            raise _HttpError(408, "body_timeout", "the body did not arrive in time") from None
-        if len(raw) < length:
-            self.close_connection = True
-            raise _HttpError(400, "short_body", f"body ended after {len(raw)} of {length} bytes")
+        raw = self._read_body(length)
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:
-            # ValueError covers JSONDecodeError and undecodable UTF-8; RecursionError deep nesting.
-            detail = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            # ValueError covers JSONDecodeError, undecodable UTF-8 and integers past Python's digit limit;
+            # RecursionError deep nesting.
+            if isinstance(exc, json.JSONDecodeError):
+                detail = exc.msg
+            elif "digits" in str(exc):
+                detail = "an integer with more digits than a number can have"
+            else:
+                detail = type(exc).__name__
             raise _HttpError(400, "invalid_json", f"body is not valid JSON ({detail})") from None
 
     def _discard_body(self):
-        length = self._content_length()
-        if length > self.monitor.config.max_body_bytes:
-            self.close_connection = True
-            raise _HttpError(413, "too_large", f"body of {length} bytes is not expected here")
-        self._drain(length)
+        if self._unread > self.monitor.config.max_body_bytes:
+            raise _HttpError(413, "too_large", f"body of {self._unread} bytes is not expected here")
+        self._read_body(self._unread)
         return None
 
-    def _drain(self, length: int) -> None:
-        if length and not self.close_connection:
-            self.rfile.read(length)
+    def _read_body(self, length: int) -> bytes:
+        try:
+            raw = self.rfile.read(length) if length else b""
+        except (TimeoutError, socket.timeout):
+            raise _HttpError(408, "body_timeout", "the body did not arrive in time") from None
+        if len(raw) < length:
+            raise _HttpError(400, "short_body", f"body ended after {len(raw)} of {length} bytes")
+        self._unread = 0
+        return raw
 
     def _send_json(self, status: int, payload: dict, headers: dict | None = None) -> None:
         body = json.dumps(payload, allow_nan=False, default=_json_default).encode()
         self._send(status, body, "application/json", headers)
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        if getattr(self, "_unread", 0):
+            # Answered without reading the body (404, 405, 401, 413, 415, a body cut short...): its
+            # bytes must not be parsed as the next request, so this connection ends with the answer.
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

@@ -146,9 +146,27 @@ def parse_label(obj: Any, where: str = "") -> tuple[str, float]:
         raise InvalidInput("missing_field" if label_id is None else "wrong_type",
                            f"{where}id: expected the prediction id string that /predict returned, "
                            f"got {describe_json(label_id) if 'id' in obj else 'nothing'}")
+    if len(label_id) > MAX_ID_LENGTH or not _storable(label_id):
+        raise InvalidInput("bad_id", f"{where}id: not an id that /predict returns (at most {MAX_ID_LENGTH} "
+                                     "characters of text, no NUL or lone surrogate)")
     if "actual" not in obj:
         raise InvalidInput("missing_field", f"{where}actual: missing; the true price in dollars")
     return label_id, parse_positive_number(f"{where}actual", obj["actual"])
+
+
+MAX_ID_LENGTH = 128  # ids are 32 hex digits; anything much longer is not one
+
+
+def _storable(text: str) -> bool:
+    """Text a database can store: valid UTF-8 (no lone surrogate such as "\ud800", which JSON
+    allows) and no NUL."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _item(where: str) -> str:
@@ -160,7 +178,11 @@ def parse_positive_number(field: str, value: Any) -> float:
     # bool is an int subclass in Python, but true is not a carat.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput("not_a_number", f"{field}: expected a number, got {describe_json(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits is valid JSON but no float
+        raise InvalidInput("non_finite", f"{field}: expected a finite number, got an integer of "
+                                         f"{len(str(abs(value)))} digits") from None
     if not math.isfinite(number):
         raise InvalidInput("non_finite", f"{field}: expected a finite number, got {value}")
     if number <= 0:
