@@ -631,9 +631,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._unread = 0
                 self._unread = self._body_length()  # refuses ambiguous framing before anything else
                 route = self._route(method, path)
-                # Big bodies take turns (MonitorServer.heavy): parsing them holds the GIL and memory
-                # in proportion to their size, which many at once would take from everyone else.
-                with self.server.heavy if self._unread > _HEAVY_BODY_BYTES else contextlib.nullcontext():
+                if self._unread > _HEAVY_BODY_BYTES:
+                    with self.server.heavy_request():
+                        body = self._read_json() if route.reads_json else self._discard_body()
+                        status, payload = route.handler(self.monitor, body)
+                else:
                     body = self._read_json() if route.reads_json else self._discard_body()
                     status, payload = route.handler(self.monitor, body)
             except (_HttpError, InvalidInput) as exc:
@@ -704,6 +706,14 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(400, "empty_body", "empty body; send a JSON object such as "
                                                 '{"carat": 0.5, "cut": "Ideal", ...}')
         raw = self._read_body(length)
+        # A list of --max-rows rows has a bounded number of JSON values; counting separators before
+        # parsing refuses `[{}, {}, ...]` and its kin before they become millions of Python objects.
+        separators = raw.count(b",")
+        most = self.monitor.config.max_rows * _MAX_VALUES_PER_ROW
+        if separators > most:
+            raise _HttpError(413, "too_many_rows", f"body: {separators} JSON values, more than "
+                                                   f"{self.monitor.config.max_rows} rows can hold; at most "
+                                                   f"{self.monitor.config.max_rows} rows per request")
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:
@@ -785,6 +795,7 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+_MAX_VALUES_PER_ROW = 32  # generous: a diamond row has 6 fields
 _HEAVY_BODY_BYTES = 64 * 1024  # about 500 rows: bigger bodies are parsed and served two at a time
 _TOO_MANY_CONNECTIONS = json.dumps({"error": "too many open connections; retry shortly"}).encode()
 
@@ -824,7 +835,9 @@ class MonitorServer(ThreadingHTTPServer):
         handler = type("Handler", (_Handler,), {"monitor": monitor})
         self.monitor = monitor
         self.draining = False
-        self.heavy = threading.BoundedSemaphore(2)  # requests with big bodies in progress at once
+        self._heavy_slots = threading.BoundedSemaphore(2)  # requests with big bodies in progress at once
+        self._heavy_lock = threading.Lock()
+        self._heavy_running = 0
         self._connections_lock = threading.Lock()
         self._open = 0  # connections with a thread
         self._awaiting: dict[socket.socket, float] = {}  # of those, the ones waiting for a head, since when
@@ -867,6 +880,21 @@ class MonitorServer(ThreadingHTTPServer):
         except OSError:
             pass
         return True
+
+    @contextlib.contextmanager
+    def heavy_request(self):
+        """Big bodies take turns: parsing one holds the GIL and memory in proportion to its size."""
+        with self._heavy_slots:
+            with self._heavy_lock:
+                self._heavy_running += 1
+            try:
+                yield
+            finally:
+                with self._heavy_lock:
+                    self._heavy_running -= 1
+                    last = self._heavy_running == 0
+                if last:  # the allocator keeps what the bodies used; hand it back after a burst
+                    release_freed_memory()
 
     def awaiting_head(self, connection: socket.socket) -> None:
         with self._connections_lock:

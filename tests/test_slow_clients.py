@@ -2,6 +2,8 @@
 on the whole head, and hundreds of such clients do not keep a normal client from its answers."""
 from __future__ import annotations
 
+import http.client
+import json
 import socket
 import threading
 import time
@@ -81,3 +83,46 @@ def test_three_hundred_trickling_clients_do_not_stop_a_normal_one(server):
     assert len(latencies) >= 20
     assert max(latencies) < 1.0, f"slowest answer {max(latencies):.2f} s beside 300 trickling clients"
 
+
+
+def _rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_is_bounded_by_the_limits_not_by_the_bodies(small_artifact_path, tmp_path):
+    """64 bodies of 4 MB of `[{}, {}, ...]` at once: each would be ~100 MB of Python objects."""
+    from tests.test_resilience import _MonitorProcess
+
+    monitor = _MonitorProcess(small_artifact_path, tmp_path / "monitor.db")
+    body = b"[" + b"{}," * (4 * 1024 * 1024 // 3 - 1) + b"{}]"
+    assert len(body) <= 4 * 1024 * 1024
+    host, port = monitor.url.split("//")[1].split(":")
+    try:
+        assert request(monitor.url, "POST", "/predict", ROW)[0] == 200
+        before = _rss_mb(monitor.proc.pid)
+        statuses, peak = [], before
+
+        def send():
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            statuses.append((response.status, json.loads(response.read())["error"]))
+            conn.close()
+
+        senders = [threading.Thread(target=send) for _ in range(64)]
+        for sender in senders:
+            sender.start()
+        while any(s.is_alive() for s in senders):
+            peak = max(peak, _rss_mb(monitor.proc.pid))
+            time.sleep(0.02)
+        time.sleep(0.5)
+        after = _rss_mb(monitor.proc.pid)
+    finally:
+        monitor.stop()
+    assert len(statuses) == 64 and {s for s, _ in statuses} == {413}
+    assert "more than 10000 rows can hold" in statuses[0][1]
+    assert peak < 600, f"peak RSS {peak:.0f} MB (before {before:.0f} MB)"
+    assert after < before + 60, f"RSS {after:.0f} MB after the burst, {before:.0f} MB before"
