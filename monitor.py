@@ -80,8 +80,11 @@ class MonitorConfig:
     max_stored_rows: int = option(5_000_000, "the oldest stored records beyond this count are pruned")
     maintenance_interval: float = option(5.0, "seconds between retries of unwritten records")
     prune_interval: float = option(600.0, "seconds between retention runs")
-    token: str | None = option(None, "bearer token required on /feedback and /drift/check; unset: open",
-                               parse=optional_text)
+    token: str | None = option(None, "bearer token required on /feedback and /drift/check; unset: open. "
+                                     "Never a flag: a command line is visible to every local user",
+                               parse=optional_text, cli=False)
+    token_file: Path | None = option(None, "file holding the bearer token (instead of MONITOR_TOKEN)",
+                                     parse=optional_path)
     verify_hash: bool = option(True, "check the model file against its .sha256 before loading it "
                                      "(turn off only for a file you trust)")
     access_log: bool = option(False, "log every request")
@@ -640,7 +643,8 @@ class _Handler(BaseHTTPRequestHandler):
                     status, payload = route.handler(self.monitor, body)
             except (_HttpError, InvalidInput) as exc:
                 status = getattr(exc, "status", 400)  # InvalidInput: a request we understood but refuse
-                self.monitor.metrics.invalid_requests.labels(endpoint, exc.reason).inc()
+                counter = self.monitor.metrics.refused_requests if status >= 500 else self.monitor.metrics.invalid_requests
+                counter.labels(endpoint, exc.reason).inc()
                 self._send_json(status, {"error": exc.message}, getattr(exc, "headers", None))
                 return
             if isinstance(payload, _Text):
@@ -663,8 +667,8 @@ class _Handler(BaseHTTPRequestHandler):
         route = methods[method]
         token = self.monitor.config.token
         if route.needs_token and token:
-            given = self.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            scheme, _, given = self.headers.get("Authorization", "").strip().partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
                 raise _HttpError(401, "unauthorized", f"{path} needs the header 'Authorization: Bearer <token>' "
                                                       "(the MONITOR_TOKEN the monitor was started with)",
                                  {"WWW-Authenticate": "Bearer"})
@@ -851,7 +855,7 @@ class MonitorServer(ThreadingHTTPServer):
             if admitted:
                 self._open += 1
         if not admitted:
-            self.monitor.metrics.invalid_requests.labels("other", "too_many_connections").inc()
+            self.monitor.metrics.refused_requests.labels("other", "too_many_connections").inc()
             try:
                 request.settimeout(1.0)
                 request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -874,7 +878,7 @@ class MonitorServer(ThreadingHTTPServer):
             return False
         victim = min(self._awaiting, key=self._awaiting.__getitem__)
         del self._awaiting[victim]
-        self.monitor.metrics.invalid_requests.labels("other", "evicted_waiting_connection").inc()
+        self.monitor.metrics.evicted_connections.inc()
         try:
             victim.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -996,12 +1000,20 @@ def load_or_train(config: MonitorConfig) -> dict:
 def _parse_args(argv=None) -> tuple[MonitorConfig, Path | None]:
     parser = argparse.ArgumentParser(
         description="Serve the model with drift monitoring and Prometheus metrics. Every option can also "
-                    "be set by the environment variable named beside it.")
+                    "be set by the environment variable named beside it.",
+        allow_abbrev=False)  # no prefix matching: `--token x` must not be read as `--token-file x`
     add_options(parser, MonitorConfig, "MONITOR_")
     parser.add_argument("--export-labelled", type=Path, metavar="FILE",
                         help="write the labelled records of --db to FILE (.csv, or .parquet with pyarrow) and exit")
     args = parser.parse_args(argv)
     config = config_from(args, MonitorConfig)
+    if config.token_file is not None:
+        try:
+            config.token = config.token_file.read_text().strip() or None
+        except OSError as exc:
+            parser.error(f"--token-file {config.token_file}: {exc.strerror}")
+        if config.token is None:
+            parser.error(f"--token-file {config.token_file} is empty")
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return config, args.export_labelled
 

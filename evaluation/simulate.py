@@ -312,7 +312,8 @@ def run(options: Options, client: Client | None = None, out=print, rows: pd.Data
 def parse_args(argv=None) -> Options | None:
     parser = argparse.ArgumentParser(
         description="Replay held-out diamonds against the monitor, label them later, switch drift on mid-run. "
-                    "The bearer token, if the monitor needs one on /feedback, comes from MONITOR_TOKEN.")
+                    "The bearer token, if the monitor needs one on /feedback, comes from MONITOR_TOKEN.",
+        allow_abbrev=False)
     add_options(parser, Options, "SIMULATE_")
     parser.add_argument("--list-scenarios", action="store_true", help="list the drift scenarios and exit")
     args = parser.parse_args(argv)

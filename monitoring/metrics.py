@@ -43,6 +43,11 @@ class MonitorMetrics:
                                       registry=registry)
         self.invalid_requests = Counter("invalid_requests", "Requests refused with a 4xx, by reason",
                                         ["endpoint", "reason"], registry=registry)
+        self.refused_requests = Counter("refused_requests", "Valid requests the server could not take (503): "
+                                        "store unavailable, too many connections", ["endpoint", "reason"],
+                                        registry=registry)
+        self.evicted_connections = Counter("evicted_connections", "Connections waiting for a request head "
+                                           "closed to make room for a new one", registry=registry)
 
         # Drift
         self.data_drift = Gauge("data_drift", "Overall data-drift magnitude in [0, 1]: the largest "

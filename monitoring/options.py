@@ -23,16 +23,18 @@ _FALSE = {"0", "false", "no", "off"}
 
 
 def option(default: Any, help: str, *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
-           env: bool = True, metavar: str | None = None, shown: str | None = None) -> Any:
+           env: bool = True, metavar: str | None = None, shown: str | None = None, cli: bool = True) -> Any:
     """A config field that is also a command-line option and (unless env=False) an environment variable.
 
     `parse` turns the text of the flag or variable into the value; by default the type of `default`
     (str, int, float, Path, bool). A bool option whose default is True becomes `--no-<name>`.
-    `shown`: how help and the README write the default, when its value does not say it well."""
+    `shown`: how help and the README write the default, when its value does not say it well.
+    `cli=False`: an environment variable only, for secrets (a command line is visible to `ps`)."""
     if parse is None:
         parse = _parse_bool if isinstance(default, bool) else type(default) if default is not None else str
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "parse": parse,
-                                                        "env": env, "metavar": metavar, "shown": shown})
+                                                        "env": env, "metavar": metavar, "shown": shown,
+                                                        "cli": cli})
 
 
 def optional_path(text: str) -> Path | None:
@@ -87,6 +89,9 @@ def add_options(parser: argparse.ArgumentParser, config_type, env_prefix: str,
                 default = parse(environ[variable])
             except (ValueError, argparse.ArgumentTypeError) as exc:
                 parser.error(f"environment variable {variable}={environ[variable]!r}: {exc}")
+        if not f.metadata["cli"]:
+            parser.set_defaults(**{f.name: default})
+            continue
         if isinstance(f.default, bool):  # a switch: the flag flips the default
             flag = ("--no-" + _flag(f).lstrip("-")) if f.default else _flag(f)
             same = f" (env {variable}={'0' if f.default else '1'} does the same)" if variable else ""
@@ -112,10 +117,13 @@ def markdown_table(config_type, env_prefix: str, root: Path | None = None) -> st
         default = f.default
         if isinstance(default, Path) and root is not None and default.is_relative_to(root):
             default = default.relative_to(root)
-        if isinstance(default, bool):
+        if not f.metadata["cli"]:
+            flag, shown = None, f.metadata["shown"] or _shown(default)
+        elif isinstance(default, bool):
             flag, shown = ("--no-" + _flag(f).lstrip("-")) if default else _flag(f), "on" if default else "off"
         else:
             flag, shown = _flag(f), f.metadata["shown"] or _shown(default)
         shown = shown if shown == "unset" else f"`{shown}`"
-        lines.append(f"| `{flag}` | `{env_name(f, env_prefix)}` | {shown} | {f.metadata['help'].replace('|', '/')} |")
+        flag_cell = f"`{flag}`" if flag else "(environment only)"
+        lines.append(f"| {flag_cell} | `{env_name(f, env_prefix)}` | {shown} | {f.metadata['help'].replace('|', '/')} |")
     return "\n".join(lines)

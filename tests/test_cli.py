@@ -39,6 +39,26 @@ def test_without_a_project_environment_it_says_how_to_make_one(tmp_path):
     assert "lacks numpy" in out.stderr and "make run" in out.stderr and ".venv/bin/python" in out.stderr
 
 
+def test_the_token_is_never_a_flag_but_a_file_or_a_variable(tmp_path):
+    out = subprocess.run([sys.executable, "monitor.py", "--token", "s3cret"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "unrecognized arguments: --token" in out.stderr
+    import monitor
+
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    config, _ = monitor._parse_args(["--token-file", str(token_file)])
+    assert config.token == "s3cret"
+    env = {**os.environ, "MONITOR_TOKEN": "from-env"}
+    code = "import monitor; print(monitor._parse_args([])[0].token)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.strip() == "from-env"
+    token_file.write_text("")
+    out = subprocess.run([sys.executable, "monitor.py", "--token-file", str(token_file)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "is empty" in out.stderr
+
+
 def test_a_bad_environment_variable_is_named(tmp_path):
     env = {**os.environ, "MONITOR_PORT": "eighty"}
     out = subprocess.run([sys.executable, "monitor.py", "--help"], cwd=ROOT, capture_output=True, text=True,

@@ -194,6 +194,10 @@ def test_a_full_database_degrades_health_but_predictions_answer_and_recover(smal
         assert metric_value(text, "store_pending_records") == 600
         status, _, reply = request(handle.url, "POST", "/feedback", {"id": answered[0], "actual": 1000})
         assert status == 503 and "send them again" in reply["error"]  # not acknowledged, so not lost
+        text = request(handle.url, "GET", "/metrics")[2]  # the server's refusal, not the client's fault
+        assert metric_value(text, "refused_requests_total", {"endpoint": "/feedback", "reason": "store_unavailable"}) == 1
+        with pytest.raises(KeyError):
+            metric_value(text, "invalid_requests_total", {"endpoint": "/feedback", "reason": "store_unavailable"})
 
         store._writer_conn().execute("PRAGMA max_page_count = 1073741823")  # space again
         deadline = time.monotonic() + 10
@@ -319,6 +323,10 @@ def test_write_endpoints_need_the_token_when_one_is_set(small_artifact):
         ok = request(handle.url, "POST", "/feedback", label, headers={"Authorization": "Bearer s3cret"})
         assert ok[0] == 200 and ok[2]["accepted"] == 1
         assert request(handle.url, "POST", "/drift/check", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        # the scheme is case-insensitive (RFC 7235); the token is not
+        assert request(handle.url, "POST", "/drift/check", headers={"Authorization": "bearer s3cret"})[0] == 200
+        assert request(handle.url, "POST", "/drift/check", headers={"Authorization": "Bearer S3CRET"})[0] == 401
+        assert request(handle.url, "POST", "/drift/check", headers={"Authorization": "Basic s3cret"})[0] == 401
     finally:
         handle.stop()
 

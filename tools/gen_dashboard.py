@@ -293,11 +293,14 @@ def _panels():
                     "exemplars": {"color": "rgba(255,0,255,0.7)"}},
     })
     yield ("invalid-requests", 12, 8, timeseries(
-        "Invalid requests by reason",
+        "Invalid and refused requests by reason",
         "Requests refused with a 4xx, per endpoint and reason (invalid_json, missing_field, "
-        "unknown_category, not_a_number, ...): a broken client shows up here.",
+        "unknown_category, not_a_number, ...): a broken client shows up here. 503s (the store cannot "
+        "record labels, every connection busy) are the server's, listed as 'refused'.",
         targets((f"sum by (endpoint, reason) (rate({sel('invalid_requests_total')}[$__rate_interval]))",
-                 "{{endpoint}} {{reason}}")),
+                 "{{endpoint}} {{reason}}"),
+                (f"sum by (endpoint, reason) (rate({sel('refused_requests_total')}[$__rate_interval]))",
+                 "refused: {{endpoint}} {{reason}}")),
         unit="reqps", custom={"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal", "group": "A"}}))
     check = f"sum by (le) (rate({sel('drift_check_duration_seconds_bucket')}[$__rate_interval]))"
     yield ("drift-checks", 12, 8, timeseries(
