@@ -136,7 +136,11 @@ def parse_positive_number(field: str, value: Any) -> float:
     # bool is an int subclass in Python, but true is not a carat.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput("not_a_number", f"{field}: expected a number, got {describe_json(value)}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # JSON integers have any length: 400 digits parse as an int no float holds
+        raise InvalidInput("non_finite", f"{field}: expected a finite number, got an integer too large "
+                                         "for a float") from None
     if not math.isfinite(number):
         raise InvalidInput("non_finite", f"{field}: expected a finite number, got {value}")
     if number <= 0:
