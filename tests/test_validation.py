@@ -24,8 +24,9 @@ FIELDS = "carat, cut, color, clarity, depth, table"
 ROW = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "depth": 61.5, "table": 55}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def schema() -> Schema:
+    """Built in each test (it is cheap), so that every test that reads a message runs Schema() too."""
     return Schema(SCHEMA_DICT)
 
 
