@@ -180,9 +180,9 @@ def parse_positive_number(field: str, value: Any) -> float:
         raise InvalidInput("not_a_number", f"{field}: expected a number, got {describe_json(value)}")
     try:
         number = float(value)
-    except OverflowError:  # an integer of hundreds of digits is valid JSON but no float
-        raise InvalidInput("non_finite", f"{field}: expected a finite number, got an integer of "
-                                         f"{len(str(abs(value)))} digits") from None
+    except OverflowError:  # JSON integers have any length: 400 digits parse as an int no float holds
+        raise InvalidInput("non_finite", f"{field}: expected a finite number, got an integer too large "
+                                         "for a float") from None
     if not math.isfinite(number):
         raise InvalidInput("non_finite", f"{field}: expected a finite number, got {value}")
     if number <= 0:

@@ -107,8 +107,68 @@ def test_ks_ignores_non_finite_and_handles_empty():
     assert det.score(np.array([1.0, np.nan, np.inf, 2.0])).window_size == 2
     empty = det.score(np.array([]))
     assert empty.statistic is None and empty.p_value is None and empty.window_size == 0
-    with pytest.raises(ValueError):
-        drift.KSDetector(np.array([np.nan]))
+    with pytest.raises(ValueError, match=r"^KSDetector needs a non-empty finite reference$"):
+        drift.KSDetector(np.array([np.nan, np.inf, -np.inf]))
+    with pytest.raises(ValueError, match=r"^KSDetector needs a non-empty finite reference$"):
+        drift.KSDetector(np.array([]))
+
+
+def test_ks_reference_drops_non_finite_values():
+    det = drift.KSDetector(np.array([3.0, np.nan, 1.0, np.inf, 3.0, 2.0]))
+    assert det.n == 4 and det.values.tolist() == [1.0, 2.0, 3.0]
+    win = np.array([0.5, 2.5, 2.5, 4.0])
+    expected = stats.ks_2samp([3.0, 1.0, 3.0, 2.0], win, method="asymp")
+    result = det.score(win)
+    assert result.statistic == expected.statistic == 0.25
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9)
+
+
+def test_ks_single_value_reference_and_window():
+    det = drift.KSDetector(np.array([5.0]))
+    assert det.n == 1
+    same = det.score(np.array([5.0]))
+    assert same.statistic == 0.0 and same.p_value == 1.0 and same.window_size == 1
+    apart = det.score(np.array([6.0, 7.0]))
+    assert apart.statistic == 1.0 and apart.distance == 1.0 and apart.window_size == 2
+
+
+def test_ks_statistic_of_an_empty_window_is_nan():
+    d, m = drift.KSDetector(np.arange(10.0)).statistic(np.array([np.nan]))
+    assert np.isnan(d) and m == 0
+    empty = drift.KSDetector(np.arange(10.0)).score(np.array([np.nan, np.nan]))
+    assert empty == drift.TestResult("ks", None, None, None, 0)
+
+
+@pytest.mark.parametrize("window, expected_d", [
+    ([0.0, 1.0, 2.0, 3.0], 0.0),           # the reference itself
+    ([0.0, 0.0, 0.0, 0.0], 0.75),          # all at the first jump: F_win(0) = 1, F_ref(0) = 1/4
+    ([3.0, 3.0], 0.75),                    # all at the last: F_ref(2) = 3/4, F_win(2) = 0
+    ([1.5], 0.5),                          # between reference values
+    ([-1.0, 10.0], 0.5),                   # outside on both sides
+])
+def test_ks_statistic_at_hand_computed_values(window, expected_d):
+    det = drift.KSDetector(np.array([0.0, 1.0, 2.0, 3.0]))
+    result = det.score(np.array(window))
+    assert result.statistic == pytest.approx(expected_d, abs=1e-15)
+    assert result.statistic == stats.ks_2samp([0.0, 1.0, 2.0, 3.0], window, method="asymp").statistic
+    assert result.test == "ks" and result.window_size == len(window)
+    assert result.p_value == drift.ks_p_value(result.statistic, 4 * len(window) / (4 + len(window)))
+
+
+@pytest.mark.parametrize("statistic, n_effective, n", [
+    (0.1, 100.0, 100), (0.1, 99.6, 100), (0.1, 100.4, 100), (0.3, 10.6, 11), (0.3, 10.4, 10),
+    (0.7, 1.0, 1), (0.7, 1.4, 1), (0.7, 1.6, 2), (0.8, 0.3, 1), (0.8, 0.0, 1), (0.05, 2000.0, 2000),
+])
+def test_ks_p_value_is_kolmogorovs_distribution_at_the_rounded_size(statistic, n_effective, n):
+    p = drift.ks_p_value(statistic, n_effective)
+    assert type(p) is float
+    assert p == float(stats.kstwo.sf(statistic, n))
+    assert 0.0 < p < 1.0
+
+
+def test_ks_p_value_bounds():
+    assert drift.ks_p_value(0.0, 50) == 1.0
+    assert drift.ks_p_value(1.0, 50) == 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,6 +233,139 @@ def test_chi2_unseen_codes_are_counted_not_crashing():
     assert floats.window_size == 120 and det.counts(np.array([np.nan, 1.5, 2.0]))[-1] == 2
 
 
+def _merged_chi2(table):
+    """scipy's Pearson chi-square (no continuity correction) on an already merged 2 x c table."""
+    chi2, p, dof, _ = stats.chi2_contingency(np.array(table, dtype=float), correction=False)
+    return chi2, p, dof
+
+
+def test_chi2_pooled_cell_stands_alone_when_it_expects_enough():
+    """Three rare grades pooled expect ~12 window counts together: one cell of their own, the unseen
+    code in it, not merged into a common grade."""
+    det = drift.ChiSquareDetector(np.repeat(np.arange(5), [1000, 1000, 30, 30, 30]), list("abcde"))
+    win = np.repeat([0, 1, 2, 3, 4, 7], [140, 150, 4, 3, 3, 1])  # 7: an unseen code
+    result = det.score(win)
+    chi2, p, dof = _merged_chi2([[1000, 1000, 90], [140, 150, 11]])
+    assert dof == 2
+    assert result.statistic == pytest.approx(chi2, rel=1e-12) and result.p_value == pytest.approx(p, rel=1e-9)
+    assert result.window_size == 301
+    ref_freq = np.array([1000, 1000, 30, 30, 30, 0]) / 2090
+    win_freq = np.array([140, 150, 4, 3, 3, 1]) / 301
+    assert result.distance == pytest.approx(0.5 * np.abs(win_freq - ref_freq).sum(), rel=1e-12)
+
+
+def test_chi2_small_pooled_cell_joins_the_smallest_remaining_one():
+    det = drift.ChiSquareDetector(np.repeat(np.arange(4), [2000, 500, 1000, 10]), list("abcd"))
+    win = np.repeat([0, 1, 2, 3, 5], [100, 30, 50, 2, 1])  # d and one unseen code expect < 5 together
+    chi2, p, dof = _merged_chi2([[2000, 510, 1000], [100, 33, 50]])
+    result = det.score(win)
+    assert dof == 2 and result.statistic == pytest.approx(chi2, rel=1e-12)
+    assert result.p_value == pytest.approx(p, rel=1e-9) and result.window_size == 183
+
+
+def test_chi2_unseen_codes_form_the_pooled_cell():
+    """Unseen codes expect nothing in the reference but are never a cell of their own beside the rare
+    grades: they are pooled with them."""
+    det = drift.ChiSquareDetector(np.repeat(np.arange(3), [600, 390, 10]), ["x", "y", "z"])
+    win = np.repeat([0, 1, 2, -1], [200, 150, 2, 48])
+    chi2, p, dof = _merged_chi2([[600, 390, 10], [200, 150, 50]])
+    result = det.score(win)
+    assert dof == 2 and result.statistic == pytest.approx(chi2, rel=1e-12)
+    assert result.p_value == pytest.approx(p, rel=1e-9) and result.p_value < 1e-10
+
+
+def test_chi2_window_as_large_as_the_reference():
+    det = drift.ChiSquareDetector(np.repeat(np.arange(3), [50, 30, 20]), list("abc"))
+    win = np.repeat(np.arange(3), [20, 30, 50])
+    chi2, p, dof = _merged_chi2([[50, 30, 20], [20, 30, 50]])
+    result = det.score(win)
+    assert dof == 2 and result.statistic == pytest.approx(chi2, rel=1e-12)
+    assert result.p_value == pytest.approx(p, rel=1e-9)
+    assert result.distance == pytest.approx(0.3)
+    same = det.score(np.repeat(np.arange(3), [50, 30, 20]))
+    assert same.statistic == 0.0 and same.p_value == 1.0 and same.distance == 0.0
+
+
+def test_chi2_two_categories():
+    det = drift.ChiSquareDetector(np.repeat([0, 1], [700, 300]), ["no", "yes"])
+    chi2, p, dof = _merged_chi2([[700, 300], [50, 50]])
+    result = det.score(np.repeat([0, 1], [50, 50]))
+    assert dof == 1 and result.statistic == pytest.approx(chi2, rel=1e-12)
+    assert result.p_value == pytest.approx(p, rel=1e-9) and result.distance == pytest.approx(0.2)
+
+
+def test_chi2_one_cell_left_is_no_test():
+    """One category, or a window so small that everything pools into one cell: statistic 0, p 1."""
+    one = drift.ChiSquareDetector(np.zeros(100, dtype=int), ["only"])
+    result = one.score(np.zeros(40, dtype=int))
+    assert (result.statistic, result.p_value, result.distance, result.window_size) == (0.0, 1.0, 0.0, 40)
+    det = drift.ChiSquareDetector(np.repeat(np.arange(3), [100, 100, 100]), list("abc"))
+    tiny = det.score(np.array([2, 2, 2, 2, 2, 2]))  # each grade expects 2: all pooled
+    assert tiny.statistic == 0.0 and tiny.p_value == 1.0 and tiny.window_size == 6
+    assert tiny.distance == pytest.approx(2 / 3)
+
+
+def test_chi2_without_pooling_leaves_empty_categories_out():
+    """min_expected is the pooling threshold; at 0 only the unseen cell is pooled, and a grade that
+    neither the reference nor the window has is no cell at all (it would divide by zero)."""
+    det = drift.ChiSquareDetector(np.repeat([0, 1, 3, 4], [40, 30, 2, 1]), list("abcde"))
+    det.min_expected = 0.0
+    win = np.repeat([0, 1, 3, 9], [10, 20, 1, 1])
+    chi2, p, dof = _merged_chi2([[40, 30, 2, 1, 0], [10, 20, 1, 0, 1]])
+    result = det.score(win)
+    assert dof == 4 and result.statistic == pytest.approx(chi2, rel=1e-12)
+    assert result.p_value == pytest.approx(p, rel=1e-9)
+    # no unseen code: no pooled cell at all
+    chi2, p, dof = _merged_chi2([[40, 30, 2, 1], [10, 20, 1, 0]])
+    result = det.score(np.repeat([0, 1, 3], [10, 20, 1]))
+    assert dof == 3 and result.statistic == pytest.approx(chi2, rel=1e-12)
+
+
+def test_chi2_pooling_threshold_is_strictly_below_five():
+    """A cell expecting exactly 5 window counts keeps its own cell, and so does a pooled cell."""
+    det = drift.ChiSquareDetector(np.repeat(np.arange(3), [44, 22, 24]), list("abc"))
+    win = np.repeat(np.arange(3), [6, 3, 1])  # n = 90, m = 10: expected = total / 10 = 5, 2.5, 2.5
+    chi2, p, dof = _merged_chi2([[44, 46], [6, 4]])
+    result = det.score(win)
+    assert dof == 1 and chi2 > 0.1
+    assert result.statistic == pytest.approx(chi2, rel=1e-12) and result.p_value == pytest.approx(p, rel=1e-9)
+
+
+def test_chi2_pooled_cell_expectation_uses_both_sample_sizes():
+    """Pooled d expects 400 * 15 / 1400 = 4.3 < 5 window counts: it joins the smallest cell, c."""
+    det = drift.ChiSquareDetector(np.repeat(np.arange(4), [500, 300, 190, 10]), list("abcd"))
+    win = np.repeat(np.arange(4), [200, 120, 75, 5])
+    chi2, p, dof = _merged_chi2([[500, 300, 200], [200, 120, 80]])
+    result = det.score(win)
+    assert dof == 2 and result.statistic == pytest.approx(chi2, rel=1e-12) and result.p_value == pytest.approx(p)
+
+
+def test_chi2_counts_per_category_and_unseen_last():
+    det = drift.ChiSquareDetector(np.array([0, 1, 1, 2, 2, 2]), ["a", "b", "c"])
+    assert det.categories == ["a", "b", "c"] and det.k == 3 and det.n == 6
+    assert det.reference_counts.tolist() == [1, 2, 3, 0]
+    assert det.counts(np.array([0, 0, 2, 3, 4, -1, -7])).tolist() == [2, 0, 1, 4]
+    assert det.counts(np.array([], dtype=np.int64)).tolist() == [0, 0, 0, 0]
+    assert det.counts(np.array([True, False, True])).tolist() == [1, 2, 0, 0]
+    assert det.counts(np.array([0, 1], dtype=np.uint8)).tolist() == [1, 1, 0, 0]
+    assert det.counts(np.array([0.0, 2.0, 2.5, -1.0, np.nan, np.inf, 3.0])).tolist() == [1, 0, 1, 5]
+    assert drift.ChiSquareDetector(np.array([0, 1]), [10, 20]).categories == ["10", "20"]
+
+
+def test_chi2_refuses_what_it_cannot_count():
+    det = drift.ChiSquareDetector(np.array([0, 1]), ["a", "b"])
+    with pytest.raises(TypeError, match=r"^categorical codes must be integers, got dtype <U1$"):
+        det.counts(np.array(["a", "b"]))
+    with pytest.raises(TypeError, match=r"^categorical codes must be integers, got dtype object$"):
+        det.score(np.array([0, None], dtype=object))
+    with pytest.raises(ValueError, match=r"^ChiSquareDetector needs at least one category$"):
+        drift.ChiSquareDetector(np.array([0, 1]), [])
+    with pytest.raises(ValueError, match=r"^ChiSquareDetector needs a non-empty reference$"):
+        drift.ChiSquareDetector(np.array([], dtype=int), ["a", "b"])
+    empty = det.score(np.array([], dtype=int))
+    assert empty == drift.TestResult("chi2", None, None, None, 0)
+
+
 # --------------------------------------------------------------------------------------------------
 # Holm
 
@@ -188,11 +381,187 @@ def test_holm_bonferroni():
     assert drift.holm_bonferroni([], 0.01).tolist() == []
 
 
+def test_holm_thresholds_are_inclusive():
+    """p_(i) <= alpha / (k - i + 1): a p-value exactly at its threshold is rejected."""
+    assert drift.holm_bonferroni([0.5, 0.25], 0.5).tolist() == [True, True]
+    assert drift.holm_bonferroni([0.5, 0.250001], 0.5).tolist() == [False, False]
+    assert drift.holm_bonferroni([0.25, 0.5000001], 0.5).tolist() == [True, False]
+    assert drift.holm_bonferroni([0.01], 0.01).tolist() == [True]
+    assert drift.holm_bonferroni([0.0101], 0.01).tolist() == [False]
+    assert drift.holm_bonferroni((0.2, 0.1, 0.3), 0.9).tolist() == [True, True, True]
+    assert drift.holm_bonferroni([0.3, None, 0.2], 0.9).tolist() == [True, False, True]  # None ranks last
+    result = drift.holm_bonferroni([0.001, 0.5], 0.05)
+    assert result.dtype == bool and result.shape == (2,)
+
+
 def test_holm_controls_family_wise_error():
     rng = np.random.default_rng(7)
     p = rng.uniform(size=(20_000, 6))
     any_rejected = np.array([drift.holm_bonferroni(row, 0.05).any() for row in p[:4000]])
     assert any_rejected.mean() <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 4000)
+
+
+# --------------------------------------------------------------------------------------------------
+# DataDriftDetector on a small made-up schema: every number checked against the per-feature detectors
+
+SMALL_SCHEMA = {"features": [
+    {"name": "x", "kind": "numeric"},
+    {"name": "g", "kind": "categorical", "categories": ["a", "b", "c"]},
+    {"name": "y", "kind": "numeric"},
+]}
+
+
+@pytest.fixture(scope="module")
+def small_reference():
+    rng = np.random.default_rng(20)
+    return pd.DataFrame({"x": rng.normal(size=2000), "g": rng.choice(["a", "b", "c"], size=2000, p=[0.5, 0.3, 0.2]),
+                         "y": rng.integers(0, 50, size=2000)})
+
+
+def _small_window(m: int, seed: int, x_shift: float = 0.0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(x_shift, 1.0, size=m), "g": rng.choice(3, size=m, p=[0.5, 0.3, 0.2]),
+            "y": rng.integers(0, 50, size=m).astype(float)}
+
+
+def test_data_detector_is_the_per_feature_tests_with_holm(small_reference):
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=0.01, min_samples=20)
+    assert det.alpha == 0.01 and det.min_samples == 20 and det.names == ["x", "g", "y"]
+    own = {"x": drift.KSDetector(small_reference["x"].to_numpy(float)),
+           "g": drift.ChiSquareDetector(det.encode_column("g", small_reference["g"]), ["a", "b", "c"]),
+           "y": drift.KSDetector(small_reference["y"].to_numpy(float))}
+    for shift in (0.0, 0.5):
+        window = _small_window(150, seed=21, x_shift=shift)
+        report = det.score(window)
+        results = {n: d.score(window[n]) for n, d in own.items()}
+        rejected = drift.holm_bonferroni([r.p_value for r in results.values()], 0.01)
+        assert list(report.features) == ["x", "g", "y"]
+        for (name, r), rej in zip(results.items(), rejected):
+            f = report.features[name]
+            assert (f.feature, f.test, f.statistic, f.p_value, f.distance, f.detected) == \
+                (name, r.test, r.statistic, r.p_value, r.distance, bool(rej))
+        assert report.detected == bool(rejected.any()) and report.detected == (shift > 0)
+        assert report.max_distance == max(r.distance for r in results.values())
+        assert report.window_size == 150 and report.alpha == 0.01 and report.reason is None
+    assert [n for n, f in report.features.items() if f.detected] == ["x"]
+
+
+def test_data_detection_at_exactly_alpha(small_reference):
+    """Holm's thresholds include alpha itself: a family whose smallest p-value is exactly alpha/k is drifted."""
+    window = _small_window(150, seed=22, x_shift=0.3)
+    p_min = min(f.p_value for f in drift.DataDriftDetector(small_reference, SMALL_SCHEMA).score(window)
+                .features.values())
+    alpha = next(a for a in (3 * p_min, np.nextafter(3 * p_min, 1), np.nextafter(3 * p_min, 0)) if a / 3 == p_min)
+    assert 0 < alpha < 1
+    at = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha).score(window)
+    assert at.detected and sum(f.detected for f in at.features.values()) >= 1
+    below = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha * 0.999).score(window)
+    assert not below.detected
+
+
+def test_data_window_size_boundary_and_reason(small_reference):
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, min_samples=20)
+    short = det.score(_small_window(19, seed=23))
+    assert short.reason == "not enough data: 19 inputs in the window, at least 20 needed"
+    assert short.max_distance is None and short.detected is False and short.window_size == 19
+    assert short.features == {"x": drift.FeatureDrift("x", "ks", None, None, None, False),
+                              "g": drift.FeatureDrift("g", "chi2", None, None, None, False),
+                              "y": drift.FeatureDrift("y", "ks", None, None, None, False)}
+    enough = det.score(_small_window(20, seed=23))
+    assert enough.reason is None and enough.window_size == 20 and enough.max_distance is not None
+    assert all(f.p_value is not None for f in enough.features.values())
+
+
+def test_data_window_given_as_lists(small_reference):
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, min_samples=3)
+    window = {"x": [0.1, -0.2, 0.3, 1.0], "g": [0, 1, 2, 2], "y": [3, 40, 12, 8]}
+    report = det.score(window)
+    assert report.window_size == 4
+    assert report.features["x"].statistic == det.detectors["x"].score(np.array(window["x"])).statistic
+
+
+def test_data_detector_refuses_bad_settings_and_windows(small_reference):
+    for alpha in (0, 1, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"^alpha must be in \(0, 1\)$"):
+            drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha)
+    for alpha in (1e-9, 0.999):
+        assert drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha).alpha == alpha
+    with pytest.raises(ValueError, match=r"^reference features lack the schema's feature 'y'$"):
+        drift.DataDriftDetector(small_reference[["x", "g"]], SMALL_SCHEMA)
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, min_samples=5)
+    with pytest.raises(ValueError, match=r"^window lacks features \['g', 'y'\]$"):
+        det.score({"x": np.zeros(10)})
+    with pytest.raises(ValueError, match=r"^window features differ in length: \[10, 11\]$"):
+        det.score({"x": np.zeros(10), "g": np.zeros(11, dtype=int), "y": np.zeros(10)})
+
+
+def test_data_window_of_only_missing_numbers(small_reference):
+    """Enough rows, but no finite value: each test reports nothing and so does the score."""
+    schema = {"features": [{"name": "x", "kind": "numeric"}, {"name": "y", "kind": "numeric"}]}
+    det = drift.DataDriftDetector(small_reference, schema, min_samples=2)
+    report = det.score({"x": np.full(3, np.nan), "y": np.array([np.inf, np.nan, -np.inf])})
+    assert report.max_distance is None and report.detected is False and report.window_size == 3
+    assert report.reason is None and all(f.p_value is None for f in report.features.values())
+    assert report.to_dict()["score"] is None
+
+
+def test_data_detector_without_features():
+    det = drift.DataDriftDetector(pd.DataFrame(), {"features": []}, min_samples=1)
+    report = det.score({})
+    assert report.window_size == 0 and not report.detected and report.features == {}
+    assert report.reason == "not enough data: 0 inputs in the window, at least 1 needed"
+
+
+def test_encode_maps_categories_by_name(small_reference):
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA)
+    # a categorical whose own order differs from the schema's, with a missing value and a category
+    # the schema does not know
+    values = pd.Series(pd.Categorical(["b", None, "zz", "a", "c", "b"], categories=["c", "zz", "a", "b"]))
+    codes = det.encode_column("g", values)
+    assert codes.tolist() == [1, -1, -1, 0, 2, 1] and codes.dtype == np.int64
+    assert det.encode_column("g", ["a", "q", "c"]).tolist() == [0, -1, 2]
+    assert det.encode_column("g", np.array(["c", "b"])).tolist() == [2, 1]
+    assert det.encode_column("g", pd.Series(["b", None])).tolist() == [1, -1]
+    assert det.encode_column("g", pd.Categorical([], categories=["a"])).tolist() == []
+    assert det.encode_column("g", []).dtype == np.int64 and det.encode_column("g", []).size == 0
+    frame = pd.DataFrame({"y": [1, 2], "x": [0.5, 1.5], "g": ["c", "nope"], "extra": [9, 9]})
+    window = det.encode(frame)
+    assert list(window) == ["x", "g", "y"]
+    assert window["x"].tolist() == [0.5, 1.5] and window["y"].dtype == np.float64 and window["y"].tolist() == [1.0, 2.0]
+    assert window["g"].tolist() == [2, -1]
+
+
+def test_report_to_dict_values():
+    feature = drift.FeatureDrift("x", "ks", 0.25, 0.004, 0.25, np.bool_(True))
+    assert feature.to_dict() == {"test": "ks", "statistic": 0.25, "p_value": 0.004, "distance": 0.25,
+                                 "detected": True}
+    assert type(feature.to_dict()["detected"]) is bool
+    blank = drift.FeatureDrift("g", "chi2", float("nan"), None, float("inf"), False).to_dict()
+    assert blank == {"test": "chi2", "statistic": None, "p_value": None, "distance": None, "detected": False}
+    report = drift.DataDriftReport(max_distance=np.float64(0.25), detected=np.bool_(True), window_size=np.int64(60),
+                                   alpha=0.01, features={"x": feature})
+    d = report.to_dict()
+    assert d == {"score": 0.25, "detected": True, "window_size": 60, "alpha": 0.01,
+                 "features": {"x": feature.to_dict()}, "reason": None}
+    assert type(d["detected"]) is bool and type(d["window_size"]) is int and type(d["alpha"]) is float
+    short = drift.DataDriftReport(max_distance=float("nan"), detected=None, window_size=3, alpha=0.5,
+                                  reason="not enough data").to_dict()
+    assert short == {"score": None, "detected": False, "window_size": 3, "alpha": 0.5, "features": {},
+                     "reason": "not enough data"}
+    assert short["detected"] is False
+    concept = drift.ConceptDriftReport(
+        mse_increase=0.5, detected=np.bool_(True), labelled_size=40, mse=150.0, reference_mse=100.0,
+        statistic=0.3, p_value=float("nan"), alpha=0.005, test="pit-ks", mean_log_ratio=-float("inf"),
+        bias_pct=12.5)
+    c = concept.to_dict()
+    assert list(c)[0] == "score" and "mse_increase" not in c
+    assert c == {"score": 0.5, "detected": True, "labelled_size": 40, "mse": 150.0, "reference_mse": 100.0,
+                 "statistic": 0.3, "p_value": None, "alpha": 0.005, "test": "pit-ks", "mean_log_ratio": None,
+                 "bias_pct": 12.5, "reason": None}
+    assert c["detected"] is True
+    empty = drift.ConceptDriftReport(None, None, 0, None, 100.0, None, None, 0.005, "pit-ks", None, None,
+                                     reason="not enough data").to_dict()
+    assert empty["score"] is None and empty["detected"] is False and empty["reason"] == "not enough data"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,6 +707,180 @@ def test_concept_reference_mse_and_score(halves):
     assert det.reference_mse == pytest.approx(np.mean((a["price"] - a["predicted"]) ** 2))
     report = det.score(a["price"], a["predicted"])
     assert report.mse_increase == pytest.approx(0.0, abs=1e-12) and not report.detected
+
+
+# --------------------------------------------------------------------------------------------------
+# ConceptDriftDetector on small hand-made references: every number checked
+
+TIED_ACTUAL = np.array([50.0, 80.0, 100.0, 100.0, 100.0, 125.0, 150.0, 200.0])  # predicted 100: three ties at q = 0
+
+
+def test_concept_pit_uses_mid_ranks_for_ties():
+    det = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=3)
+    assert det.n == 8 and det.n_bins == 1 and det.edges.size == 0
+    u, bins = det.pit(np.array([100.0, 150.0, 10.0, 1000.0, 110.0]), np.full(5, 100.0))
+    # (below + at_most) / 2 + 1/2 over n + 1: a tie with three reference values sits in their middle
+    assert u.tolist() == pytest.approx([4 / 9, 7 / 9, 0.5 / 9, 8.5 / 9, 5.5 / 9], abs=1e-15)
+    assert bins.tolist() == [0, 0, 0, 0, 0]
+
+
+def test_concept_score_of_a_tiny_window_by_hand():
+    det = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=0.05, n_bins=1, min_samples=3)
+    assert det.reference_mse == (2500 + 400 + 625 + 2500 + 10000) / 8
+    actual, predicted = np.array([100.0, 150.0, 10.0, 1000.0, 110.0]), np.full(5, 100.0)
+    report = det.score(actual, predicted)
+    q = np.log(actual / predicted)
+    u = np.sort([4 / 9, 7 / 9, 0.5 / 9, 8.5 / 9, 5.5 / 9])
+    d = stats.kstest(u, "uniform").statistic
+    assert report.statistic == pytest.approx(d, abs=1e-12)
+    # n_eff = 1 / (1/m + (m_b/m)^2 / n_b) = 1 / (1/5 + 1/8) = 40/13, rounded to 3
+    assert report.p_value == pytest.approx(float(stats.kstwo.sf(d, 3)), rel=1e-9)
+    assert report.mse == (0 + 2500 + 8100 + 810000 + 100) / 5
+    assert report.mse_increase == pytest.approx((report.mse - det.reference_mse) / det.reference_mse, rel=1e-12)
+    assert report.mean_log_ratio == pytest.approx(q.mean(), rel=1e-12)
+    reference_mean = np.log(TIED_ACTUAL / 100.0).mean()
+    assert report.bias_pct == pytest.approx(100 * np.expm1(q.mean() - reference_mean), rel=1e-12)
+    assert (report.labelled_size, report.alpha, report.test, report.reason) == (5, 0.05, "pit-ks", None)
+    assert report.reference_mse == det.reference_mse
+    assert report.detected == (report.p_value <= 0.05)
+
+
+def test_concept_detection_at_exactly_alpha():
+    actual, predicted = np.array([100.0, 150.0, 10.0, 1000.0, 110.0]), np.full(5, 100.0)
+    p = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=3).score(
+        actual, predicted).p_value
+    assert 0 < p < 1
+    at = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=p, n_bins=1, min_samples=3)
+    assert at.score(actual, predicted).detected is True
+    below = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=p * 0.999, n_bins=1, min_samples=3)
+    assert below.score(actual, predicted).detected is False
+
+
+def test_concept_bins_and_effective_sample_size():
+    """Two bins of predicted price; a window crowded into one bin has a smaller effective size."""
+    rng = np.random.default_rng(30)
+    predicted = np.repeat([100.0, 1000.0], 200)
+    factors = np.exp(np.r_[rng.normal(0, 0.1, 200), rng.normal(0.05, 0.2, 200)])
+    det = drift.ConceptDriftDetector(predicted * factors, predicted, n_bins=2, min_samples=10)
+    assert det.edges.tolist() == [550.0] and det.n_bins == 2 and det.n == 400
+    w_pred = np.r_[np.full(30, 100.0), np.full(69, 1000.0), 550.0]  # 550: on the edge, the upper bin
+    w_actual = w_pred * np.exp(rng.normal(0.02, 0.15, 100))
+    u, bins = det.pit(w_actual, w_pred)
+    assert bins.tolist() == [0] * 30 + [1] * 70
+    q_ref = np.log(factors)
+    for i in (0, 45, 99):
+        ref = np.sort(q_ref[:200] if bins[i] == 0 else q_ref[200:])
+        q = np.log(w_actual[i] / w_pred[i])
+        assert u[i] == pytest.approx((np.sum(ref < q) + np.sum(ref <= q) + 1) / 2 / 201, abs=1e-15)
+    report = det.score(w_actual, w_pred)
+    d = stats.kstest(u, "uniform").statistic
+    n_eff = 1 / (1 / 100 + (0.3 ** 2 + 0.7 ** 2) / 200)
+    assert report.statistic == pytest.approx(d, abs=1e-12)
+    assert report.p_value == pytest.approx(float(stats.kstwo.sf(d, round(n_eff))), rel=1e-9)
+    q = np.log(w_actual / w_pred)
+    shift = np.mean(q - np.where(bins == 0, q_ref[:200].mean(), q_ref[200:].mean()))
+    assert report.bias_pct == pytest.approx(100 * np.expm1(shift), rel=1e-9)
+
+
+def test_concept_price_floor():
+    det = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=2)
+    report = det.score(np.array([0.0, -5.0, 0.5]), np.full(3, 100.0))
+    assert report.mean_log_ratio == pytest.approx(np.log(1 / 100), rel=1e-12)
+    floored = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=2, price_floor=10.0)
+    assert floored.price_floor == 10.0
+    assert floored.score(np.array([5.0, 2.0]), np.array([100.0, 4.0])).mean_log_ratio == \
+        pytest.approx(np.mean([np.log(10 / 100), np.log(10 / 10)]), rel=1e-12)
+
+
+def test_concept_window_size_boundary_drops_non_finite_pairs():
+    det = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=3)
+    short = det.score(np.array([100.0, 120.0, np.nan]), np.array([100.0, 100.0, 100.0]))
+    assert short.reason == "not enough data: 2 labelled predictions in the window, at least 3 needed"
+    assert (short.labelled_size, short.mse_increase, short.mse, short.statistic, short.p_value) == (2, None, None,
+                                                                                                 None, None)
+    assert (short.mean_log_ratio, short.bias_pct, short.detected) == (None, None, False)
+    assert (short.reference_mse, short.alpha, short.test) == (det.reference_mse, det.alpha, "pit-ks")
+    enough = det.score(np.array([100.0, 120.0, 90.0, 5.0]), np.array([100.0, 100.0, 100.0, np.inf]))
+    assert enough.labelled_size == 3 and enough.reason is None
+    assert enough.mse == pytest.approx((0 + 400 + 100) / 3)
+
+
+def test_concept_detector_refuses_bad_settings():
+    predicted = np.full(8, 100.0)
+    for alpha in (0, 1, -0.1, 2):
+        with pytest.raises(ValueError, match=r"^alpha must be in \(0, 1\)$"):
+            drift.ConceptDriftDetector(TIED_ACTUAL, predicted, alpha=alpha, n_bins=1)
+    with pytest.raises(ValueError, match=r"^ConceptDriftDetector needs at least 10 reference errors$"):
+        drift.ConceptDriftDetector(TIED_ACTUAL, predicted, n_bins=5)
+    with pytest.raises(ValueError, match=r"^ConceptDriftDetector needs at least 8 reference errors$"):
+        drift.ConceptDriftDetector(np.r_[TIED_ACTUAL[:7], np.nan], predicted, n_bins=4)
+    assert drift.ConceptDriftDetector(TIED_ACTUAL, predicted, n_bins=4).n == 8
+    with pytest.raises(ValueError, match=r"^reference actual and predicted differ in length$"):
+        drift.ConceptDriftDetector(TIED_ACTUAL, predicted[:7], n_bins=1)
+    det = drift.ConceptDriftDetector(TIED_ACTUAL, predicted, n_bins=1, min_samples=1)
+    with pytest.raises(ValueError, match=r"^actual and predicted differ in length$"):
+        det.score(np.ones(3), np.ones(2))
+
+
+def test_concept_reference_on_a_bin_edge_belongs_to_the_upper_bin():
+    """Edges are predicted-price quantiles; a reference error whose prediction sits on an edge is
+    binned like a window sample there: in the upper bin."""
+    predicted = np.array([100.0] * 3 + [200.0] * 4 + [300.0] * 3)
+    actual = predicted * np.array([0.9, 1.0, 1.1, 0.7, 0.8, 1.2, 1.3, 0.95, 1.05, 1.15])
+    det = drift.ConceptDriftDetector(actual, predicted, n_bins=2, min_samples=1)
+    assert det.edges.tolist() == [200.0]
+    upper = np.sort(np.log(actual[3:] / predicted[3:]))  # the 200s and the 300s
+    u, bins = det.pit(np.array([200.0 * 1.1, 100.0]), np.array([200.0, 100.0]))
+    assert bins.tolist() == [1, 0]
+    q = np.log(1.1)
+    assert u[0] == pytest.approx((np.sum(upper < q) + np.sum(upper <= q) + 1) / 2 / (upper.size + 1), abs=1e-15)
+    assert u[1] == pytest.approx(2 / 4)  # q = 0: the middle of the lower bin's three (-0.105, 0, 0.095)
+
+
+def test_concept_bin_without_reference_errors():
+    """All reference predictions equal: one edge there, and the bin below it has no reference errors.
+    A sample that lands in it gets u = 1/2, is compared with a log ratio of 0, and that bin counts as
+    one reference error in the effective sample size; no NaN anywhere."""
+    actual = np.array([80.0, 90.0, 100.0, 110.0, 120.0, 130.0])
+    det = drift.ConceptDriftDetector(actual, np.full(6, 100.0), n_bins=3, min_samples=4)
+    assert det.edges.tolist() == [100.0] and det.n_bins == 2
+    w_actual, w_pred = np.array([40.0, 60.0, 95.0, 125.0]), np.array([50.0, 50.0, 100.0, 100.0])
+    u, bins = det.pit(w_actual, w_pred)
+    assert bins.tolist() == [0, 0, 1, 1] and u[:2].tolist() == [0.5, 0.5]
+    report = det.score(w_actual, w_pred)
+    q = np.log(w_actual / w_pred)
+    ref_mean = np.log(actual / 100.0).mean()
+    shift = np.mean([q[0], q[1], q[2] - ref_mean, q[3] - ref_mean])
+    assert report.bias_pct == pytest.approx(100 * np.expm1(shift), rel=1e-12)
+    n_eff = 1 / (1 / 4 + 0.5 ** 2 / 1 + 0.5 ** 2 / 6)
+    d = stats.kstest(u, "uniform").statistic
+    assert report.p_value == pytest.approx(float(stats.kstwo.sf(d, round(n_eff))), rel=1e-12)
+    assert np.isfinite([report.statistic, report.p_value, report.bias_pct, report.mean_log_ratio]).all()
+
+
+def test_detector_defaults(small_reference):
+    assert drift.DEFAULT_ALPHA == 0.005
+    data = drift.DataDriftDetector(small_reference, SMALL_SCHEMA)
+    assert (data.alpha, data.min_samples) == (0.005, 50)
+    assert data.score(_small_window(49, seed=24)).reason == "not enough data: 49 inputs in the window, at least 50 needed"
+    assert data.score(_small_window(50, seed=24)).reason is None
+    rng = np.random.default_rng(25)
+    predicted = rng.uniform(300, 5000, size=400)
+    concept = drift.ConceptDriftDetector(predicted * rng.lognormal(0, 0.1, 400), predicted)
+    assert (concept.alpha, concept.min_samples, concept.n_bins, concept.price_floor) == (0.005, 30, 10, 1.0)
+    np.testing.assert_allclose(concept.edges, np.quantile(predicted, np.arange(1, 10) / 10), rtol=0, atol=0)
+    assert concept.score(np.full(29, 1000.0), np.full(29, 1000.0)).reason == \
+        "not enough data: 29 labelled predictions in the window, at least 30 needed"
+    assert concept.score(np.full(30, 1000.0), np.full(30, 1000.0)).reason is None
+
+
+def test_none_is_a_missing_value():
+    """Plain lists with None (a label never sent, a value left out) count as missing, like NaN."""
+    ks = drift.KSDetector([1.0, None, 2.0, 3.0])
+    assert ks.n == 3 and ks.score([None, 2.0, 2.5]).window_size == 2
+    det = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=1)
+    report = det.score([100.0, None, 120.0, 90.0], [100.0, 100.0, None, 100.0])
+    assert report.labelled_size == 2 and report.mse == pytest.approx(50.0)
 
 
 # --------------------------------------------------------------------------------------------------

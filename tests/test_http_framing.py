@@ -123,7 +123,7 @@ def test_an_integer_too_large_for_a_float_is_a_400_naming_the_field(server, fiel
     text = json.dumps({**ROW, field: 0}).replace('"%s": 0' % field, '"%s": %s' % (field, "9" * 400))
     before = _refusals(server, "non_finite")
     status, _, reply = request(server.url, "POST", "/predict", raw=text.encode())
-    assert status == 400 and reply["error"].startswith(f"{field}: expected a finite number, got an integer of 400")
+    assert status == 400 and reply["error"].startswith(f"{field}: expected a finite number, got an integer too large for a float")
     assert _refusals(server, "non_finite") == before + 1
 
 

@@ -1,4 +1,5 @@
-"""Training, the artifact, loading it safely, and the fast prediction path."""
+"""Training, the artifact, loading it safely, and the fast prediction path (request validation:
+test_validation.py)."""
 from __future__ import annotations
 
 import subprocess
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import train
-from monitoring.model import FastPredictor, InvalidInput, ModelLoadError, Schema, load_artifact
+from monitoring.model import FastPredictor, ModelLoadError, Schema, load_artifact
 from tests.helpers import heldout_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,16 +88,6 @@ def test_fast_path_equals_the_default_pipeline(default_model):
     rows = [tuple(r) for r in frame[schema.names].astype(object).itertuples(index=False)]
     fast = FastPredictor(artifact["pipeline"], schema)
     assert np.array_equal(fast.predict(rows), artifact["pipeline"].predict(frame[schema.names]))
-
-
-def test_schema_parses_a_row_and_names_the_bad_field(small_artifact):
-    schema = Schema(small_artifact["schema"])
-    row = schema.parse_row({"carat": 1, "cut": "Good", "color": "D", "clarity": "IF", "depth": 60, "table": 57})
-    assert row == (1.0, "Good", "D", "IF", 60.0, 57.0)
-    with pytest.raises(InvalidInput) as err:
-        schema.parse_row({"carat": 1, "cut": "Good", "color": "Z", "clarity": "IF", "depth": 60, "table": 57}, "[4].")
-    assert err.value.reason == "unknown_category"
-    assert "[4].color" in err.value.message and "accepted: J, I, H, G, F, E, D" in err.value.message
 
 
 # ------------------------------------------------------------------------------------ loading safely

@@ -1,0 +1,218 @@
+"""The request contract: Schema.parse_row, parse_positive_number and describe_json, messages word for word.
+
+A client reads these messages to fix its request, and the reason labels are counted in metrics, so
+each test pins the whole message and the reason, not just their first words.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from monitoring.model import Feature, InvalidInput, Schema, describe_json, parse_positive_number
+
+# The artifact's schema as train.py writes it (test_artifact_schema_is_this_one checks it).
+SCHEMA_DICT = {"features": [
+    {"name": "carat", "kind": "numeric"},
+    {"name": "cut", "kind": "categorical", "categories": ["Fair", "Good", "Very Good", "Premium", "Ideal"]},
+    {"name": "color", "kind": "categorical", "categories": ["J", "I", "H", "G", "F", "E", "D"]},
+    {"name": "clarity", "kind": "categorical", "categories": ["I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF"]},
+    {"name": "depth", "kind": "numeric"},
+    {"name": "table", "kind": "numeric"},
+], "target": "price"}
+FIELDS = "carat, cut, color, clarity, depth, table"
+ROW = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "depth": 61.5, "table": 55}
+
+
+@pytest.fixture
+def schema() -> Schema:
+    """Built in each test (it is cheap), so that every test that reads a message runs Schema() too."""
+    return Schema(SCHEMA_DICT)
+
+
+def _refused(call, reason: str, message: str) -> None:
+    with pytest.raises(InvalidInput, match="^" + re.escape(message) + "$") as err:
+        call()
+    assert err.value.reason == reason
+    assert err.value.message == message == str(err.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+
+
+def test_artifact_schema_is_this_one(small_artifact):
+    assert small_artifact["schema"] == SCHEMA_DICT
+
+
+def test_schema_names_features_and_codes(schema):
+    assert schema.names == ["carat", "cut", "color", "clarity", "depth", "table"]
+    assert schema.features[0] == Feature("carat", "numeric", ())
+    assert schema.features[1] == Feature("cut", "categorical", ("Fair", "Good", "Very Good", "Premium", "Ideal"))
+    assert [schema.code("cut", c) for c in ("Fair", "Good", "Very Good", "Premium", "Ideal")] == [0, 1, 2, 3, 4]
+    assert schema.code("color", "D") == 6 and schema.code("clarity", "I1") == 0 and schema.code("clarity", "IF") == 7
+    with pytest.raises(KeyError):
+        schema.code("carat", "0.5")  # numeric features have no codes
+
+
+def test_valid_row_becomes_a_tuple_in_schema_order(schema):
+    shuffled = dict(reversed(list(ROW.items())))
+    row = schema.parse_row(shuffled)
+    assert row == (0.5, "Ideal", "E", "VS1", 61.5, 55.0)
+    assert [type(v) for v in row] == [float, str, str, str, float, float]  # 55 (an int) became 55.0
+    assert schema.parse_row(ROW, "[3].") == row
+
+
+def test_schema_parses_a_row_and_names_the_bad_field(small_artifact):
+    schema = Schema(small_artifact["schema"])
+    row = schema.parse_row({"carat": 1, "cut": "Good", "color": "D", "clarity": "IF", "depth": 60, "table": 57})
+    assert row == (1.0, "Good", "D", "IF", 60.0, 57.0)
+    _refused(lambda: schema.parse_row({"carat": 1, "cut": "Good", "color": "Z", "clarity": "IF", "depth": 60,
+                                       "table": 57}, "[4]."),
+             "unknown_category", "[4].color: unknown category 'Z'; accepted: J, I, H, G, F, E, D")
+
+
+@pytest.mark.parametrize("body, described", [
+    ([ROW], "an array"), ("carat", "the string 'carat'"), (None, "null"), (3, "the number 3"), (True, "a boolean"),
+])
+def test_row_that_is_not_an_object(schema, body, described):
+    _refused(lambda: schema.parse_row(body), "not_an_object",
+             f"body: expected a JSON object with fields {FIELDS}, got {described}")
+    _refused(lambda: schema.parse_row(body, "[7]."), "not_an_object",
+             f"[7].: expected a JSON object with fields {FIELDS}, got {described}")
+
+
+def test_unknown_field_is_named_before_anything_else(schema):
+    _refused(lambda: schema.parse_row({**ROW, "price": 300}), "unknown_field",
+             f"'price': unknown field; accepted fields: {FIELDS}")
+    # the first unknown one, even when fields are also missing
+    _refused(lambda: schema.parse_row({"carat": 0.5, "Cut": "Ideal", "x": 1}, "[0]."), "unknown_field",
+             f"[0].'Cut': unknown field; accepted fields: {FIELDS}")
+    long_name = "a" * 41
+    _refused(lambda: schema.parse_row({**ROW, long_name: 1}), "unknown_field",
+             f"'{'a' * 40}...': unknown field; accepted fields: {FIELDS}")
+
+
+@pytest.mark.parametrize("missing", ["carat", "cut", "clarity", "table"])
+def test_missing_field(schema, missing):
+    row = {k: v for k, v in ROW.items() if k != missing}
+    _refused(lambda: schema.parse_row(row), "missing_field", f"{missing}: missing; every row needs {FIELDS}")
+    _refused(lambda: schema.parse_row(row, "[12]."), "missing_field",
+             f"[12].{missing}: missing; every row needs {FIELDS}")
+
+
+def test_first_bad_field_in_schema_order_is_reported(schema):
+    bad = {**ROW, "table": -1, "carat": "big", "color": "Z"}
+    _refused(lambda: schema.parse_row(bad), "not_a_number", "carat: expected a number, got the string 'big'")
+    no_cut = {k: v for k, v in bad.items() if k != "cut"}
+    _refused(lambda: schema.parse_row(no_cut), "not_a_number", "carat: expected a number, got the string 'big'")
+    _refused(lambda: schema.parse_row({**no_cut, "carat": 1}), "missing_field", f"cut: missing; every row needs {FIELDS}")
+    _refused(lambda: schema.parse_row({**bad, "carat": 1}), "unknown_category",
+             "color: unknown category 'Z'; accepted: J, I, H, G, F, E, D")
+
+
+@pytest.mark.parametrize("value, described", [
+    (3, "the number 3"), (None, "null"), (["Ideal"], "an array"), ({"grade": "Ideal"}, "an object"),
+    (False, "a boolean"),
+])
+def test_grade_of_the_wrong_type(schema, value, described):
+    _refused(lambda: schema.parse_row({**ROW, "cut": value}, "[1]."), "wrong_type",
+             f"[1].cut: expected a string, one of Fair, Good, Very Good, Premium, Ideal; got {described}")
+
+
+@pytest.mark.parametrize("value", ["ideal", "IDEAL", " Ideal", "Ideal ", "", "Very  Good"])
+def test_grade_must_match_exactly(schema, value):
+    _refused(lambda: schema.parse_row({**ROW, "cut": value}), "unknown_category",
+             f"cut: unknown category {value!r}; accepted: Fair, Good, Very Good, Premium, Ideal")
+
+
+def test_unknown_grade_is_quoted_and_cut_short(schema):
+    long_grade = "V" * 45
+    _refused(lambda: schema.parse_row({**ROW, "clarity": long_grade}), "unknown_category",
+             f"clarity: unknown category '{'V' * 40}...'; accepted: I1, SI2, SI1, VS2, VS1, VVS2, VVS1, IF")
+
+
+@pytest.mark.parametrize("field", ["carat", "depth", "table"])
+@pytest.mark.parametrize("value, reason, message", [
+    (0, "out_of_range", "expected a positive number, got 0"),
+    (-1, "out_of_range", "expected a positive number, got -1"),
+    ("1", "not_a_number", "expected a number, got the string '1'"),
+    (float("nan"), "non_finite", "expected a finite number, got nan"),
+])
+def test_numbers_are_checked_in_every_numeric_field(schema, field, value, reason, message):
+    _refused(lambda: schema.parse_row({**ROW, field: value}, "[2]."), reason, f"[2].{field}: {message}")
+
+
+# --------------------------------------------------------------------------------------------------
+# parse_positive_number (rows' numbers and /feedback's `actual`)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (1, 1.0), (0.31, 0.31), (326, 326.0), (5e-324, 5e-324), (1e308, 1e308), (10 ** 300, 1e300),
+])
+def test_positive_numbers_are_accepted_as_floats(value, expected):
+    number = parse_positive_number("actual", value)
+    assert number == expected and type(number) is float
+
+
+@pytest.mark.parametrize("value, shown", [(0, "0"), (0.0, "0.0"), (-0.0, "-0.0"), (-1, "-1"), (-0.01, "-0.01"),
+                                          (-5e-324, "-5e-324"), (-10 ** 20, "-100000000000000000000")])
+def test_zero_and_negative_numbers_are_refused(value, shown):
+    _refused(lambda: parse_positive_number("actual", value), "out_of_range",
+             f"actual: expected a positive number, got {shown}")
+
+
+@pytest.mark.parametrize("value, shown", [(float("nan"), "nan"), (float("inf"), "inf"), (float("-inf"), "-inf")])
+def test_non_finite_numbers_are_refused(value, shown):
+    _refused(lambda: parse_positive_number("[0].actual", value), "non_finite",
+             f"[0].actual: expected a finite number, got {shown}")
+
+
+def test_an_integer_too_large_for_a_float_is_refused_not_crashing():
+    """JSON numbers have any length: a 400-digit integer parses as a Python int that float() cannot hold."""
+    _refused(lambda: parse_positive_number("carat", 10 ** 400), "non_finite",
+             "carat: expected a finite number, got an integer too large for a float")
+    _refused(lambda: parse_positive_number("carat", -10 ** 400), "non_finite",
+             "carat: expected a finite number, got an integer too large for a float")
+
+
+@pytest.mark.parametrize("value, described", [
+    (True, "a boolean"), (False, "a boolean"), ("1.5", "the string '1.5'"), ("", "the string ''"),
+    (None, "null"), ([1.5], "an array"), ({"value": 1.5}, "an object"),
+])
+def test_non_numbers_are_refused(value, described):
+    _refused(lambda: parse_positive_number("depth", value), "not_a_number", f"depth: expected a number, got {described}")
+
+
+# --------------------------------------------------------------------------------------------------
+# describe_json
+
+
+@pytest.mark.parametrize("value, expected", [
+    (None, "null"),
+    (True, "a boolean"),
+    (False, "a boolean"),
+    (0, "the number 0"),
+    (-2.5, "the number -2.5"),
+    (1e300, "the number 1e+300"),
+    (float("nan"), "the number nan"),
+    ("", "the string ''"),
+    ("it's", "the string \"it's\""),
+    ("x" * 40, f"the string '{'x' * 40}'"),
+    ("x" * 41, f"the string '{'x' * 40}...'"),
+    ([], "an array"),
+    ([1, 2], "an array"),
+    ({}, "an object"),
+    ({"a": 1}, "an object"),
+    ((1, 2), "tuple"),
+    (b"raw", "bytes"),
+])
+def test_describe_json(value, expected):
+    assert describe_json(value) == expected
+
+
+def test_invalid_input_keeps_reason_and_message():
+    exc = InvalidInput("out_of_range", "carat: expected a positive number, got 0")
+    assert exc.reason == "out_of_range"
+    assert exc.message == str(exc) == "carat: expected a positive number, got 0"
+    assert exc.args == ("carat: expected a positive number, got 0",)
