@@ -79,7 +79,7 @@ def test_row_that_is_not_an_object(schema, body, described):
     _refused(lambda: schema.parse_row(body), "not_an_object",
              f"body: expected a JSON object with fields {FIELDS}, got {described}")
     _refused(lambda: schema.parse_row(body, "[7]."), "not_an_object",
-             f"[7].: expected a JSON object with fields {FIELDS}, got {described}")
+             f"[7]: expected a JSON object with fields {FIELDS}, got {described}")
 
 
 def test_unknown_field_is_named_before_anything_else(schema):
