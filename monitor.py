@@ -8,6 +8,8 @@ One label:    POST /feedback -> _feedback -> Monitor.record_labels: join each la
 One check:    _Every (a threading.Timer, every --check-interval s) or POST /drift/check ->
               Monitor.check_drift: copy both windows, score them with drift.DataDriftDetector and
               drift.ConceptDriftDetector, publish the report on /drift and as Prometheus gauges.
+One view:     GET /drift/report -> _drift_report -> report.ReportPage: the latest check drawn (once per
+              check, on its first view), then sent from memory.
 """
 from __future__ import annotations
 
@@ -29,12 +31,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
+from urllib.parse import parse_qs
 
 import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from monitoring.drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
 from monitoring.metrics import MonitorMetrics
+from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
 from monitoring.model import (FastPredictor, InvalidInput, ModelLoadError, Schema, describe_json, load_artifact,
                    parse_positive_number, release_freed_memory)
 from monitoring.store import PredictionRecord, Store, StoreError
@@ -66,6 +70,7 @@ class MonitorConfig:
     maintenance_interval: float = 5.0  # seconds between retries of unwritten records
     prune_interval: float = 600.0
     token: str | None = None  # bearer token required by the write endpoints when set
+    public_url: str | None = None  # where people open the monitor; used only for links (the drift report's)
     verify_hash: bool = True
     access_log: bool = False
 
@@ -85,6 +90,10 @@ class Monitor:
         self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha)
         errors = artifact["reference_errors"]
         self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
+        # GET /drift/report: the latest check drawn, rendered at most once per check (monitoring/report.py)
+        self.report_page = ReportPage(
+            Reference(reference, self.data_detector, errors["actual"], errors["predicted"], self.concept_detector),
+            public_url=config.public_url, check_interval=config.check_interval, token_required=bool(config.token))
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window)
         self.store = self._open_store(config)
@@ -191,7 +200,7 @@ class Monitor:
             started = time.perf_counter()
             self.metrics.checks.inc()
             try:
-                report = self._score_windows()
+                report, snapshot = self._score_windows()
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
@@ -201,9 +210,10 @@ class Monitor:
             self.metrics.record_drift(report["data_drift"], report["concept_drift"])
             self.metrics.last_check.set(time.time())
             self._latest_report = report
+            self.report_page.publish(report, snapshot)  # drawn on its first view, not here
             return report
 
-    def _score_windows(self) -> dict:
+    def _score_windows(self) -> tuple[dict, DriftSnapshot]:
         window = self.inputs.snapshot()  # copies, so serving goes on while we compute
         actual, predicted = self.labelled.snapshot()
         data = self.data_detector.score(window).to_dict()
@@ -213,7 +223,7 @@ class Monitor:
             "model_version": self.info["model_version"],
             "data_drift": data,
             "concept_drift": concept,
-        }
+        }, DriftSnapshot(window, actual, predicted)
 
     def _scheduled_check(self) -> None:
         report = self.check_drift()
@@ -485,6 +495,24 @@ def _run_drift_check(monitor: Monitor, _body) -> tuple[int, dict]:
         return 500, {"error": f"drift check failed: {type(exc).__name__}: {exc}"}
 
 
+def _drift_report(monitor: Monitor, query: str, headers) -> tuple[int, bytes, str, dict]:
+    """GET /drift/report: the latest check as an HTML page, drawn once per check and then sent from
+    memory; ?format=json: the same numbers as GET /drift."""
+    fmt = (parse_qs(query).get("format") or ["html"])[-1]
+    if fmt == "json":
+        status, payload = _get_drift(monitor, None)
+        return status, json.dumps(payload, allow_nan=False, default=_json_default).encode(), "application/json", {}
+    if fmt != "html":
+        raise _HttpError(400, "bad_format", f"format: {fmt[:20]!r} is not one of html, json")
+    try:
+        body, extra = monitor.report_page.response(headers.get("Host"), headers.get("Accept-Encoding", ""))
+    except Exception as exc:
+        log.exception("drift report failed to render")
+        return 500, json.dumps({"error": f"drift report failed: {type(exc).__name__}: {exc}"}).encode(), \
+            "application/json", {}
+    return 200, body, "text/html; charset=utf-8", extra
+
+
 def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
     """200 while predictions can be served; "degraded" when the store cannot be written (predictions
     still answer and are kept for retry, so restarting the process would not help)."""
@@ -501,6 +529,7 @@ def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
 
 def _index(monitor: Monitor, _body) -> tuple[int, dict]:
     return 200, {"service": "diamond-price model monitor", "model_version": monitor.info["model_version"],
+                 "drift_report": monitor.report_page.links.page,
                  "endpoints": {path: sorted(methods) for path, methods in ROUTES.items()}}
 
 
@@ -509,6 +538,7 @@ class _Route:
     handler: Callable | None  # None: /metrics, answered by the handler itself (it is not JSON)
     reads_json: bool = False
     needs_token: bool = False  # write endpoints, when a token is configured
+    page: bool = False  # handler(monitor, query, headers) -> (status, body bytes, content type, headers)
 
 
 ROUTES: dict[str, dict[str, _Route]] = {
@@ -517,6 +547,7 @@ ROUTES: dict[str, dict[str, _Route]] = {
     "/feedback": {"POST": _Route(_feedback, reads_json=True, needs_token=True)},
     "/drift": {"GET": _Route(_get_drift)},
     "/drift/check": {"POST": _Route(_run_drift_check, needs_token=True)},
+    REPORT_PATH: {"GET": _Route(_drift_report, page=True)},
     "/healthz": {"GET": _Route(_healthz)},
     "/metrics": {"GET": _Route(None)},
 }
@@ -554,7 +585,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         started = time.perf_counter()
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         endpoint = path if path in ROUTES else "other"
         with self.server.in_flight():
             if self.server.draining:
@@ -564,6 +595,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if route.handler is None:
                     self._discard_body()
                     self._send(200, generate_latest(self.monitor.metrics.registry), CONTENT_TYPE_LATEST)
+                    return
+                if route.page:
+                    self._discard_body()
+                    self._send(*route.handler(self.monitor, query, self.headers))
                     return
                 body = self._read_json() if route.reads_json else self._discard_body()
                 status, payload = route.handler(self.monitor, body)
@@ -830,6 +865,12 @@ def _env(name: str, default, cast=str):
     return default if value in (None, "") else cast(value)
 
 
+def _public_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or any(c in value for c in "\"'<> "):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
+    return value.rstrip("/")
+
+
 def _parse_args(argv=None) -> tuple[MonitorConfig, Path | None]:
     d = MonitorConfig()
     parser = argparse.ArgumentParser(
@@ -865,6 +906,9 @@ def _parse_args(argv=None) -> tuple[MonitorConfig, Path | None]:
     parser.add_argument("--token", default=None,
                         help="bearer token required on /feedback and /drift/check (env MONITOR_TOKEN; "
                              "unset: they are open)")
+    parser.add_argument("--public-url", type=_public_url, default=_env("MONITOR_PUBLIC_URL", None),
+                        help="address people open the monitor at, e.g. https://monitor.example.com; used only "
+                             "for links, such as the drift report's (env MONITOR_PUBLIC_URL)")
     parser.add_argument("--export-labelled", type=Path, metavar="FILE",
                         help="write the labelled records of --db to FILE (.csv, or .parquet with pyarrow) and exit")
     parser.add_argument("--no-verify-hash", dest="verify_hash", action="store_false",
@@ -878,7 +922,7 @@ def _parse_args(argv=None) -> tuple[MonitorConfig, Path | None]:
                            max_body_bytes=args.max_body_bytes, max_rows=args.max_rows,
                            max_connections=args.max_connections, db_path=Path(args.db) if args.db else None,
                            retention_days=args.retention_days, max_stored_rows=args.max_stored_rows,
-                           token=args.token or os.environ.get("MONITOR_TOKEN") or None,
+                           token=args.token or os.environ.get("MONITOR_TOKEN") or None, public_url=args.public_url,
                            verify_hash=args.verify_hash, access_log=args.access_log)
     return config, args.export_labelled
 

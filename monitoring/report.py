@@ -637,6 +637,18 @@ class ReportPage:
         self._seq += 1  # publish is called under the monitor's check lock: one writer
         self._latest = (self._seq, report, snapshot)
 
+    def response(self, host: str | None = None, accept_encoding: str = "") -> tuple[bytes, dict[str, str]]:
+        """The page's bytes (gzipped when the client accepts it) and its response headers, except
+        Content-Type and Content-Length. `host`: the request's Host, for the waiting page's example."""
+        page = self.page(host)
+        headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding", "X-Content-Type-Options": "nosniff",
+                   "Content-Security-Policy": CONTENT_SECURITY_POLICY, "Referrer-Policy": "no-referrer",
+                   "Server-Timing": f'render;dur={page.render_ms:.1f};desc="once per check"'}
+        if accepts_gzip(accept_encoding):
+            headers["Content-Encoding"] = "gzip"
+            return page.gzipped, headers
+        return page.html, headers
+
     def page(self, host: str | None = None) -> RenderedPage:
         latest = self._latest
         if latest is None:
@@ -658,6 +670,15 @@ class ReportPage:
             self._cached = (seq, page)
             self.renders += 1
             return page
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip (and does not refuse it with q=0)."""
+    for item in accept_encoding.lower().split(","):
+        coding, *params = [p.strip() for p in item.split(";")]
+        if coding in ("gzip", "*"):
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+    return False
 
 
 def _footer(render_ms: float, size: int) -> str:
