@@ -37,10 +37,11 @@ DASHBOARD_URL_PATH = f"/d/{DASHBOARD_UID}/model-monitoring"
 
 M = f'job="{JOB}", instance=~"$instance"'  # matchers shared by every query
 
+REPORT_PATH = "/drift/report"  # the monitor's drift report page (monitoring/report.py)
 MONITOR_URL_VARIABLE = "monitor_url"
 DEFAULT_MONITOR_URL = "http://localhost:5000"
 # `:raw`: data links percent-encode variables by default, which would turn the URL into one path segment.
-REPORT_URL = f"${{{MONITOR_URL_VARIABLE}:raw}}/drift/report"
+REPORT_URL = f"${{{MONITOR_URL_VARIABLE}:raw}}{REPORT_PATH}"
 
 
 def report_link(title: str, anchor: str = "") -> dict:
