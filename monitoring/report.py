@@ -510,7 +510,6 @@ padding:12px 14px;min-width:0}
 .numbers{display:flex;flex-wrap:wrap;gap:4px 18px;margin:.3rem 0 .6rem;font-size:.9rem}
 .numbers div{display:flex;gap:6px}.numbers dt{color:var(--muted)}.numbers dd{margin:0;font-weight:600}
 .charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,24rem),1fr));gap:10px}
-.concept .charts{grid-template-columns:repeat(auto-fit,minmax(min(100%,26rem),1fr))}
 figure{margin:0;min-width:0}figcaption{font-size:.85rem}
 svg.chart{display:block;width:100%;height:auto;max-width:480px;overflow:visible}
 svg.chart text{font:11px system-ui,-apple-system,"Segoe UI",Roboto,Arial,sans-serif;fill:#222}
