@@ -207,6 +207,23 @@ def test_the_page_is_sent_gzipped_to_clients_that_take_it(drifted, server, heldo
     assert "content-encoding" not in refused and body == plain
 
 
+def test_empty_and_tiny_windows_are_drawn_with_what_they_hold(server, heldout):
+    check(server.url)  # nothing served yet
+    _, html = _page(server.url)
+    outline = _valid_html5(html)
+    assert len(outline.cards) == 6 and all(c["charts"] == [] for c in outline.cards)
+    assert html.count("no live values yet") == 6 and "chart-concept-pit" not in outline.ids
+    rows = clean_rows(heldout, 5)
+    send(server.url, rows.iloc[:3])
+    send(server.url, rows.iloc[3:], label=False)
+    check(server.url)
+    _, html = _page(server.url)
+    outline = _valid_html5(html)
+    assert all(c["charts"] for c in outline.cards) and "chart-concept-pit" in outline.ids
+    assert "Not tested: not enough data: 5 inputs in the window" in html
+    assert "Not tested: not enough data: 3 labelled predictions in the window" in html
+
+
 def test_an_unknown_format_is_refused(server):
     status, _, body = request(server.url, "GET", "/drift/report?format=pdf")
     assert status == 400 and "html, json" in body["error"]
