@@ -177,8 +177,8 @@ def histogram(chart_id: str, title: str, desc: str, edges: Sequence[float], refe
     return _svg(chart_id, HEIGHT, title, desc, body)
 
 
-def _ecdf_path(f: Frame, xs: Sequence[float], cdf: Sequence[float]) -> str:
-    parts = [f"M{_c(f.left)} {_c(f.y(0))}"]
+def _ecdf_path(f: Frame, xs: Sequence[float], cdf: Sequence[float], start: float = 0.0) -> str:
+    parts = [f"M{_c(f.left)} {_c(f.y(start))}"]
     for x, p in zip(xs, cdf):
         parts.append(f"H{_c(f.x(x))}V{_c(f.y(p))}")
     parts.append(f"H{_c(f.right)}")
@@ -187,14 +187,16 @@ def _ecdf_path(f: Frame, xs: Sequence[float], cdf: Sequence[float]) -> str:
 
 def ecdf(chart_id: str, title: str, desc: str, x_range: tuple[float, float], xs: Sequence[float],
          reference: Sequence[float], live: Sequence[float], gap: tuple[float, float, float] | None,
-         xfmt: Fmt, xlabel: str, labels: tuple[str, str] = ("training", "live")) -> str:
-    """Both cumulative distributions as step lines (reference solid blue, live dashed orange); `gap`
-    = (x, F_reference(x), F_live(x)) marks the largest vertical distance, the KS statistic D."""
+         xfmt: Fmt, xlabel: str, labels: tuple[str, str] = ("training", "live"),
+         start: tuple[float, float] = (0.0, 0.0)) -> str:
+    """Both cumulative distributions as step lines (reference solid blue, live dashed orange), each
+    from its level `start` at the left edge (the share of values below the range shown); `gap` =
+    (x, F_reference(x), F_live(x)) marks the largest vertical distance, the KS statistic D."""
     f = Frame(x_range, (0.0, 1.0))
     body = _axes(f, ticks(x_range[0], x_range[1], 5), [0, 0.25, 0.5, 0.75, 1.0], xfmt,
                  lambda v: f"{100 * v:g}%", xlabel, "share of rows at or below")
-    body.append(f'<path d="{_ecdf_path(f, xs, reference)}" fill="none" stroke="{BLUE}" stroke-width="2"/>')
-    body.append(f'<path d="{_ecdf_path(f, xs, live)}" fill="none" stroke="{ORANGE}" stroke-width="2.5" '
+    body.append(f'<path d="{_ecdf_path(f, xs, reference, start[0])}" fill="none" stroke="{BLUE}" stroke-width="2"/>')
+    body.append(f'<path d="{_ecdf_path(f, xs, live, start[1])}" fill="none" stroke="{ORANGE}" stroke-width="2.5" '
                 'stroke-dasharray="6 3"/>')
     items = [("line", BLUE, labels[0]), ("dash", ORANGE, labels[1])]
     if gap is not None:
