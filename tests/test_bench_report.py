@@ -28,7 +28,7 @@ def measured(small_artifact, tmp_path_factory):
     try:
         port = handle.server.server_address[1]
         bench.fill_windows(port, rows, prices, 300)
-        render = bench.report_render_cost(port, 2)
+        render = bench.report_render_cost(port, 2, os.getpid(), views=200)
         during = bench.report_views_during_load(port, os.getpid(), rows_file, args, args.report_duration)
         renders = handle.monitor.report_page.renders
     finally:
@@ -41,6 +41,7 @@ def test_the_render_cost_and_size_are_reported(measured):
     assert render["checks"] == 2
     assert 0 < render["render_median_ms"] <= render["render_max_ms"] and render["render_cpu_median_ms"] > 0
     assert render["cached_view_median_ms"] > 0 and render["first_view_median_ms"] > 0
+    assert render["view_server_cpu_us"] > 0
     assert 0 < render["page_gzip_kb"] < render["page_kb"]
 
 
