@@ -16,10 +16,10 @@ the model, the windows or the detectors, so a flood of them costs a socket write
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import gzip
 import hashlib
-import base64
 import math
 import threading
 import time
@@ -636,7 +636,8 @@ class ReportPage:
         self.renders = 0  # how many times a check's page was rendered (tests and the bench read it)
 
     def publish(self, report: dict, snapshot: DriftSnapshot) -> None:
-        """A check finished: keep what it scored. Costs nothing until someone views the page."""
+        """A check finished: keep what it scored (until the next check: one copy of the windows).
+        Costs nothing until someone views the page."""
         self._seq += 1  # publish is called under the monitor's check lock: one writer
         self._latest = (self._seq, report, snapshot)
 
