@@ -2,8 +2,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the benchmark drive for real: Prometheus (and promtool),
-# Alertmanager (the Discord delivery test) and wrk (the load generator).
-APT_PACKAGES := prometheus prometheus-alertmanager wrk
+# Alertmanager (the Discord delivery test), wrk (the load generator) and Chromium (the drift report
+# page, rendered headless).
+APT_PACKAGES := prometheus prometheus-alertmanager wrk chromium
 
 .PHONY: run test bench evaluate generate mutate setup setup-dev system-packages clean
 
@@ -52,6 +53,7 @@ system-packages:
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -8,6 +8,8 @@ One label:    POST /feedback -> _feedback (parse_label) -> Monitor.record_labels
 One check:    _Every (a threading.Timer, every --check-interval s) or POST /drift/check ->
               Monitor.check_drift: copy both windows, score them with drift.DataDriftDetector and
               drift.ConceptDriftDetector, keep the DriftCheck for /drift, set the Prometheus gauges.
+One view:     GET /drift/report -> _drift_report -> report.ReportPage: the latest check drawn (once per
+              check, on its first view), then sent from memory.
 Options:      MonitorConfig: each field is a flag and a MONITOR_ variable (monitoring/options.py).
 """
 from __future__ import annotations
@@ -27,11 +29,12 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
+from urllib.parse import parse_qs
 
 try:
     import numpy as np
@@ -40,6 +43,7 @@ try:
     from monitoring.drift import (DEFAULT_ALPHA, ConceptDriftDetector, ConceptDriftReport, DataDriftDetector,
                                   DataDriftReport)
     from monitoring.metrics import MonitorMetrics
+    from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
     from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
                                   describe_json, load_artifact, parse_label, release_freed_memory)
     from monitoring.store import PredictionRecord, Store, StoreError
@@ -53,6 +57,14 @@ from monitoring.options import add_options, config_from, option, optional_path, 
 log = logging.getLogger("monitor")
 
 HERE = Path(__file__).resolve().parent
+
+
+def _public_url(value: str) -> str | None:
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")) or any(c in value for c in "\"'<> "):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http:// or https:// URL")
+    return value.rstrip("/")
 
 
 @dataclass
@@ -85,6 +97,8 @@ class MonitorConfig:
                                parse=optional_text, cli=False)
     token_file: Path | None = option(None, "file holding the bearer token (instead of MONITOR_TOKEN)",
                                      parse=optional_path)
+    public_url: str | None = option(None, "address people open the monitor at, e.g. https://monitor.example.com; "
+                                          "used only for links, such as the drift report's", parse=_public_url)
     verify_hash: bool = option(True, "check the model file against its .sha256 before loading it "
                                      "(turn off only for a file you trust)")
     access_log: bool = option(False, "log every request")
@@ -106,6 +120,10 @@ class Monitor:
         self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha)
         errors = artifact["reference_errors"]
         self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
+        # GET /drift/report: the latest check drawn, rendered at most once per check (monitoring/report.py)
+        self.report_page = ReportPage(
+            Reference(reference, self.data_detector, errors["actual"], errors["predicted"], self.concept_detector),
+            public_url=config.public_url, check_interval=config.check_interval, token_required=bool(config.token))
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window)
         self.store = self._open_store(config)
@@ -216,8 +234,9 @@ class Monitor:
             self.metrics.checks.inc()
             try:
                 # Copies of the windows: serving goes on while the statistics run.
-                data = self.data_detector.score(self.inputs.snapshot())
-                concept = self.concept_detector.score(*self.labelled.snapshot())
+                snapshot = DriftSnapshot(self.inputs.snapshot(), *self.labelled.snapshot())
+                data = self.data_detector.score(snapshot.inputs)
+                concept = self.concept_detector.score(snapshot.actual, snapshot.predicted)
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
@@ -228,6 +247,7 @@ class Monitor:
             self.metrics.record_drift(data, concept)
             self.metrics.last_check.set(time.time())
             self._latest_check = check
+            self.report_page.publish(check.to_dict(), snapshot)  # drawn on its first view, not here
             return check
 
     def _scheduled_check(self) -> None:
@@ -536,6 +556,22 @@ def _run_drift_check(monitor: Monitor, _body) -> tuple[int, dict]:
         return 500, {"error": f"drift check failed: {type(exc).__name__}: {exc}"}
 
 
+def _drift_report(monitor: Monitor, query: str, headers) -> tuple[int, "dict | _Text"]:
+    """GET /drift/report: the latest check as an HTML page, drawn once per check and then sent from
+    memory; ?format=json: the same numbers as GET /drift."""
+    fmt = (parse_qs(query).get("format") or ["html"])[-1]
+    if fmt == "json":
+        return _get_drift(monitor, None)
+    if fmt != "html":
+        raise _HttpError(400, "bad_format", f"format: {fmt[:20]!r} is not one of html, json")
+    try:
+        body, extra = monitor.report_page.response(headers.get("Host"), headers.get("Accept-Encoding", ""))
+    except Exception as exc:
+        log.exception("drift report failed to render")
+        return 500, {"error": f"drift report failed: {type(exc).__name__}: {exc}"}
+    return 200, _Text(body, "text/html; charset=utf-8", extra)
+
+
 def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
     """200 while predictions can be served; "degraded" when the store cannot be written (predictions
     still answer and are kept for retry, so restarting the process would not help)."""
@@ -556,20 +592,23 @@ def _metrics(monitor: Monitor, _body) -> tuple[int, _Text]:
 
 def _index(monitor: Monitor, _body) -> tuple[int, dict]:
     return 200, {"service": "diamond-price model monitor", "model_version": monitor.info["model_version"],
+                 "drift_report": monitor.report_page.links.page,
                  "endpoints": {path: sorted(methods) for path, methods in ROUTES.items()}}
 
 
 @dataclass(frozen=True)
 class _Text:
-    """A payload that is not JSON (the Prometheus exposition)."""
+    """A payload that is not JSON (the Prometheus exposition, the report page)."""
     body: bytes
     content_type: str
+    headers: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _Route:
     handler: Callable[[Monitor, object], tuple[int, "dict | _Text"]]
     reads_json: bool = False
+    page: bool = False  # handler(monitor, query string, request headers) instead of (monitor, body)
     needs_token: bool = False  # write endpoints, when a token is configured
 
 
@@ -579,6 +618,7 @@ ROUTES: dict[str, dict[str, _Route]] = {
     "/feedback": {"POST": _Route(_feedback, reads_json=True, needs_token=True)},
     "/drift": {"GET": _Route(_get_drift)},
     "/drift/check": {"POST": _Route(_run_drift_check, needs_token=True)},
+    REPORT_PATH: {"GET": _Route(_drift_report, page=True)},
     "/healthz": {"GET": _Route(_healthz)},
     "/metrics": {"GET": _Route(_metrics)},
 }
@@ -625,7 +665,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         started = time.perf_counter()
-        path = self.path.split("?", 1)[0]
+        path, _, query = self.path.partition("?")
         endpoint = path if path in ROUTES else "other"
         with self.server.in_flight():
             if self.server.draining:
@@ -634,13 +674,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self._unread = 0
                 self._unread = self._body_length()  # refuses ambiguous framing before anything else
                 route = self._route(method, path)
-                if self._unread > _HEAVY_BODY_BYTES:
-                    with self.server.heavy_request():
-                        body = self._read_json() if route.reads_json else self._discard_body()
-                        status, payload = route.handler(self.monitor, body)
-                else:
+                heavy = self._unread > _HEAVY_BODY_BYTES
+                with self.server.heavy_request() if heavy else contextlib.nullcontext():
                     body = self._read_json() if route.reads_json else self._discard_body()
-                    status, payload = route.handler(self.monitor, body)
+                    if route.page:
+                        status, payload = route.handler(self.monitor, query, self.headers)
+                    else:
+                        status, payload = route.handler(self.monitor, body)
             except (_HttpError, InvalidInput) as exc:
                 status = getattr(exc, "status", 400)  # InvalidInput: a request we understood but refuse
                 counter = self.monitor.metrics.refused_requests if status >= 500 else self.monitor.metrics.invalid_requests
@@ -648,7 +688,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(status, {"error": exc.message}, getattr(exc, "headers", None))
                 return
             if isinstance(payload, _Text):
-                self._send(status, payload.body, payload.content_type)
+                self._send(status, payload.body, payload.content_type, payload.headers)
             else:
                 self._send_json(status, payload)
         if path == "/predict":

@@ -5,6 +5,7 @@
                                          # python that runs bench.py; +~1 min)
     python bench/bench.py --quick              # smoke run (~25 s): short loads, drift at a 1,000 window only
     python bench/bench.py --model model.joblib --json bench.json
+    python bench/bench.py --report-page        # also the drift report page: render cost, views beside load
 
 What it measures, each against a server started here as a subprocess on 127.0.0.1 (a free port):
   * single-row POST /predict under wrk (bench/predict.lua: 16 keep-alive connections, 2 threads,
@@ -16,7 +17,11 @@ What it measures, each against a server started here as a subprocess on 127.0.0.
   * POST /drift/check at windows of 1,000 / 10,000 / 100,000 inputs and labels, filled through the
     API (/predict, then /feedback with the true prices): the server's duration_seconds and the
     client's time; and at 10,000, checks back to back while wrk loads /predict;
-  * the monitor's memory (VmRSS, VmHWM) next to the model file and a bare import of its libraries.
+  * the monitor's memory (VmRSS, VmHWM) next to the model file and a bare import of its libraries;
+  * with --report-page, the drift report page (GET /drift/report): what drawing it costs once per
+    check at each window (the server's Server-Timing), its size, a cached view's latency, and
+    single-row /predict under wrk in alternating runs without views and with --report-rate views/s
+    (the spread of the runs without views is the noise the change with views is read against).
 The load generator runs on the same machine as the server and takes CPU from it; its CPU use is
 reported. Every subprocess is stopped on exit, Ctrl-C included.
 """
@@ -53,7 +58,7 @@ SAMPLE_ROW = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "dep
 LIBRARIES = "numpy, pandas, sklearn.ensemble, scipy.stats, prometheus_client"
 
 TARGETS = {"ratio_to_lab": 25.0, "min_rps": 1500.0, "max_p99_ms": 50.0, "min_batch_rows_per_s": 20_000.0,
-           "max_check_ms_at_10k": 100.0, "max_rss_over_model": 1.5}
+           "max_check_ms_at_10k": 100.0, "max_rss_over_model": 1.5, "report_views_per_s": 20.0}
 
 
 class BenchError(Exception):
@@ -485,6 +490,154 @@ def checks_during_load(port: int, pid: int, rows_file: Path, args, duration: flo
 
 
 # --------------------------------------------------------------------------------------------------
+# The drift report page
+
+
+def get_page(conn: http.client.HTTPConnection, path: str = "/drift/report",
+             headers: dict | None = None) -> tuple[int, dict, bytes, float]:
+    """One GET on a kept-alive connection: (status, headers lower-cased, body, client seconds)."""
+    started = time.perf_counter()
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    body = response.read()
+    return response.status, {k.lower(): v for k, v in response.getheaders()}, body, time.perf_counter() - started
+
+
+def server_render_ms(headers: dict, metric: str = "render") -> float | None:
+    """A time the monitor reports in Server-Timing: "render" (wall time of drawing the page) or
+    "render-cpu" (the drawing thread's CPU time), as in `render;dur=12.3;desc="...", render-cpu;dur=9.8`."""
+    for part in headers.get("server-timing", "").split(","):
+        fields = [f.strip() for f in part.split(";")]
+        if fields[0] == metric:
+            for f in fields[1:]:
+                if f.startswith("dur="):
+                    return float(f[4:])
+    return None
+
+
+def report_render_cost(port: int, checks: int, pid: int | None = None, views: int = 1000) -> dict:
+    """`checks` times: POST /drift/check, then the first view (which draws the page) and a second one
+    (from memory). The server's render time, the client's times, the page's size plain and gzipped;
+    and, given the server's pid, the server CPU time one view from memory costs (`views` in a row on
+    a kept-alive connection): CPU time, unlike latency, does not grow when other processes are busy."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    render, render_cpu, first, cached = [], [], [], []
+    try:
+        for _ in range(checks):
+            status, report, _ = request(port, "POST", "/drift/check", b"")
+            if status != 200:
+                raise BenchError(f"/drift/check answered {status}: {report}")
+            status, headers, body, t_first = get_page(conn)
+            if status != 200:
+                raise BenchError(f"GET /drift/report answered {status}: {body[:300]!r}")
+            status, again, _, t_cached = get_page(conn)
+            render.append(server_render_ms(headers))
+            render_cpu.append(server_render_ms(headers, "render-cpu"))
+            first.append(1000 * t_first)
+            cached.append(1000 * t_cached)
+            if server_render_ms(again) != render[-1]:
+                raise BenchError("the second view of a check was drawn again")
+        _, zipped_headers, zipped, _ = get_page(conn, headers={"Accept-Encoding": "gzip"})
+        view_cpu_us = None
+        if pid:
+            cpu0 = cpu_seconds(pid)
+            for _ in range(views):
+                get_page(conn)
+            view_cpu_us = round(1e6 * (cpu_seconds(pid) - cpu0) / views, 1)
+    finally:
+        conn.close()
+    if None in render or None in render_cpu or zipped_headers.get("content-encoding") != "gzip":
+        raise BenchError("GET /drift/report lacks its Server-Timing render time or gzip")
+    return {"checks": checks, "render_median_ms": round(statistics.median(render), 1),
+            "render_max_ms": round(max(render), 1), "render_cpu_median_ms": round(statistics.median(render_cpu), 1),
+            "first_view_median_ms": round(statistics.median(first), 1),
+            "cached_view_median_ms": round(statistics.median(cached), 2), "view_server_cpu_us": view_cpu_us,
+            "page_kb": round(len(body) / 1024, 1),
+            "page_gzip_kb": round(len(zipped) / 1024, 1)}
+
+
+def _views_beside_wrk(port: int, pid: int, rows_file: Path, args, duration: float) -> tuple[dict, dict]:
+    """One wrk run with `args.report_rate` GET /drift/report per second from a kept-alive connection
+    beside it (a check just before, so that the first view draws the page): (wrk figures, views)."""
+    status, report, _ = request(port, "POST", "/drift/check", b"")
+    if status != 200:
+        raise BenchError(f"/drift/check answered {status}: {report}")
+    latencies, failures, renders = [], [], []
+    stop = threading.Event()
+
+    def viewer() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        interval = 1.0 / args.report_rate
+        due = time.monotonic()
+        deadline = due + duration + 30
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    status, headers, body, elapsed = get_page(conn)
+                    if status == 200 and body.startswith(b"<!DOCTYPE html>"):
+                        latencies.append(elapsed)
+                        renders.append(server_render_ms(headers))
+                    else:
+                        failures.append(f"status {status}")
+                except (OSError, http.client.HTTPException) as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    conn.close()
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                due += interval
+                stop.wait(max(0.0, due - time.monotonic()))
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=viewer, daemon=True)
+    thread.start()
+    try:
+        loaded = run_wrk(port, rows_file, duration, args.connections, args.threads, pid)
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    return loaded, {"latencies": latencies, "failures": failures, "render_ms": renders[0] if renders else None}
+
+
+def report_views_during_load(port: int, pid: int, rows_file: Path, args, duration: float) -> dict:
+    """Single-row /predict under wrk, `duration` s a run, alternating runs without page views and with
+    `args.report_rate` views/s: without, with, without, ... (`args.report_rounds` runs with views, one
+    more without). On a shared machine p99 drifts from run to run; the spread of the runs without
+    views is the noise the change with views is read against."""
+    run_wrk(port, rows_file, min(args.warmup, 2), args.connections, args.threads)
+    without, with_views, latencies, failures, renders = [], [], [], [], []
+    for _ in range(args.report_rounds):
+        without.append(run_wrk(port, rows_file, duration, args.connections, args.threads, pid))
+        loaded, views = _views_beside_wrk(port, pid, rows_file, args, duration)
+        with_views.append(loaded)
+        latencies += views["latencies"]
+        failures += views["failures"]
+        renders.append(views["render_ms"])
+    without.append(run_wrk(port, rows_file, duration, args.connections, args.threads, pid))
+    latencies.sort()
+    n = len(latencies)
+    seconds = sum(r["seconds"] for r in with_views)
+    quiet = statistics.median(r["p99_ms"] for r in without)
+    loud = statistics.median(r["p99_ms"] for r in with_views)
+    return {
+        "without_views": without,
+        "with_views": with_views,
+        "rounds": args.report_rounds,
+        "views": n,
+        "views_per_s": round(n / seconds, 1) if seconds else None,
+        "view_failures": len(failures),
+        "first_failures": failures[:3],
+        "view_p50_ms": round(1000 * latencies[n // 2], 2) if n else None,
+        "view_p99_ms": round(1000 * latencies[min(n - 1, int(0.99 * n))], 2) if n else None,
+        "render_ms_under_load": renders,
+        "p99_without_median_ms": round(quiet, 2),
+        "p99_with_median_ms": round(loud, 2),
+        "p99_change_ms": round(loud - quiet, 2),
+        "p99_noise_ms": round(max(r["p99_ms"] for r in without) - min(r["p99_ms"] for r in without), 2),
+        "errors": sum(r["non2xx"] + r["socket_errors"] for r in without + with_views),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
 # Servers
 
 
@@ -619,6 +772,7 @@ def run(args) -> dict:
             modes.append(("monitor_nodb", ""))
         first_window = args.windows[0]
         drift: dict = {}
+        page: dict = {"render": {}} if args.report_page else {}
         for name, db in modes:
             say(f"{name} (store {'off' if db == '' else 'on'}): single rows, then "
                 f"{args.batch_rows}-row batches ...")
@@ -638,6 +792,12 @@ def run(args) -> dict:
                     say("  drift checks during wrk load ...")
                     drift["during_load"] = {"window": first_window,
                                             **checks_during_load(port, proc.pid, rows_file, args, args.during_duration)}
+                if args.report_page:
+                    say(f"  drift report page: render cost, then {args.report_rate:g} views/s beside wrk ...")
+                    page["render"][str(first_window)] = report_render_cost(port, args.checks, proc.pid)
+                    page["during_load"] = {"window": first_window, "rate": args.report_rate,
+                                           **report_views_during_load(port, proc.pid, rows_file, args,
+                                                                      args.report_duration)}
             procs.stop(proc)
 
         # ---- drift checks at the larger windows
@@ -652,10 +812,15 @@ def run(args) -> dict:
                 say("  drift checks during wrk load ...")
                 drift["during_load"] = {"window": window,
                                         **checks_during_load(port, proc.pid, rows_file, args, args.during_duration)}
+            if args.report_page:
+                say("  drift report page: render cost ...")
+                page["render"][str(window)] = report_render_cost(port, min(args.checks, 5), proc.pid)
             procs.stop(proc)
 
         memory["import_baseline"] = import_baseline_mb()
         results.update(single=single, batch=batch, drift=drift, memory=memory)
+        if page:
+            results["report_page"] = page
         results["targets"] = evaluate(results)
         return results
     finally:
@@ -705,6 +870,18 @@ def evaluate(results: dict) -> list[dict]:
         out.append({"target": "predictions keep flowing during checks",
                     "measured": f"{during['throughput_kept_pct']}% of req/s kept, {during['checks']} checks, "
                                 f"p99 {w['p99_ms']} ms", "met": flowing})
+    views = results.get("report_page", {}).get("during_load")
+    if views:
+        # "unchanged within noise": the median p99 with views is not worse by more than the runs without
+        # views spread among themselves (plus 1 ms for wrk's rounding of small latencies)
+        within = views["p99_change_ms"] <= views["p99_noise_ms"] + 1.0
+        out.append({"target": f"single-row p99 unchanged within noise beside {views['rate']:g} report views/s "
+                              "(issue 13)",
+                    "measured": f"median p99 {views['p99_without_median_ms']} ms without views, "
+                                f"{views['p99_with_median_ms']} ms with (change {views['p99_change_ms']:+} ms; runs "
+                                f"without views spread over {views['p99_noise_ms']} ms); {views['views_per_s']} "
+                                f"views/s served, {views['view_failures']} failures",
+                    "met": within and views["view_failures"] == 0 and views["errors"] == 0})
     if memory.get("monitor"):
         m, model_mb = memory["monitor"], results["model"]["file_mb"]
         base = memory.get("import_baseline", {}).get("rss_mb")
@@ -835,6 +1012,38 @@ def render(results: dict) -> str:
             ib = memory["import_baseline"]
             lines.append(f"| `python -c \"import {LIBRARIES}\"` | – | {ib['rss_mb']:,.0f} | {ib['hwm_mb']:,.0f} | "
                          "– | – | – |")
+    page = results.get("report_page")
+    if page:
+        lines += ["", "### Drift report page (`GET /drift/report`, drawn once per check on its first view)", "",
+                  "| window (inputs = labels) | render median ms | render max ms | render CPU median ms | "
+                  "first view ms | cached view ms | server CPU µs per cached view | page KB | gzipped KB |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for k, r in page["render"].items():
+            lines.append(f"| {int(k):,} | {r['render_median_ms']:.1f} | {r['render_max_ms']:.1f} | "
+                         f"{r['render_cpu_median_ms']:.1f} | "
+                         f"{r['first_view_median_ms']:.1f} | {r['cached_view_median_ms']:.2f} | "
+                         f"{_f(r.get('view_server_cpu_us'), ',.0f')} | {r['page_kb']:,.1f} | "
+                         f"{r['page_gzip_kb']:,.1f} |")
+        views = page.get("during_load")
+        if views:
+            lines += ["", f"Single-row `/predict` under wrk, runs without and with {views['rate']:g} page views/s "
+                          f"alternating (window {views['window']:,}; {views['with_views'][0]['seconds']:g} s a run; a "
+                          "check before each run with views, so its first view draws the page). Views: "
+                          f"{views['views_per_s']}/s served, p50 {views['view_p50_ms']} ms, p99 {views['view_p99_ms']} "
+                          f"ms, {views['view_failures']} failures; drawing under load took "
+                          + ", ".join(f"{r:g}" for r in views["render_ms_under_load"] if r is not None) + " ms.", "",
+                      "| run | req/s | p50 ms | p99 ms | max ms | errors | others' CPU % |",
+                      "|---|---:|---:|---:|---:|---:|---:|"]
+            order = []
+            for i, r in enumerate(views["without_views"]):
+                order.append((f"{2 * i + 1}. without views", r))
+                if i < len(views["with_views"]):
+                    order.append((f"{2 * i + 2}. with views", views["with_views"][i]))
+            for label, r in order:
+                lines.append(f"| {label} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | "
+                             f"{r['non2xx'] + r['socket_errors']} | {_f(r.get('others_cpu_pct'), '.0f')} |")
+            lines.append(f"| **median p99** | | | **{views['p99_without_median_ms']:.2f}** without, "
+                         f"**{views['p99_with_median_ms']:.2f}** with | | | |")
     if results.get("targets"):
         lines += ["", "### Targets (issue 4)", "", "| target | measured | met |", "|---|---|---|"]
         for t in results["targets"]:
@@ -868,6 +1077,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--during-window", type=int, default=10_000, help="window of the checks run under load")
     parser.add_argument("--during-duration", type=float, default=10.0, help="seconds of wrk with and without checks")
     parser.add_argument("--check-gap", type=float, default=0.1, help="seconds between checks under load")
+    parser.add_argument("--report-page", action="store_true",
+                        help="also measure the drift report page: render cost per check at each window, and "
+                             "single-row /predict p99 with and without page views")
+    parser.add_argument("--report-rate", type=float, default=20.0, help="page views per second beside wrk")
+    parser.add_argument("--report-duration", type=float, default=10.0,
+                        help="seconds of each wrk run without or with page views")
+    parser.add_argument("--report-rounds", type=int, default=3,
+                        help="wrk runs with page views, each after one without (and one more without at the end)")
     parser.add_argument("--keep-tmp", action="store_true", help="keep the scratch dir (models, logs, databases)")
     args = parser.parse_args(argv)
     args.argv = argv
@@ -878,8 +1095,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.windows = args.windows[:1] if "--windows" in " ".join(argv) else [1000]
         args.checks = min(args.checks, 3)
         args.during_duration = min(args.during_duration, 2.0)
+        args.report_duration = min(args.report_duration, 3.0)
+        args.report_rounds = min(args.report_rounds, 1)
     if not args.windows or min(args.windows) < 1:
         parser.error("--windows needs positive sizes")
+    if not args.report_rate > 0 or args.report_rounds < 1:
+        parser.error("--report-rate must be positive and --report-rounds at least 1")
     return args
 
 

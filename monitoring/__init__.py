@@ -6,5 +6,6 @@
 - windows:  the recent inputs and labelled predictions that a drift check reads
 - store:    the prediction log (SQLite): every prediction and label, durable before the answer
 - metrics:  the Prometheus metrics the dashboard and the alert rules read
+- report:   the drift report page (GET /drift/report), drawn once per check; charts: its SVG charts
 - options:  every command-line option of monitor.py, with its environment variable and help
 """

@@ -48,3 +48,20 @@ def as_payload(frame: pd.DataFrame) -> list[dict]:
     columns = {name: (frame[name].astype(str).tolist() if name in CATEGORICAL_FEATURES
                       else frame[name].astype(float).tolist()) for name in FEATURES}
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+# How the drift report (monitoring/report.py) names each feature's values and their changes: the
+# unit after a number, the axis label, and what "higher" and "lower" mean for these stones. A feature
+# not listed here gets plain words ("live table is higher").
+FEATURE_WORDS = {
+    "carat": {"unit": "ct", "axis": "weight (carat)", "higher": "live stones are larger",
+              "lower": "live stones are smaller"},
+    "depth": {"unit": "%", "axis": "total depth (% of mean diameter)", "higher": "live stones are deeper",
+              "lower": "live stones are shallower"},
+    "table": {"unit": "%", "axis": "table width (% of widest point)", "higher": "live tables are wider",
+              "lower": "live tables are narrower"},
+    "cut": {"axis": "cut grade"},
+    "color": {"axis": "colour grade"},
+    "clarity": {"axis": "clarity grade"},
+}
+TARGET_UNIT = "$"

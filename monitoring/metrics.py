@@ -46,6 +46,9 @@ class MonitorMetrics:
         self.refused_requests = Counter("refused_requests", "Valid requests the server could not take (503): "
                                         "store unavailable, too many connections", ["endpoint", "reason"],
                                         registry=registry)
+        # Both reasons exist from the start, so that a rate over them reads 0 rather than no data.
+        self.refused_requests.labels("/feedback", "store_unavailable")
+        self.refused_requests.labels("other", "too_many_connections")
         self.evicted_connections = Counter("evicted_connections", "Connections waiting for a request head "
                                            "closed to make room for a new one", registry=registry)
 

@@ -159,9 +159,12 @@ def _panels(panels: list, path: str = "$"):
 def _load_dashboard(document: dict) -> v1.Dashboard:
     dashboard = v1.Dashboard.from_json(document)
     for _, panel in _panels(dashboard.panels):
-        # Panel.from_json leaves transformations as dicts, though the SDK models them: load them
+        # Panel.from_json leaves transformations and links as dicts, though the SDK models them: load them
         if isinstance(panel, v1.Panel) and panel.transformations:
             panel.transformations = [v1.DataTransformerConfig.from_json(t) for t in panel.transformations]
+        # ... and its links (the drift report's), which the schema types as DashboardLink
+        if isinstance(panel, v1.Panel) and panel.links:
+            panel.links = [v1.DashboardLink.from_json(link) for link in panel.links]
     return dashboard
 
 

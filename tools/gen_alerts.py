@@ -24,6 +24,11 @@ Messages say what drifted and by how much. A message is a template with placehol
 Grafana renders a detail from an extra query in the rule ($values.<name>.Value, matched by labels);
 Prometheus from the `query` template function, picking the series with the alert's labels. Both
 read the same PromQL.
+
+Drift alerts also carry `report_path`, the place on the monitor's drift report page that shows them
+(/drift/report#feature-carat, /drift/report#concept). It is a path: neither Grafana nor Prometheus
+knows where people reach the monitor. The Discord contact point prefixes it with ${MONITOR_PUBLIC_URL},
+which Grafana expands in contact point settings (it does not in rule annotations).
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from tools.gen_dashboard import DASHBOARD_UID, DASHBOARD_URL_PATH, DATASOURCE_UID, JOB, PANEL_IDS
+from tools.gen_dashboard import DASHBOARD_UID, DASHBOARD_URL_PATH, DATASOURCE_UID, JOB, PANEL_IDS, REPORT_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA_RULES_PATH = ROOT / "grafana-provisioning" / "alerting" / "rules.yaml"
@@ -80,6 +85,7 @@ class Alert:
     panel: str  # key of the dashboard panel that shows it (tools.gen_dashboard.PANEL_IDS)
     details: tuple[Detail, ...] = ()
     fire_if_absent: str | None = None  # a selector whose absence also fires (monitor never scraped)
+    report: str | None = None  # anchor on the drift report page showing this alert, e.g. "#feature-{feature}"
 
     @property
     def rule_uid(self) -> str:
@@ -106,7 +112,7 @@ ALERTS: list[Alert] = [
         query=f"max by (job, instance, feature) (data_drift_feature_detected{{{S}}})",
         by=FEATURE, op=">", threshold=0,
         # Checks run every 60 s: two minutes means two or three checks in a row, not one noisy one.
-        for_="2m", severity="warning", panel="data-drift",
+        for_="2m", severity="warning", panel="data-drift", report="#feature-{feature}",
         details=(
             Detail("distance", f"data_drift_feature_distance{{{S}}}", FEATURE),
             Detail("statistic", f"data_drift_feature_statistic{{{S}}}", FEATURE),
@@ -125,7 +131,7 @@ ALERTS: list[Alert] = [
         name="ConceptDrift",
         query=f"max by (job, instance) (concept_drift_detected{{{S}}})",
         by=INSTANCE, op=">", threshold=0,
-        for_="2m", severity="critical", panel="concept-drift",
+        for_="2m", severity="critical", panel="concept-drift", report="#concept",
         details=(
             Detail("score", f"concept_drift{{{S}}}", INSTANCE),
             Detail("bias", f"concept_drift_bias_percent{{{S}}}", INSTANCE),
@@ -261,6 +267,7 @@ def grafana_rules() -> dict:
                 "summary": grafana_template(alert, alert.summary),
                 "description": grafana_template(alert, alert.description),
                 "dashboard": "{{ externalURL }}" + _panel_url(alert),
+                **({"report_path": REPORT_PATH + grafana_template(alert, alert.report)} if alert.report else {}),
                 "__dashboardUid__": DASHBOARD_UID,
                 "__panelId__": str(PANEL_IDS[alert.panel]),
             },
@@ -279,6 +286,7 @@ def prometheus_rules() -> dict:
             "summary": prometheus_template(alert, alert.summary),
             "description": prometheus_template(alert, alert.description),
             "dashboard": GRAFANA_URL_FOR_PROMETHEUS + _panel_url(alert),
+            **({"report_path": REPORT_PATH + prometheus_template(alert, alert.report)} if alert.report else {}),
         },
     } for alert in ALERTS]
     return {"groups": [{"name": GROUP, "interval": EVALUATION_INTERVAL, "rules": rules}]}

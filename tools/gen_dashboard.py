@@ -10,6 +10,13 @@ edit the panel list below, not the JSON.
 
 Queries select `job="model-monitor"` (the scrape job in prometheus.yml) and `instance=~"$instance"`
 (a dashboard variable listing the scraped monitors, "All" by default).
+
+Links lead to the monitor's drift report page (GET /drift/report): a dashboard link, panel links on
+the drift panels and data links on the per-feature panels (to the feature's card on the page). Grafana
+cannot know where a browser reaches the monitor (provisioning does not expand environment variables
+in dashboard JSON), so a textbox variable `monitor_url` holds it, http://localhost:5000 by default
+(docker-compose.yml's port): type another address in it, or open the dashboard with
+`?var-monitor_url=https://monitor.example.com`.
 """
 from __future__ import annotations
 
@@ -29,6 +36,20 @@ DASHBOARD_TITLE = "Model Monitoring"
 DASHBOARD_URL_PATH = f"/d/{DASHBOARD_UID}/model-monitoring"
 
 M = f'job="{JOB}", instance=~"$instance"'  # matchers shared by every query
+
+REPORT_PATH = "/drift/report"  # the monitor's drift report page (monitoring/report.py)
+MONITOR_URL_VARIABLE = "monitor_url"
+DEFAULT_MONITOR_URL = "http://localhost:5000"
+# `:raw`: data links percent-encode variables by default, which would turn the URL into one path segment.
+REPORT_URL = f"${{{MONITOR_URL_VARIABLE}:raw}}{REPORT_PATH}"
+
+
+def report_link(title: str, anchor: str = "") -> dict:
+    """A panel or data link to the drift report page (#data, #concept, #feature-<name>), in a new tab."""
+    return {"title": title, "url": REPORT_URL + anchor, "targetBlank": True}
+
+
+FEATURE_REPORT_LINK = report_link("Drift report: ${__field.labels.feature}", "#feature-${__field.labels.feature}")
 
 
 def sel(metric: str, extra: str = "") -> str:
@@ -73,7 +94,7 @@ def stat(title, description, tgts, unit="none", mappings=None, steps=None, decim
 
 
 def timeseries(title, description, tgts, unit="none", overrides=None, custom=None, steps=None,
-               minimum=None, maximum=None, legend_calcs=("lastNotNull", "max")):
+               minimum=None, maximum=None, legend_calcs=("lastNotNull", "max"), data_links=None, links=None):
     custom_defaults = {"drawStyle": "line", "lineWidth": 2, "fillOpacity": 10, "showPoints": "never",
                        "spanNulls": True, "axisSoftMin": 0, "thresholdsStyle": {"mode": "off"}}
     # `custom={"axisSoftMin": None}` removes a default: the key is left out, since the schema types
@@ -85,7 +106,10 @@ def timeseries(title, description, tgts, unit="none", overrides=None, custom=Non
         defaults["min"] = minimum
     if maximum is not None:
         defaults["max"] = maximum
+    if data_links:
+        defaults["links"] = list(data_links)
     return {"type": "timeseries", "title": title, "description": description, "targets": tgts,
+            **({"links": list(links)} if links else {}),
             "fieldConfig": {"defaults": defaults, "overrides": overrides or []},
             "options": {"legend": {"displayMode": "table", "placement": "bottom", "showLegend": True,
                                    "calcs": list(legend_calcs)},
@@ -158,7 +182,7 @@ def _panels():
              "KS detection boundary {{instance}}"),
             (f"max by (instance) ({sel('data_drift_detected')})", "detected {{instance}}"),
         ),
-        minimum=0, maximum=1,
+        minimum=0, maximum=1, links=[report_link("Drift report: each feature, training vs live", "#data")],
         overrides=[_override("KS detection boundary.*", DASHED_LINE), _override("detected.*", DETECTED_BAND)]))
     yield ("concept-drift", 12, 9, timeseries(
         "Concept drift: model error vs held-out reference",
@@ -172,6 +196,7 @@ def _panels():
             (f"max by (instance) ({sel('concept_drift_detected')})", "detected {{instance}}"),
         ),
         unit="percentunit", custom={"axisSoftMin": None},
+        links=[report_link("Drift report: live errors vs held-out errors", "#concept")],
         overrides=[_override("detected.*", DETECTED_BAND)]))
 
     yield ("feature-distance", 12, 8, timeseries(
@@ -179,7 +204,7 @@ def _panels():
         "data_drift_feature_distance per feature: KS D (carat, depth, table) or total-variation distance "
         "(cut, color, clarity) between the window and the training data, in [0, 1].",
         targets((f"max by (feature) ({sel('data_drift_feature_distance')})", "{{feature}}")),
-        minimum=0, custom={"fillOpacity": 0}))
+        minimum=0, custom={"fillOpacity": 0}, data_links=[FEATURE_REPORT_LINK]))
     yield ("feature-p-value", 12, 8, timeseries(
         "Per-feature p-value (log scale) and the corrected significance",
         "data_drift_feature_p_value per feature (KS or chi-square), clamped at 1e-20 for the log axis. "
@@ -191,9 +216,10 @@ def _panels():
             (alpha, "alpha (family-wise)"),
         ),
         custom={"scaleDistribution": {"type": "log", "log": 10}, "fillOpacity": 0, "axisSoftMin": None},
-        overrides=[_override("alpha / 6.*", DASHED_LINE),
+        data_links=[FEATURE_REPORT_LINK],
+        overrides=[_override("alpha / 6.*", {**DASHED_LINE, "links": []}),
                    _override("alpha \\(family.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
-                                                   "color": {"mode": "fixed", "fixedColor": "yellow"}})]))
+                                                   "color": {"mode": "fixed", "fixedColor": "yellow"}, "links": []})]))
 
     yield ("feature-table", 12, 8, {
         "type": "table", "title": "Per-feature drift now",
@@ -214,7 +240,9 @@ def _panels():
                                  "Value #D": "drifted"}}},
         ],
         "fieldConfig": {"defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}},
-                                     "thresholds": thresholds(("green", None))},
+                                     "thresholds": thresholds(("green", None)),
+                                     "links": [report_link("Drift report: ${__data.fields.feature}",
+                                                           "#feature-${__data.fields.feature}")]},
                         "overrides": [
                             {"matcher": {"id": "byName", "options": "drifted"},
                              "properties": [{"id": "mappings", "value": OK_DRIFT},
@@ -236,8 +264,10 @@ def _panels():
         ),
         "fieldConfig": {"defaults": {"mappings": OK_DRIFT, "thresholds": thresholds(("green", None), ("red", 1)),
                                      "color": {"mode": "thresholds"},
-                                     "custom": {"fillOpacity": 80, "lineWidth": 0}},
-                        "overrides": []},
+                                     "custom": {"fillOpacity": 80, "lineWidth": 0},
+                                     "links": [FEATURE_REPORT_LINK]},
+                        "overrides": [_override("concept \\(labels\\)", {"links": [
+                            report_link("Drift report: live errors vs held-out errors", "#concept")]})]},
         "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8, "alignValue": "left",
                     "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
                     "tooltip": {"mode": "single", "sort": "none"}},
@@ -371,7 +401,10 @@ def build() -> tuple[dict, dict[str, int]]:
         "time": {"from": "now-30m", "to": "now"},
         "schemaVersion": 39,
         "version": 1,
-        "links": [],
+        "links": [{"title": "Drift report", "type": "link", "url": REPORT_URL, "icon": "doc", "targetBlank": True,
+                   "tooltip": "The latest drift check drawn by the monitor: training vs live per feature, "
+                              "labelled errors vs held-out", "asDropdown": False, "includeVars": False,
+                   "keepTime": False, "tags": []}],
         "annotations": {"list": [{
             "builtIn": 1, "name": "Annotations & Alerts", "type": "dashboard", "enable": True, "hide": True,
             "iconColor": "rgba(0, 211, 255, 1)", "datasource": {"type": "grafana", "uid": "-- Grafana --"}}]},
@@ -381,7 +414,12 @@ def build() -> tuple[dict, dict[str, int]]:
             "query": {"qryType": 1, "query": f'label_values(up{{job="{JOB}"}}, instance)',
                       "refId": "PrometheusVariableQueryEditor-VariableQuery"},
             "refresh": 2, "includeAll": True, "multi": True, "allValue": ".+", "sort": 1,
-            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [], "hide": 0}]},
+            "current": {"selected": True, "text": ["All"], "value": ["$__all"]}, "options": [], "hide": 0}, {
+            "name": MONITOR_URL_VARIABLE, "label": "Monitor URL", "type": "textbox",
+            "description": "Where your browser reaches the monitor (its --public-url, MONITOR_PUBLIC_URL); the "
+                           "drift report links use it.",
+            "query": DEFAULT_MONITOR_URL, "current": {"text": DEFAULT_MONITOR_URL, "value": DEFAULT_MONITOR_URL},
+            "options": [{"selected": True, "text": DEFAULT_MONITOR_URL, "value": DEFAULT_MONITOR_URL}], "hide": 0}]},
         "panels": panels,
     }
     return dashboard, ids
