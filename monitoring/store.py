@@ -14,6 +14,7 @@ Design, in short:
   at the 2 M mark, a 5,000-row prune chunk 169 vs 193 ms, rowid vs WITHOUT ROWID.
   An index on `ts` serves pruning and `recent_inputs`; a partial index on
   `label_ts` (labelled rows only, so unlabelled inserts never touch it) serves `recent_labelled`.
+  The feature columns are diamonds.FEATURES, in that order; `table` is stored as `table_`.
 * Group commit. A commit costs the same for 1 row as for 100, so callers of `add_predictions` and
   `add_labels` put their rows in a queue; whichever caller finds no commit in progress becomes the
   leader, takes everything queued, writes it in ONE transaction and wakes the others. Each caller
@@ -73,10 +74,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from monitoring.diamonds import CATEGORICAL_FEATURES, FEATURES
+
 __all__ = ["PredictionRecord", "Store", "StoreError", "bench_store", "FEATURE_COLUMNS"]
 
 SCHEMA_VERSION = 1
-FEATURE_COLUMNS = ("carat", "cut", "color", "clarity", "depth", "table")
+FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
 EXPORT_COLUMNS = ("id", "ts", *FEATURE_COLUMNS, "prediction", "actual", "label_ts", "model_version")
 PRUNE_CHUNK = 1_000   # rows per prune transaction: ~20-100 ms with 1-2 M rows stored (see prune)
 _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite build's limit
@@ -86,17 +89,17 @@ _EXPORT_CHUNK = 100_000
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 _KEEP_CONNECTION = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL}
 
-_SCHEMA = """
+# The feature columns on disk: a feature named like an SQL keyword gets a trailing underscore.
+_SQL_NAMES = {"table": "table_"}
+_IS_TEXT = tuple(name in CATEGORICAL_FEATURES for name in FEATURE_COLUMNS)
+_FEATURES_SQL = ", ".join(_SQL_NAMES.get(name, name) for name in FEATURE_COLUMNS)
+_FEATURES_DDL = "".join(f"    {_SQL_NAMES.get(name, name):<13} {'TEXT' if text else 'REAL'},\n"
+                        for name, text in zip(FEATURE_COLUMNS, _IS_TEXT))
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS predictions (
     id            TEXT PRIMARY KEY,
     ts            REAL NOT NULL,
-    carat         REAL,
-    cut           TEXT,
-    color         TEXT,
-    clarity       TEXT,
-    depth         REAL,
-    table_        REAL,
-    prediction    REAL,
+{_FEATURES_DDL}    prediction    REAL,
     model_version TEXT,
     actual        REAL,
     label_ts      REAL
@@ -104,16 +107,16 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE label_ts IS NOT NULL;
 """
-_INSERT = ("INSERT OR IGNORE INTO predictions (id, ts, carat, cut, color, clarity, depth, table_, "
-           "prediction, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_FEATURES_SQL = "carat, cut, color, clarity, depth, table_"
+_COLUMNS = ("id", "ts", *_FEATURES_SQL.split(", "), "prediction", "model_version", "actual", "label_ts")
+_INSERT = (f"INSERT OR IGNORE INTO predictions (id, ts, {_FEATURES_SQL}, prediction, model_version) "
+           f"VALUES ({', '.join('?' * (len(FEATURE_COLUMNS) + 4))})")
 
 
 @dataclass(frozen=True)
 class PredictionRecord:
     id: str            # uuid4 hex
     ts: float          # unix time served
-    features: tuple    # (carat, cut, color, clarity, depth, table): numbers as float, grades as str
+    features: tuple    # FEATURE_COLUMNS' values: numbers as float, grades as str
     prediction: float
     model_version: str
 
@@ -149,13 +152,21 @@ class _Job:
         self.wake.acquire()
 
 
+def _check_features(features) -> None:
+    if len(features) != len(FEATURE_COLUMNS):
+        raise ValueError(f"a record has {len(FEATURE_COLUMNS)} features ({', '.join(FEATURE_COLUMNS)}), "
+                         f"not {len(features)}")
+
+
 def _row(record) -> tuple:
     """A record as the tuple bound to _INSERT. Converting here, before the record is queued, means
     a malformed record fails its own caller (ValueError/TypeError) and can never poison a group
     commit or the retry buffer."""
-    carat, cut, color, clarity, depth, table = record.features
-    return (str(record.id), float(record.ts), float(carat), str(cut), str(color), str(clarity),
-            float(depth), float(table), float(record.prediction), str(record.model_version))
+    features = record.features
+    _check_features(features)
+    return (str(record.id), float(record.ts),
+            *[str(v) if text else float(v) for v, text in zip(features, _IS_TEXT)],
+            float(record.prediction), str(record.model_version))
 
 
 def _num(value) -> float:
@@ -164,8 +175,7 @@ def _num(value) -> float:
 
 
 def _features(row) -> tuple:
-    carat, cut, color, clarity, depth, table = row
-    return (_num(carat), cut, color, clarity, _num(depth), _num(table))
+    return tuple(v if text else _num(v) for v, text in zip(row, _IS_TEXT))
 
 
 def _describe(exc: BaseException) -> str:
@@ -252,6 +262,10 @@ class Store:
             raise sqlite3.DatabaseError(f"schema version {version}, this code knows {SCHEMA_VERSION}")
         if version == 0:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+        missing = [c for c in _COLUMNS if c not in have]
+        if missing:   # a file written for other features: refuse it now, not at the first insert
+            raise sqlite3.DatabaseError(f"the predictions table has no column {', '.join(missing)}")
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:

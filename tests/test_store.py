@@ -239,6 +239,51 @@ def test_a_foreign_or_newer_file_is_refused(tmp_path):
         Store(newer)
 
 
+# The schema every file so far was written with, spelled out: the columns built from
+# diamonds.FEATURES must keep reading and writing these files.
+SCHEMA_V1 = """
+CREATE TABLE predictions (id TEXT PRIMARY KEY, ts REAL NOT NULL, carat REAL, cut TEXT, color TEXT,
+    clarity TEXT, depth REAL, table_ REAL, prediction REAL, model_version TEXT, actual REAL, label_ts REAL);
+CREATE INDEX predictions_ts ON predictions (ts);
+CREATE INDEX predictions_label_ts ON predictions (label_ts) WHERE label_ts IS NOT NULL;
+PRAGMA user_version = 1;
+"""
+
+
+def test_feature_columns_come_from_diamonds(db):
+    from monitoring.diamonds import FEATURES
+
+    assert store_module.FEATURE_COLUMNS == tuple(FEATURES)
+    Store(db).close()
+    with sqlite3.connect(db) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
+    assert columns == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
+                       "model_version", "actual", "label_ts"]
+
+
+def test_a_file_written_with_the_first_schema_is_read_and_written(db):
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V1)
+        conn.execute("INSERT INTO predictions VALUES ('old', 5.0, 0.3, 'Ideal', 'E', 'SI1', 61.0, 56.0, "
+                     "400.0, 'v0', NULL, NULL)")
+    r = record(1, ts=6.0)
+    with Store(db) as s:
+        assert s.counts() == {"predictions": 1, "labelled": 0}
+        s.add_predictions([r])
+        assert s.recent_inputs(2) == [(0.3, "Ideal", "E", "SI1", 61.0, 56.0), r.features]
+        known, _ = s.add_labels([("old", 410.0, 7.0)])
+        assert known == [("old", 410.0, 400.0, (0.3, "Ideal", "E", "SI1", 61.0, 56.0), True)]
+
+
+def test_a_file_without_a_feature_column_is_refused(db):
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V1.replace("clarity TEXT, ", ""))
+    with pytest.raises(StoreError, match="no column clarity"):
+        Store(db)
+
+
 # ------------------------------------------------------------------ retention
 
 def test_prune_by_age_in_chunks(db):
