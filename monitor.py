@@ -34,6 +34,7 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from monitoring.drift import DEFAULT_ALPHA, ConceptDriftDetector, DataDriftDetector
+from monitoring.export import export_labelled
 from monitoring.metrics import MonitorMetrics
 from monitoring.model import (FastPredictor, InvalidInput, ModelLoadError, Schema, describe_json, load_artifact,
                    parse_positive_number, release_freed_memory)
@@ -887,14 +888,12 @@ def _export_labelled(config: MonitorConfig, target: Path) -> int:
     if config.db_path is None or not config.db_path.exists():
         log.error("no prediction store at %s to export from", config.db_path)
         return 2
-    fmt = "parquet" if target.suffix.lower() == ".parquet" else "csv"
     try:
-        store = Store(config.db_path)
-        try:
-            rows = store.export_labelled(target, fmt)
-        finally:
-            store.close()
-    except (StoreError, ImportError, OSError) as exc:
+        rows = export_labelled(config.db_path, target)  # the format follows the file name
+    except ImportError as exc:
+        log.error("export failed: %s; or name a .csv file instead (--export-labelled labelled.csv)", exc)
+        return 2
+    except (StoreError, OSError) as exc:
         log.error("export failed: %s", exc)
         return 2
     print(f"wrote {rows} labelled predictions to {target}")

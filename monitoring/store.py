@@ -52,13 +52,13 @@ Design, in short:
   which is why the chunk is 1,000). Expect about 180 bytes a row on disk, indexes included
   (the default max_rows of 5 M: about 0.9 GB).
 
-One process owns the file (the counts are kept in memory); other processes may read it.
+One process owns the file (the counts are kept in memory); other processes may read it
+(monitoring/export.py does).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -80,10 +80,8 @@ __all__ = ["PredictionRecord", "Store", "StoreError", "bench_store", "FEATURE_CO
 
 SCHEMA_VERSION = 1
 FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
-EXPORT_COLUMNS = ("id", "ts", *FEATURE_COLUMNS, "prediction", "actual", "label_ts", "model_version")
 PRUNE_CHUNK = 1_000   # rows per prune transaction: ~20-100 ms with 1-2 M rows stored (see prune)
 _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite build's limit
-_EXPORT_CHUNK = 100_000
 # Errors after which the same connection will work again once the condition clears; any other
 # error closes the writer connection and the next write opens a new one.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
@@ -92,7 +90,7 @@ _KEEP_CONNECTION = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL}
 # The feature columns on disk: a feature named like an SQL keyword gets a trailing underscore.
 _SQL_NAMES = {"table": "table_"}
 _IS_TEXT = tuple(name in CATEGORICAL_FEATURES for name in FEATURE_COLUMNS)
-_FEATURES_SQL = ", ".join(_SQL_NAMES.get(name, name) for name in FEATURE_COLUMNS)
+FEATURES_SQL = ", ".join(_SQL_NAMES.get(name, name) for name in FEATURE_COLUMNS)
 _FEATURES_DDL = "".join(f"    {_SQL_NAMES.get(name, name):<13} {'TEXT' if text else 'REAL'},\n"
                         for name, text in zip(FEATURE_COLUMNS, _IS_TEXT))
 _SCHEMA = f"""
@@ -107,8 +105,8 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE label_ts IS NOT NULL;
 """
-_COLUMNS = ("id", "ts", *_FEATURES_SQL.split(", "), "prediction", "model_version", "actual", "label_ts")
-_INSERT = (f"INSERT OR IGNORE INTO predictions (id, ts, {_FEATURES_SQL}, prediction, model_version) "
+_COLUMNS = ("id", "ts", *FEATURES_SQL.split(", "), "prediction", "model_version", "actual", "label_ts")
+_INSERT = (f"INSERT OR IGNORE INTO predictions (id, ts, {FEATURES_SQL}, prediction, model_version) "
            f"VALUES ({', '.join('?' * (len(FEATURE_COLUMNS) + 4))})")
 
 
@@ -443,7 +441,7 @@ class Store:
         for i in range(0, len(ids), _MAX_SQL_VARIABLES):
             part = ids[i:i + _MAX_SQL_VARIABLES]
             marks = ",".join("?" * len(part))
-            for row in conn.execute(f"SELECT id, prediction, label_ts IS NULL, {_FEATURES_SQL} "
+            for row in conn.execute(f"SELECT id, prediction, label_ts IS NULL, {FEATURES_SQL} "
                                     f"FROM predictions WHERE id IN ({marks})", part):
                 found[row[0]] = row
         known, unknown, updates, newly = [], [], [], 0
@@ -571,7 +569,7 @@ class Store:
         if n <= 0:
             return []
         with self._reader() as conn:
-            rows = conn.execute(f"SELECT {_FEATURES_SQL} FROM predictions "
+            rows = conn.execute(f"SELECT {FEATURES_SQL} FROM predictions "
                                 f"ORDER BY ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
         return [_features(r) for r in reversed(rows)]
 
@@ -583,50 +581,6 @@ class Store:
             rows = conn.execute("SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL "
                                 "ORDER BY label_ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
         return [(_num(a), _num(p)) for a, p in reversed(rows)]
-
-    def export_labelled(self, path: str | Path, fmt: str = "csv") -> int:
-        """Write every labelled prediction to `path` (csv or parquet, via pandas) for retraining;
-        returns the rows written. Columns: id, ts, carat, cut, color, clarity, depth, table,
-        prediction, actual, label_ts, model_version (times are unix seconds). The file appears
-        whole or not at all (written beside it, then renamed). Parquet needs pyarrow, which is not
-        a dependency of this project: without it an ImportError says so before anything is read."""
-        import pandas as pd
-
-        fmt = fmt.lower()
-        if fmt not in ("csv", "parquet"):
-            raise ValueError("fmt must be 'csv' or 'parquet'")
-        if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
-            raise ImportError("Parquet export needs pyarrow, which is not installed "
-                              "(pip install pyarrow), or export with fmt='csv'")
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        query = (f"SELECT id, ts, {_FEATURES_SQL}, prediction, actual, label_ts, model_version "
-                 f"FROM predictions WHERE label_ts IS NOT NULL ORDER BY ts, rowid")
-        written = 0
-        try:
-            with self._reader() as conn:
-                conn.execute("BEGIN")  # one snapshot across all chunks
-                chunks = pd.read_sql_query(query, conn, chunksize=_EXPORT_CHUNK)
-                if fmt == "csv":
-                    for i, frame in enumerate(chunks):
-                        frame.columns = list(EXPORT_COLUMNS)
-                        frame.to_csv(tmp, mode="w" if i == 0 else "a", header=i == 0, index=False)
-                        written += len(frame)
-                    if written == 0:
-                        pd.DataFrame(columns=list(EXPORT_COLUMNS)).to_csv(tmp, index=False)
-                else:
-                    frames = list(chunks)
-                    frame = (pd.concat(frames, ignore_index=True) if frames
-                             else pd.DataFrame(columns=list(EXPORT_COLUMNS)))
-                    frame.columns = list(EXPORT_COLUMNS)
-                    frame.to_parquet(tmp, index=False)
-                    written = len(frame)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        return written
 
     # ---------------------------------------------------------------- state
 

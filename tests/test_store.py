@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from monitoring import export as export_module
 from monitoring import store as store_module
+from monitoring.export import EXPORT_COLUMNS, export_labelled
 from monitoring.store import PredictionRecord, Store, StoreError, bench_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,11 +331,11 @@ def test_export_labelled_csv(store, tmp_path):
     a, b, c = record(1, ts=10.0), record(2, ts=20.0), record(3, ts=30.0)
     store.add_predictions([a, b, c])
     out = tmp_path / "labelled.csv"
-    assert store.export_labelled(out) == 0
-    assert out.read_text().strip() == ",".join(store_module.EXPORT_COLUMNS)
+    assert export_labelled(store.path, out) == 0
+    assert out.read_text().strip() == ",".join(EXPORT_COLUMNS)
 
     store.add_labels([(c.id, 3.5, 40.0), (a.id, 1.5, 41.0)])
-    assert store.export_labelled(out, fmt="csv") == 2
+    assert export_labelled(store.path, out, fmt="csv") == 2     # beside the open store
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table",
@@ -346,25 +348,73 @@ def test_export_labelled_csv(store, tmp_path):
     assert first["model_version"] == "v1"
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError):
-        store.export_labelled(tmp_path / "x.json", fmt="json")
+        export_labelled(store.path, tmp_path / "x.json", fmt="json")
+
+
+def test_export_reads_a_closed_store_in_chunks_and_never_writes_it(db, tmp_path, monkeypatch):
+    records = [record(i, ts=float(i)) for i in range(25)]
+    with Store(db) as s:
+        s.add_predictions(records)
+        s.add_labels([(r.id, float(i), 100.0 + i) for i, r in enumerate(records) if i % 2 == 0])
+    before = db.read_bytes()
+    monkeypatch.setattr(export_module, "_CHUNK", 4)         # several chunks, one header
+    out = tmp_path / "out" / "labelled.csv"
+    out.parent.mkdir()
+    assert export_labelled(db, out) == 13
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [r.id for r in records[::2]]
+    assert [float(r["actual"]) for r in rows] == [float(i) for i in range(0, 25, 2)]
+    assert db.read_bytes() == before
+
+
+def test_export_refuses_what_is_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="no prediction store"):
+        export_labelled(tmp_path / "missing.db", tmp_path / "x.csv")
+    assert not (tmp_path / "missing.db").exists()            # not created by looking
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="not a prediction store"):
+        export_labelled(other, tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, tmp_path):
     """pyarrow is optional: with it the export round-trips, without it the error says what to install.
-    Either way this test runs (and can fail)."""
+    Either way this test runs (and can fail). The format follows the file name unless fmt says."""
     import pandas as pd
 
     r = record(1)
     store.add_predictions([r])
     store.add_labels([(r.id, 2.0, 3.0)])
     if importlib.util.find_spec("pyarrow") is None:
-        with pytest.raises(ImportError, match="pyarrow"):
-            store.export_labelled(tmp_path / "x.parquet", fmt="parquet")
+        with pytest.raises(ImportError, match="pyarrow") as caught:
+            export_labelled(store.path, tmp_path / "x.parquet")
+        assert caught.value.name == "pyarrow"
         assert not (tmp_path / "x.parquet").exists()
         return
-    assert store.export_labelled(tmp_path / "x.parquet", fmt="parquet") == 1
+    assert export_labelled(store.path, tmp_path / "x.parquet") == 1
     frame = pd.read_parquet(tmp_path / "x.parquet")
-    assert list(frame.columns) == list(store_module.EXPORT_COLUMNS) and frame["id"][0] == r.id
+    assert list(frame.columns) == list(EXPORT_COLUMNS) and frame["id"][0] == r.id
+
+
+def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, tmp_path, caplog):
+    import monitor
+
+    r = record(1)
+    store.add_predictions([r])
+    store.add_labels([(r.id, 2.0, 3.0)])
+    config = monitor.MonitorConfig(db_path=store.path)
+    code = monitor._export_labelled(config, tmp_path / "x.parquet")
+    if importlib.util.find_spec("pyarrow") is None:
+        assert code == 2
+        message = " ".join(rec.getMessage() for rec in caplog.records)
+        assert "pip install pyarrow" in message and ".csv file" in message and "fmt=" not in message
+    else:
+        assert code == 0 and (tmp_path / "x.parquet").exists()
+    assert monitor._export_labelled(config, tmp_path / "x.csv") == 0
+    assert r.id in (tmp_path / "x.csv").read_text()
 
 
 # ------------------------------------------------------------------ failures and recovery
