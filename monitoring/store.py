@@ -33,7 +33,7 @@ Design, in short:
   commits (never corrupt the file). `synchronous="FULL"` fsyncs the WAL on every commit and survives
   power loss; it costs one fsync per group commit: on this machine a lone writer drops from about
   10,000 to 300-2,500 commits/s, while 16 concurrent writers keep 5,000-10,000 rows/s because
-  group commit shares each fsync among about 8 rows (`python store.py --bench`).
+  group commit shares each fsync among about 8 rows (`python bench/store_bench.py`).
 * Failures (disk full, read-only file, locked too long, I/O error) raise `StoreError`, never a raw
   sqlite3 exception; `healthy` turns False with `last_error`, and the next successful write clears
   them. After an error other than "full" or "busy" the writer connection is closed and reopened on
@@ -57,15 +57,9 @@ One process owns the file (the counts are kept in memory); other processes may r
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
-import os
 import sqlite3
-import statistics
-import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -76,7 +70,7 @@ from typing import Iterator, Sequence
 
 from monitoring.diamonds import CATEGORICAL_FEATURES, FEATURES
 
-__all__ = ["PredictionRecord", "Store", "StoreError", "bench_store", "FEATURE_COLUMNS"]
+__all__ = ["FEATURE_COLUMNS", "PredictionRecord", "Store", "StoreError"]
 
 SCHEMA_VERSION = 1
 FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
@@ -635,93 +629,3 @@ class Store:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-
-# -------------------------------------------------------------------- measurement
-
-def _bench_record(i: int, ts: float) -> PredictionRecord:
-    return PredictionRecord(uuid.uuid4().hex, ts, (0.3 + (i % 50) / 20, "Ideal", "G", "VS1",
-                            61.5, 57.0), 1000.0 + i, "bench")
-
-
-def bench_store(path: str | Path, threads: int = 16, n: int = 1_000, synchronous: str = "NORMAL",
-                batch: int = 1, prefill: int = 0) -> dict:
-    """Each of `threads` threads calls add_predictions `n` times with `batch` rows, as request
-    handlers do. Returns rows/s, commits/s, rows per commit, commit time (mean, max) and call
-    latency percentiles (ms: queueing for the group commit included). Starts from a new store at
-    `path` (removed first) holding `prefill` rows (a store that has been running a while)."""
-    path = Path(path)
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(str(path) + suffix).unlink()
-    store = Store(path, synchronous=synchronous, retention_seconds=None, max_rows=None)
-    ts0 = time.time() - 86400
-    for start_row in range(0, prefill, 10_000):
-        store.add_predictions([_bench_record(i, ts0 + i * 1e-3)
-                               for i in range(start_row, min(prefill, start_row + 10_000))])
-    before = store.stats()
-    with store._mutex:
-        store._stats["commit_seconds_max"] = 0.0   # the prefill's big commits are not the subject
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    start = threading.Barrier(threads + 1)
-
-    def worker(k: int) -> None:
-        records = [[_bench_record(i, time.time()) for _ in range(batch)] for i in range(n)]
-        start.wait()
-        mine = latencies[k]
-        for group in records:
-            t0 = time.perf_counter()
-            store.add_predictions(group)
-            mine.append(time.perf_counter() - t0)
-
-    workers = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - t0
-    stats = {k: v - before[k] if k != "commit_seconds_max" else v for k, v in store.stats().items()}
-    counted = store.counts()["predictions"] - prefill
-    store.close()
-    calls = sorted(x for xs in latencies for x in xs)
-    q = statistics.quantiles(calls, n=100) if len(calls) > 1 else calls * 99
-    return {
-        "synchronous": synchronous.upper(), "threads": threads, "batch": batch, "prefill": prefill,
-        "calls": len(calls),
-        "rows": counted, "seconds": round(elapsed, 3),
-        "rows_per_s": round(counted / elapsed), "commits_per_s": round(stats["commits"] / elapsed),
-        "rows_per_commit": round(counted / max(stats["commits"], 1), 1),
-        "commit_ms_mean": round(1000 * stats["commit_seconds_sum"] / max(stats["commits"], 1), 3),
-        "commit_ms_max": round(1000 * stats["commit_seconds_max"], 3),
-        "call_ms_p50": round(1000 * q[49], 3), "call_ms_p99": round(1000 * q[98], 3),
-    }
-
-
-def bench_serial(path: str | Path, n: int = 2_000, synchronous: str = "NORMAL") -> dict:
-    """One thread, one row per call: the cost of a commit with nothing to share it."""
-    return bench_store(path, threads=1, n=n, synchronous=synchronous)
-
-
-def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Measure the prediction store's group commit.")
-    parser.add_argument("--bench", action="store_true", help="run the measurement (the only action)")
-    parser.add_argument("--threads", type=int, default=16)
-    parser.add_argument("-n", type=int, default=1_000, help="single-row calls per thread")
-    parser.add_argument("--prefill", type=int, default=0, help="rows stored before measuring")
-    parser.add_argument("--dir", default=None, help="folder for the scratch database (default: a temp dir)")
-    args = parser.parse_args(argv)
-    if not args.bench:
-        parser.print_help()
-        return 0
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for sync in ("NORMAL", "FULL"):
-            print(json.dumps(bench_serial(Path(tmp) / "serial.db", n=args.n, synchronous=sync)))
-            print(json.dumps(bench_store(Path(tmp) / "bench.db", args.threads, args.n, sync,
-                                         prefill=args.prefill)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import signal
 import sqlite3
@@ -18,7 +19,8 @@ import pytest
 from monitoring import export as export_module
 from monitoring import store as store_module
 from monitoring.export import EXPORT_COLUMNS, export_labelled
-from monitoring.store import PredictionRecord, Store, StoreError, bench_store
+from bench.store_bench import bench_store
+from monitoring.store import PredictionRecord, Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADES = [("Ideal", "G", "VS1"), ("Premium", "D", "IF"), ("Fair", "J", "I1")]
@@ -609,3 +611,14 @@ def test_bench_store_reports_rates(tmp_path):
     assert result["rows"] == 200 and result["calls"] == 200
     assert result["rows_per_s"] > 0 and result["commits_per_s"] > 0
     assert 1 <= result["rows_per_commit"] <= 4
+
+
+def test_store_bench_runs_as_a_script(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "store_bench.py"), "--threads", "2", "-n", "20",
+                           "--sync", "NORMAL", "--dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    serial, concurrent = (json.loads(line) for line in proc.stdout.splitlines())
+    assert (serial["threads"], serial["rows"]) == (1, 20) and serial["rows_per_commit"] == 1.0
+    assert (concurrent["threads"], concurrent["rows"]) == (2, 40) and concurrent["synchronous"] == "NORMAL"
+    assert list(tmp_path.iterdir()) == []                   # the scratch database is gone
