@@ -15,18 +15,20 @@ Design, in short:
   An index on `ts` serves pruning and `recent_inputs`; a partial index on
   `label_ts` (labelled rows only, so unlabelled inserts never touch it) serves `recent_labelled`.
   The feature columns are diamonds.FEATURES, in that order; `table` is stored as `table_`.
-* Group commit. A commit costs the same for 1 row as for 100, so callers of `add_predictions` and
-  `add_labels` put their rows in a queue; whichever caller finds no commit in progress becomes the
-  leader, takes everything queued, writes it in ONE transaction and wakes the others. Each caller
-  returns only once the transaction holding its rows is committed, so "returned" means "durable".
-  Alone, a caller commits at once (no timer, no added latency); under load, callers queue behind
-  the commit in progress and share the next one, so the slower commits get, the more rows each
-  carries (16 threads: 1.5 rows a commit on an empty store, 7 with a million rows stored).
+* One writer thread, group commit. A commit costs the same for 1 row as for 100, so callers of
+  `add_predictions` and `add_labels` put their rows on a queue and wait; the writer thread takes
+  everything queued, writes it in ONE transaction and then wakes each caller. A caller returns only
+  once the transaction holding its rows is committed, so "returned" means "durable". A lone job is
+  committed at once (no timer, no added latency but the thread hand-off); under load, jobs queue
+  behind the commit in progress and share the next one, so the slower commits get, the more rows
+  each carries (16 threads: 1.5 rows a commit on an empty store, 7 with a million rows stored).
+  Flush, each prune chunk and close are jobs on the same queue, done in their turn by the same
+  thread: only that thread writes, so no lock is ever held around SQL.
   SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside a commit now and then: it
   costs about a third of the throughput and most of the p99 latency, and keeps the WAL bounded.
-* Connections: one writer connection, used only by the thread that holds the writer role (hence
-  `check_same_thread=False` is safe there), and a short-lived connection per read call, so readers
-  in any thread never share a connection and never block the writer (WAL).
+* Connections: one writer connection, used only by the writer thread (the constructor opens it, to
+  refuse a bad file at once, hence `check_same_thread=False`), and a short-lived connection per
+  read call, so readers in any thread never share a connection and never block the writer (WAL).
 * Durability: `synchronous=NORMAL` (default) in WAL mode writes each commit to the WAL before the
   call returns, so it survives the process being killed (SIGKILL, OOM, crash): that is what the
   tests check. It does NOT fsync on each commit, so a power loss or kernel crash may lose the last
@@ -46,11 +48,11 @@ Design, in short:
   caller that resends them anyway does no harm. Labels are not buffered: a failed `add_labels`
   should be answered with an error so that the sender retries.
 * Retention: `prune()` deletes by age and by row count, oldest first, in chunks of PRUNE_CHUNK
-  rows per transaction, and queued writers go first between chunks, so predictions never wait
-  for more than one chunk. Each deleted row touches a random page of the uuid index, so a chunk
-  costs about 20-100 ms with 1-2 M rows stored on this machine's disk (5,000 rows: 300-800 ms,
-  which is why the chunk is 1,000). Expect about 180 bytes a row on disk, indexes included
-  (the default max_rows of 5 M: about 0.9 GB).
+  rows per transaction, each chunk a job on the writer's queue, so writes queued meanwhile go
+  first and predictions never wait for more than one chunk. Each deleted row touches a random page
+  of the uuid index, so a chunk costs about 20-100 ms with 1-2 M rows stored on this machine's
+  disk (5,000 rows: 300-800 ms, which is why the chunk is 1,000). Expect about 180 bytes a row
+  on disk, indexes included (the default max_rows of 5 M: about 0.9 GB).
 
 One process owns the file (the counts are kept in memory); other processes may read it
 (monitoring/export.py does).
@@ -59,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import queue
 import sqlite3
 import threading
 import time
@@ -124,24 +127,10 @@ class StoreError(Exception):
     """The database could not be written or read (full, read-only, locked too long, I/O error)."""
 
 
-class _Job:
-    """One caller's turn at the writer: rows and/or labels to commit (a data job), or the right to
-    use the writer connection for something else (a control job: flush, prune, close). Its `wake`
-    lock is taken at birth; releasing it wakes the waiting caller, either because its job is done
-    or because it is now the leader."""
-    __slots__ = ("rows", "labels", "control", "done", "error", "result", "wake")
-
-    def __init__(self, rows=None, labels=None, control: bool = False):
-        self.rows = rows          # validated prediction rows, or None
-        self.labels = labels      # {id: (actual, label_ts)} in arrival order, or None
-        self.control = control
-        self.done = False
-        # Failed until the leader says otherwise: a commit cut short by anything unforeseen must
-        # never look like success to a caller waiting for it.
-        self.error: StoreError | None = StoreError("the commit did not complete")
-        self.result = None
-        self.wake = threading.Lock()
-        self.wake.acquire()
+def _new_stats() -> dict:
+    return {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0,
+            "commit_seconds_sum": 0.0, "commit_seconds_max": 0.0,
+            "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
 
 
 def _check_features(features) -> None:
@@ -170,6 +159,14 @@ def _features(row) -> tuple:
     return tuple(v if text else _num(v) for v, text in zip(row, _IS_TEXT))
 
 
+def _labels_by_id(labels) -> dict[str, tuple[float, float]]:
+    """{id: (actual, received_ts)} in arrival order; a later entry for an id replaces an earlier one."""
+    joined: dict[str, tuple[float, float]] = {}
+    for id_, actual, received_ts in labels:
+        joined[str(id_)] = (float(actual), float(received_ts))
+    return joined
+
+
 def _describe(exc: BaseException) -> str:
     name = getattr(exc, "sqlite_errorname", None)
     return f"{exc} ({name})" if name else f"{type(exc).__name__}: {exc}"
@@ -180,6 +177,29 @@ def _primary_code(exc: BaseException) -> int | None:
     return None if code is None else code & 0xFF
 
 
+# What a job asks of the writer thread: rows and/or labels to commit (a write, coalesced with the
+# other writes queued), or something done alone, in its turn, after the writes queued before it.
+_WRITE, _FLUSH, _PRUNE, _CLOSE = "write", "flush", "prune", "close"
+
+
+class _Job:
+    """One caller's request to the writer thread. `done` is taken at birth; the writer releases it
+    once the job is finished, which wakes the caller waiting on it."""
+    __slots__ = ("kind", "rows", "labels", "prune", "error", "result", "done")
+
+    def __init__(self, kind: str = _WRITE, rows=None, labels=None, prune=None):
+        self.kind = kind
+        self.rows = rows          # validated prediction rows, or None
+        self.labels = labels      # {id: (actual, label_ts)} in arrival order, or None
+        self.prune = prune        # (where, args, limit) of one prune chunk
+        # Failed until the writer says otherwise: a job cut short by anything unforeseen must
+        # never look like success to the caller waiting for it.
+        self.error: StoreError | None = StoreError("the commit did not complete")
+        self.result = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
 class Store:
     """Predictions and labels in an SQLite file at `path` (created with its folder if missing).
 
@@ -188,7 +208,8 @@ class Store:
     synchronous: "NORMAL" (survives a process crash) or "FULL" (also survives power loss, one fsync
     per commit). max_pending: failed prediction rows kept in memory for the next commit (0: none).
 
-    Raises StoreError if the file cannot be opened or is not a store of this schema version.
+    Raises StoreError if the file cannot be opened or is not a store of this schema version. Starts
+    the writer thread; `close()` stops it.
     """
 
     def __init__(self, path: str | Path, *, retention_seconds: float | None = 30 * 86400,
@@ -203,15 +224,12 @@ class Store:
         self.synchronous = synchronous.upper()
         self.max_pending = int(max_pending)
 
-        self._mutex = threading.Lock()   # guards everything below; held only to copy or swap it
-        self._queue: list[_Job] = []
-        self._writing = False                # someone holds the writer role (and the connection)
+        self._mutex = threading.Lock()   # guards the state below; held only to read or update it
         self._closed = False
         self._last_error: str | None = None
-        self._stats = {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0,
-                       "commit_seconds_sum": 0.0, "commit_seconds_max": 0.0,
-                       "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
-        # Owned by the thread holding the writer role:
+        self._stats = _new_stats()
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        # Owned by the writer thread:
         self._pending: deque[tuple] = deque()
         self._writer: sqlite3.Connection | None = None
 
@@ -226,13 +244,15 @@ class Store:
             if self._writer is not None:
                 self._writer.close()
             raise StoreError(f"cannot open the store {self.path}: {_describe(exc)}") from exc
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
 
     # ---------------------------------------------------------------- connections and schema
 
     def _connect(self) -> sqlite3.Connection:
         """A connection in autocommit mode (transactions are explicit), WAL, our pragmas.
-        check_same_thread=False: the writer connection moves between the threads that take the
-        writer role, one at a time; a read connection never leaves its call."""
+        check_same_thread=False: the constructor opens the writer connection that the writer
+        thread then uses; a read connection never leaves its call."""
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -276,55 +296,70 @@ class Store:
         finally:
             conn.close()
 
-    # ---------------------------------------------------------------- the writer role
+    # ---------------------------------------------------------------- the writer thread
 
-    def _lead(self, job: _Job) -> list[_Job] | None:
-        """Queue `job` and wait until it is done by another leader (returns None) or this caller is
-        the leader: then returns the jobs it leads, its own first, followed by the data jobs queued
-        up to the next control job (control jobs keep their place in the FIFO, so a prune waits
-        its turn and then lets no one wait for more than one chunk). The caller must pass the
-        result to _hand_over."""
-        with self._mutex:
+    def _submit(self, job: _Job):
+        """Queue `job` for the writer thread and wait until it is done: returns its result or
+        raises its StoreError."""
+        with self._mutex:   # never queued after close()'s job: everything queued gets done
             if self._closed:
                 raise StoreError("the store is closed")
-            waited = self._writing
-            if waited:
-                self._queue.append(job)
-            self._writing = True
-        if waited:
-            job.wake.acquire()          # released by a leader: done, or our turn to lead
-            if job.done:
-                return None
-        with self._mutex:
-            if waited:
-                self._queue.remove(job)  # the previous leader handed over to the queue's head
-            n = 0
-            while n < len(self._queue) and not self._queue[n].control:
-                n += 1
-            jobs = [job, *self._queue[:n]]
-            del self._queue[:n]
-            closed = self._closed
-        if closed:   # queued before close() ran
-            for other in jobs:
-                other.error = StoreError("the store is closed")
-            self._hand_over(jobs, job)
-            return None
-        return jobs
+            self._queue.put(job)
+        job.done.acquire()   # released by the writer thread
+        if job.error is not None:
+            raise job.error
+        return job.result
 
-    def _hand_over(self, jobs: Sequence[_Job], own: _Job) -> None:
-        """Mark the led jobs done, wake their callers and pass the writer role to the queue's
-        head. Only those threads wake: no herd of waiters racing for every commit."""
-        for job in jobs:
-            job.done = True
-        with self._mutex:
-            successor = self._queue[0] if self._queue else None
-            if successor is None:
-                self._writing = False
-        for job in jobs:
-            if job is not own:
-                job.wake.release()
-        if successor is not None:
-            successor.wake.release()
+    def _run(self) -> None:
+        """The writer thread: take every write queued, up to the first other job; commit them and
+        the retry buffer in one transaction; then do that other job; then wake their callers."""
+        while True:
+            job = self._queue.get()
+            writes, other = ([job], None) if job.kind is _WRITE else ([], job)
+            while other is None:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job.kind is _WRITE:
+                    writes.append(job)
+                else:
+                    other = job
+            try:
+                buffered = len(self._pending)
+                self._commit_group(writes)
+                if other is not None:
+                    self._do(other, buffered)
+            except Exception as exc:  # a bug, not the database: the jobs keep their failure
+                self._fail(exc, "the store's writer failed")
+            finally:
+                for job in writes:
+                    job.done.release()
+                if other is not None:
+                    other.done.release()
+            if other is not None and other.kind is _CLOSE:
+                return
+
+    def _do(self, job: _Job, buffered: int) -> None:
+        """A flush, prune chunk or close, once the writes queued before it are committed (along
+        with the `buffered` rows of the retry buffer, if they could be)."""
+        if job.kind is _FLUSH:
+            if self._pending:
+                job.error = StoreError(self._last_error or "the retry buffer could not be written")
+            else:
+                job.error, job.result = None, buffered
+        elif job.kind is _PRUNE:
+            try:
+                job.result = self._prune_chunk(*job.prune)
+                job.error = None
+            except StoreError as exc:
+                job.error = exc
+        elif job.kind is _CLOSE:
+            if self._writer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.close()
+                self._writer = None
+            job.error = None
 
     def _writer_conn(self) -> sqlite3.Connection:
         """The writer connection, reopened after a failure dropped it (and the schema made again,
@@ -366,17 +401,6 @@ class Store:
                     conn.execute("ROLLBACK")
             raise
 
-    def _submit(self, job: _Job):
-        jobs = self._lead(job)
-        if jobs is not None:
-            try:
-                self._commit_group(jobs)
-            finally:
-                self._hand_over(jobs, job)
-        if job.error is not None:
-            raise job.error
-        return job.result
-
     def _commit_group(self, jobs: list[_Job]) -> None:
         """Write the retry buffer and every queued job in one transaction (rows before labels, so
         a label can join a prediction of the same group). Sets each job's outcome; never raises."""
@@ -385,7 +409,7 @@ class Store:
             if job.rows:
                 rows.extend(job.rows)
         label_jobs = [job for job in jobs if job.labels]
-        if not rows and not label_jobs:   # control jobs alone: nothing to commit
+        if not rows and not label_jobs:   # nothing to commit
             for job in jobs:
                 job.error = None
             return
@@ -452,6 +476,23 @@ class Store:
             conn.executemany("UPDATE predictions SET actual = ?, label_ts = ? WHERE id = ?", updates)
         return (known, unknown), newly
 
+    def _prune_chunk(self, where: str, args: tuple, limit: int) -> int:
+        try:
+            with self._transaction() as conn:
+                victims = conn.execute(
+                    f"SELECT id, label_ts IS NOT NULL FROM predictions {where} "
+                    f"ORDER BY ts LIMIT ?", (*args, limit)).fetchall()
+                conn.executemany("DELETE FROM predictions WHERE id = ?", [(v[0],) for v in victims])
+        except (sqlite3.Error, OSError) as exc:
+            raise self._fail(exc, "cannot prune the store") from exc
+        with self._mutex:
+            self._last_error = None
+            self._n_predictions -= len(victims)
+            self._n_labelled -= sum(v[1] for v in victims)
+            self._stats["prune_chunks"] += 1
+            self._stats["pruned_rows"] += len(victims)
+        return len(victims)
+
     # ---------------------------------------------------------------- writes
 
     def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
@@ -473,12 +514,10 @@ class Store:
         (id, actual, prediction, features, first) for each id found in the store (including rows
         still in the retry buffer, which are written first), `first` False when the prediction had
         a label already (a correction, or a sender's retry); unknown_ids the others; each id
-        appears once. Latest wins: a label for an id that already has one replaces it (actual and label_ts), and
-        within one call a later entry for the same id replaces an earlier one. Labels are not kept
-        for retry: on StoreError nothing of the call was written."""
-        joined: dict[str, tuple[float, float]] = {}
-        for id_, actual, received_ts in labels:
-            joined[str(id_)] = (float(actual), float(received_ts))
+        appears once. Latest wins: a label for an id that already has one replaces it (actual and
+        label_ts), and within one call a later entry for the same id replaces an earlier one.
+        Labels are not kept for retry: on StoreError nothing of the call was written."""
+        joined = _labels_by_id(labels)
         if not joined:
             return [], []
         return self._submit(_Job(labels=joined))
@@ -487,25 +526,13 @@ class Store:
         """Write the retry buffer now (at shutdown, or from a periodic task so that a recovered
         database is caught up without waiting for traffic). Returns the rows it wrote; raises
         StoreError if they could not be written (they stay buffered)."""
-        own = _Job(control=True)
-        jobs = self._lead(own)
-        if jobs is None:
-            raise own.error
-        try:
-            buffered = len(self._pending)
-            self._commit_group(jobs)
-            remaining, error = len(self._pending), self._last_error
-        finally:
-            self._hand_over(jobs, own)
-        if remaining:
-            raise StoreError(error or "the retry buffer could not be written")
-        return buffered
+        return self._submit(_Job(_FLUSH))
 
     def prune(self, now: float | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
         """Delete rows older than retention_seconds, then the oldest rows beyond max_rows; returns
-        the rows deleted. Each chunk of `chunk` rows is its own short transaction, and queued
-        writers go first between chunks, so predictions never wait for more than one chunk.
-        Freed pages are reused by new rows; the file does not shrink."""
+        the rows deleted. Each chunk of `chunk` rows is its own short transaction and its own job
+        on the writer's queue, so writes queued meanwhile go first and predictions never wait for
+        more than one chunk. Freed pages are reused by new rows; the file does not shrink."""
         if chunk < 1:
             raise ValueError("chunk must be at least 1")
         now = time.time() if now is None else float(now)
@@ -513,7 +540,7 @@ class Store:
         if self.retention_seconds is not None:
             cutoff = now - self.retention_seconds
             while True:
-                n = self._prune_chunk("WHERE ts < ?", (cutoff,), chunk)
+                n = self._submit(_Job(_PRUNE, prune=("WHERE ts < ?", (cutoff,), chunk)))
                 deleted += n
                 if n < chunk:
                     break
@@ -523,37 +550,11 @@ class Store:
                     excess = self._n_predictions - self.max_rows
                 if excess <= 0:
                     break
-                n = self._prune_chunk("", (), min(chunk, excess))
+                n = self._submit(_Job(_PRUNE, prune=("", (), min(chunk, excess))))
                 deleted += n
                 if n == 0:
                     break
         return deleted
-
-    def _prune_chunk(self, where: str, args: tuple, limit: int) -> int:
-        own = _Job(control=True)
-        jobs = self._lead(own)
-        if jobs is None:
-            raise own.error
-        try:
-            self._commit_group(jobs)   # writers queued behind the previous chunk go first
-            try:
-                with self._transaction() as conn:
-                    victims = conn.execute(
-                        f"SELECT id, label_ts IS NOT NULL FROM predictions {where} "
-                        f"ORDER BY ts LIMIT ?", (*args, limit)).fetchall()
-                    conn.executemany("DELETE FROM predictions WHERE id = ?",
-                                     [(v[0],) for v in victims])
-            except (sqlite3.Error, OSError) as exc:
-                raise self._fail(exc, "cannot prune the store") from exc
-            with self._mutex:
-                self._last_error = None
-                self._n_predictions -= len(victims)
-                self._n_labelled -= sum(v[1] for v in victims)
-                self._stats["prune_chunks"] += 1
-                self._stats["pruned_rows"] += len(victims)
-            return len(victims)
-        finally:
-            self._hand_over(jobs, own)
 
     # ---------------------------------------------------------------- reads
 
@@ -604,25 +605,16 @@ class Store:
             return self._last_error
 
     def close(self) -> None:
-        """Write what is queued and buffered (one try), then close. Waits for a commit in
-        progress. Idempotent; any later call raises StoreError."""
-        own = _Job(control=True)
-        try:
-            jobs = self._lead(own)
-        except StoreError:
-            return   # already closed
-        if jobs is None:
-            return
-        try:
-            self._commit_group(jobs)
-        finally:
-            with self._mutex:
-                self._closed = True
-            if self._writer is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._writer.close()
-                self._writer = None
-            self._hand_over(jobs, own)
+        """Write what is queued and buffered (one try), then close and stop the writer thread.
+        Idempotent; any later call raises StoreError."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            job = _Job(_CLOSE)
+            self._queue.put(job)
+        job.done.acquire()
+        self._thread.join()
 
     def __enter__(self) -> "Store":
         return self
