@@ -1,4 +1,5 @@
-"""Durable record of every served prediction and every received label, in one SQLite file.
+"""Durable record of every served prediction and every received label, in one SQLite file; and the
+same interface in memory (`MemoryStore`) when nothing is to be kept. `open_store` picks one.
 
 Why SQLite: it is embedded (stdlib `sqlite3`, no server to start), its WAL mode lets readers run
 while one writer commits, and a committed transaction survives a crash of the process.
@@ -66,14 +67,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 from monitoring.diamonds import CATEGORICAL_FEATURES, FEATURES
 
-__all__ = ["FEATURE_COLUMNS", "PredictionRecord", "Store", "StoreError"]
+__all__ = ["FEATURE_COLUMNS", "MemoryStore", "PredictionRecord", "Store", "StoreError", "open_store"]
 
 SCHEMA_VERSION = 1
 FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
@@ -246,6 +247,9 @@ class Store:
             raise StoreError(f"cannot open the store {self.path}: {_describe(exc)}") from exc
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
         self._thread.start()
+
+    def describe(self) -> str:
+        return f"SQLite file {self.path}"
 
     # ---------------------------------------------------------------- connections and schema
 
@@ -621,3 +625,119 @@ class Store:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class MemoryStore:
+    """Store's interface with nothing written anywhere: the newest `capacity` predictions are kept
+    by id, so that late labels join them as they would join a Store's rows (unknown ids, a resent
+    label answered with first=False, the latest value of an id within one call, the first record of
+    an id kept). Beyond capacity the oldest prediction is forgotten (counted as pruned_rows).
+
+    Only what the join needs is kept: the prediction, not the features, so add_labels answers
+    features=None (the features of 200,000 rows as Python tuples would take ~65 MB more). Nothing
+    survives a restart, so recent_inputs and recent_labelled are empty; there is nothing to flush,
+    prune or retry, and it is always healthy until closed. Thread-safe; no I/O."""
+
+    path = None   # where it stores: nowhere
+
+    def __init__(self, capacity: int = 200_000):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = int(capacity)
+        self._lock = threading.Lock()
+        self._by_id: OrderedDict[str, float] = OrderedDict()   # id -> prediction, oldest first
+        self._labelled: set[str] = set()
+        self._closed = False
+        self._stats = _new_stats()
+
+    def describe(self) -> str:
+        return f"memory only, the newest {self.capacity:,} predictions"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        for r in records:
+            _check_features(r.features)
+        with self._lock:
+            self._check_open()
+            by_id, added = self._by_id, 0
+            for r in records:
+                if r.id not in by_id:
+                    by_id[r.id] = float(r.prediction)
+                    added += 1
+            evicted = 0
+            while len(by_id) > self.capacity:
+                self._labelled.discard(by_id.popitem(last=False)[0])
+                evicted += 1
+            self._stats["rows_written"] += added
+            self._stats["pruned_rows"] += evicted
+
+    def add_labels(self, labels: Sequence[tuple[str, float, float]]) -> tuple[list, list[str]]:
+        joined = _labels_by_id(labels)
+        known, unknown = [], []
+        with self._lock:
+            self._check_open()
+            for id_, (actual, _) in joined.items():
+                prediction = self._by_id.get(id_)
+                if prediction is None:
+                    unknown.append(id_)
+                    continue
+                known.append((id_, actual, prediction, None, id_ not in self._labelled))
+                self._labelled.add(id_)
+            self._stats["labels_written"] += len(known)
+        return known, unknown
+
+    def flush(self) -> int:
+        self._check_open()
+        return 0
+
+    def prune(self, now: float | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        self._check_open()
+        return 0
+
+    def recent_inputs(self, n: int) -> list[tuple]:
+        self._check_open()
+        return []
+
+    def recent_labelled(self, n: int) -> list[tuple[float, float]]:
+        self._check_open()
+        return []
+
+    def counts(self) -> dict:
+        """{"predictions": predictions held, "labelled": those of them with a label}."""
+        with self._lock:
+            return {"predictions": len(self._by_id), "labelled": len(self._labelled)}
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {**self._stats, "pending": 0}
+
+    @property
+    def healthy(self) -> bool:
+        return not self._closed
+
+    @property
+    def last_error(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> "MemoryStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def open_store(db_path: str | Path | None, *, memory_capacity: int = 200_000,
+               **options) -> Store | MemoryStore:
+    """A Store on the SQLite file `db_path` (options: Store's keyword arguments), or, when db_path
+    is None or "", a MemoryStore joining labels to the newest `memory_capacity` predictions."""
+    if db_path is None or db_path == "":
+        return MemoryStore(memory_capacity)
+    return Store(db_path, **options)

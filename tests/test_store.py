@@ -20,7 +20,7 @@ from monitoring import export as export_module
 from monitoring import store as store_module
 from monitoring.export import EXPORT_COLUMNS, export_labelled
 from bench.store_bench import bench_store
-from monitoring.store import PredictionRecord, Store, StoreError
+from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADES = [("Ideal", "G", "VS1"), ("Premium", "D", "IF"), ("Fair", "J", "I1")]
@@ -552,6 +552,136 @@ def test_close_writes_the_buffer_and_later_calls_fail(db):
         with pytest.raises(StoreError, match="closed"):
             call()
     assert stored_ids(db) == [r.id]
+
+
+# ------------------------------------------------------------------ in memory (--db '')
+
+def join_scenario(s, a, b, c) -> list:
+    """The same calls on any store; returns everything it answered."""
+    out = [s.add_predictions([a, b]), s.add_predictions([c, PredictionRecord(a.id, 9.0, c.features, 1.0, "v9")])]
+    out.append(s.add_labels([(a.id, 510.0, 2_000.0), ("f" * 32, 1.0, 2_000.0), (b.id, 520.0, 2_001.0)]))
+    out.append(s.add_labels([(a.id, 999.0, 2_005.0)]))                             # resent: first=False
+    out.append(s.add_labels([(c.id, 1.0, 2_010.0), (c.id, 2.0, 2_011.0)]))         # within a call: latest wins
+    out.append(s.add_labels([]))
+    out.append(s.counts())
+    return out
+
+
+def without_features(answers: list) -> list:
+    """add_labels answers with the features left out (MemoryStore keeps none)."""
+    return [([k[:3] + k[4:] for k in a[0]], a[1]) if isinstance(a, tuple) else a for a in answers]
+
+
+def test_memory_store_answers_as_the_sqlite_store_does(db):
+    records = [record(1), record(2), record(3)]
+    with Store(db) as on_disk, MemoryStore(capacity=10) as in_memory:
+        from_memory, from_disk = join_scenario(in_memory, *records), join_scenario(on_disk, *records)
+        assert len(from_memory[2][0]) == 2 and without_features(from_memory) == without_features(from_disk)
+        assert all(k[3] is None for answer in from_memory[2:6] for k in answer[0])
+        assert in_memory.counts() == on_disk.counts() == {"predictions": 3, "labelled": 3}
+        for key in ("rows_written", "labels_written", "pending", "dropped", "write_errors"):
+            assert in_memory.stats()[key] == on_disk.stats()[key], key
+
+
+def test_memory_store_join_answers(tmp_path):
+    s = MemoryStore(capacity=10)
+    a, b, c = record(1), record(2), record(3)
+    s.add_predictions([a, b])
+    s.add_predictions([c, PredictionRecord(a.id, 9.0, c.features, 1.0, "v9")])   # an id again: ignored
+    known, unknown = s.add_labels([(a.id, 510.0, 2_000.0), ("f" * 32, 1.0, 2_000.0), (b.id, 520.0, 2_001.0)])
+    assert unknown == ["f" * 32]
+    assert known == [(a.id, 510.0, a.prediction, None, True), (b.id, 520.0, b.prediction, None, True)]
+    assert s.add_labels([(a.id, 999.0, 2_005.0)]) == ([(a.id, 999.0, a.prediction, None, False)], [])
+    assert s.add_labels([(c.id, 1.0, 2_010.0), (c.id, 2.0, 2_011.0)]) == (
+        [(c.id, 2.0, c.prediction, None, True)], [])
+    assert s.add_labels([]) == ([], [])
+    assert s.counts() == {"predictions": 3, "labelled": 3}
+    assert s.stats()["labels_written"] == 4 and s.stats()["rows_written"] == 3
+
+
+def test_memory_store_forgets_the_oldest_beyond_capacity():
+    s = MemoryStore(capacity=3)
+    records = [record(i) for i in range(5)]
+    s.add_predictions(records[:2])
+    s.add_labels([(records[0].id, 1.0, 1.0), (records[1].id, 1.0, 1.0)])
+    s.add_predictions(records[2:])                        # 5 held 3: records 0 and 1 are forgotten
+    assert s.counts() == {"predictions": 3, "labelled": 0}
+    assert s.stats()["pruned_rows"] == 2
+    known, unknown = s.add_labels([(r.id, 2.0, 2.0) for r in records])
+    assert unknown == [records[0].id, records[1].id]
+    assert [(k[0], k[4]) for k in known] == [(r.id, True) for r in records[2:]]
+    s.add_predictions([records[2]])                       # an id held already keeps its place
+    s.add_predictions([record(5)])
+    assert s.add_labels([(records[2].id, 3.0, 3.0)])[1] == [records[2].id]
+
+
+def test_memory_store_has_the_rest_of_the_interface():
+    s = MemoryStore(capacity=5)
+    assert s.path is None and "memory" in s.describe()
+    assert s.recent_inputs(10) == [] and s.recent_labelled(10) == []
+    assert s.flush() == 0 and s.prune(now=1e12) == 0
+    assert s.healthy and s.last_error is None
+    assert s.stats() == {**zero_stats(), "pending": 0}
+    with pytest.raises(ValueError):
+        s.add_predictions([record(1), PredictionRecord("x", 1.0, (1.0, "Ideal"), 2.0, "v1")])
+    assert s.counts()["predictions"] == 0
+    with pytest.raises(ValueError):
+        MemoryStore(capacity=0)
+    s.close()
+    s.close()
+    assert not s.healthy
+    for call in (lambda: s.add_predictions([record(2)]), lambda: s.add_labels([("x", 1.0, 1.0)]),
+                 lambda: s.recent_inputs(1), s.flush, s.prune):
+        with pytest.raises(StoreError, match="closed"):
+            call()
+
+
+def zero_stats() -> dict:
+    return {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0, "commit_seconds_sum": 0.0,
+            "commit_seconds_max": 0.0, "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
+
+
+def test_open_store_picks_the_file_or_memory(db):
+    assert isinstance(open_store(None), MemoryStore) and isinstance(open_store(""), MemoryStore)
+    assert open_store(None, memory_capacity=7).capacity == 7
+    with open_store(db, max_rows=10, retention_seconds=None) as s:
+        assert isinstance(s, Store) and s.path == db and s.max_rows == 10
+        assert str(db) in s.describe()
+
+
+def test_close_stops_the_writer_thread(db):
+    before = threading.active_count()
+    s = Store(db)
+    assert s._thread.is_alive() and threading.active_count() == before + 1
+    s.add_predictions([record(1)])
+    s.close()
+    assert not s._thread.is_alive() and threading.active_count() == before
+
+
+def test_the_monitor_shows_a_memory_store_in_healthz_and_metrics(small_artifact_path, small_artifact):
+    from prometheus_client import CollectorRegistry
+
+    from monitor import MonitorConfig, start_monitor
+    from tests.helpers import metric_value, request
+
+    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0, db_path=None,
+                           max_tracked_predictions=2)
+    handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
+    try:
+        row = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "depth": 61.5, "table": 55}
+        ids = request(handle.url, "POST", "/predict", [row] * 3)[2]["ids"]
+        assert request(handle.url, "POST", "/feedback", [{"id": i, "actual": 1700.0} for i in ids])[2] == {
+            "accepted": 2, "unknown": ids[:1]}                 # the oldest of 3 was forgotten
+        status, _, health = request(handle.url, "GET", "/healthz")
+        assert status == 200 and health["status"] == "ok"
+        assert health["store"] == {"path": None, "healthy": True, "error": None, "pending": 0,
+                                   "predictions": 2, "labelled": 2}
+        text = request(handle.url, "GET", "/metrics")[2]
+        assert metric_value(text, "store_healthy") == 1
+        assert metric_value(text, "store_rows", {"kind": "predictions"}) == 2
+        assert metric_value(text, "store_pending_records") == 0
+    finally:
+        handle.stop()
 
 
 # ------------------------------------------------------------------ crash
