@@ -10,9 +10,8 @@ Design, in short:
   in the same row. A label is 1:1 with a prediction and replaces an earlier one, so a separate
   labels table would only add a join to every read, a second index to every write and orphans to
   every prune. Rows keep their implicit rowid (no WITHOUT ROWID): new rows append at the end of the
-  table b-tree, and only the small primary-key index takes the random uuid inserts. Measured with
-  2 M rows, 8 rows per commit: the same file size (366 vs 364 MB), inserts 10.4k vs 7.6k rows/s
-  at the 2 M mark, a 5,000-row prune chunk 169 vs 193 ms, rowid vs WITHOUT ROWID.
+  table b-tree, and only the small primary-key index takes the random uuid inserts (measured: the
+  same file size, faster inserts and prunes; the README has the figures).
   An index on `ts` serves pruning and `recent_inputs`; a partial index on
   `label_ts` (labelled rows only, so unlabelled inserts never touch it) serves `recent_labelled`.
   The feature columns are diamonds.FEATURES, in that order; `table` is stored as `table_`.
@@ -22,11 +21,10 @@ Design, in short:
   once the transaction holding its rows is committed, so "returned" means "durable". A lone job is
   committed at once (no timer, no added latency but the thread hand-off); under load, jobs queue
   behind the commit in progress and share the next one, so the slower commits get, the more rows
-  each carries (16 threads: 1.5 rows a commit on an empty store, 7 with a million rows stored).
-  Flush, each prune chunk and close are jobs on the same queue, done in their turn by the same
-  thread: only that thread writes, so no lock is ever held around SQL.
+  each carries. Flush, each prune chunk and close are jobs on the same queue, done in their turn
+  by the same thread: only that thread writes, so no lock is ever held around SQL.
   SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside a commit now and then: it
-  costs about a third of the throughput and most of the p99 latency, and keeps the WAL bounded.
+  costs throughput and most of the p99 latency, and keeps the WAL bounded.
 * Connections: one writer connection, used only by the writer thread (the constructor opens it, to
   refuse a bad file at once, hence `check_same_thread=False`), and a short-lived connection per
   read call, so readers in any thread never share a connection and never block the writer (WAL).
@@ -34,9 +32,8 @@ Design, in short:
   call returns, so it survives the process being killed (SIGKILL, OOM, crash): that is what the
   tests check. It does NOT fsync on each commit, so a power loss or kernel crash may lose the last
   commits (never corrupt the file). `synchronous="FULL"` fsyncs the WAL on every commit and survives
-  power loss; it costs one fsync per group commit: on this machine a lone writer drops from about
-  10,000 to 300-2,500 commits/s, while 16 concurrent writers keep 5,000-10,000 rows/s because
-  group commit shares each fsync among about 8 rows (`python bench/store_bench.py`).
+  power loss; it costs one fsync per group commit, which group commit shares among the rows of a
+  commit, so concurrent writers lose far less than a lone one (`python bench/store_bench.py`).
 * Failures (disk full, read-only file, locked too long, I/O error) raise `StoreError`, never a raw
   sqlite3 exception; `healthy` turns False with `last_error`, and the next successful write clears
   them. After an error other than "full" or "busy" the writer connection is closed and reopened on
@@ -51,12 +48,12 @@ Design, in short:
 * Retention: `prune()` deletes by age and by row count, oldest first, in chunks of PRUNE_CHUNK
   rows per transaction, each chunk a job on the writer's queue, so writes queued meanwhile go
   first and predictions never wait for more than one chunk. Each deleted row touches a random page
-  of the uuid index, so a chunk costs about 20-100 ms with 1-2 M rows stored on this machine's
-  disk (5,000 rows: 300-800 ms, which is why the chunk is 1,000). Expect about 180 bytes a row
-  on disk, indexes included (the default max_rows of 5 M: about 0.9 GB).
+  of the uuid index, so a chunk costs more the more rows are stored: the chunk is small enough to
+  stay short with millions of rows (README, "What is kept"). Expect about 180 bytes a row on disk,
+  indexes included (the default max_rows of 5 M: about 0.9 GB).
 
 One process owns the file (the counts are kept in memory); other processes may read it
-(monitoring/export.py does).
+(monitoring/export.py does). The benchmark is bench/store_bench.py.
 """
 from __future__ import annotations
 
@@ -77,7 +74,7 @@ __all__ = ["FEATURE_COLUMNS", "MemoryStore", "PredictionRecord", "Store", "Store
 
 SCHEMA_VERSION = 1
 FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
-PRUNE_CHUNK = 1_000   # rows per prune transaction: ~20-100 ms with 1-2 M rows stored (see prune)
+PRUNE_CHUNK = 1_000   # rows per prune transaction: short even with millions stored (README)
 _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite build's limit
 # Errors after which the same connection will work again once the condition clears; any other
 # error closes the writer connection and the next write opens a new one.

@@ -583,7 +583,7 @@ def test_memory_store_answers_as_the_sqlite_store_does(db):
             assert in_memory.stats()[key] == on_disk.stats()[key], key
 
 
-def test_memory_store_join_answers(tmp_path):
+def test_memory_store_join_answers():
     s = MemoryStore(capacity=10)
     a, b, c = record(1), record(2), record(3)
     s.add_predictions([a, b])
