@@ -42,11 +42,12 @@ try:
 
     from monitoring.drift import (DEFAULT_ALPHA, ConceptDriftDetector, ConceptDriftReport, DataDriftDetector,
                                   DataDriftReport)
+    from monitoring.export import export_labelled
     from monitoring.metrics import MonitorMetrics
     from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
     from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
                                   describe_json, load_artifact, parse_label, release_freed_memory)
-    from monitoring.store import PredictionRecord, Store, StoreError
+    from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, open_store
     from monitoring.windows import InputWindow, LabelledWindow
 except ModuleNotFoundError as missing:  # e.g. the system Python, with the libraries in .venv
     from monitoring.environment import run_in_project_environment
@@ -127,36 +128,31 @@ class Monitor:
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window)
         self.store = self._open_store(config)
-        # Without a store, late labels are joined to predictions kept in memory.
-        self._predictions = _RecentPredictions(config.max_tracked_predictions) if self.store is None else None
 
         self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()})
         self.metrics.watch_windows(self.inputs, self.labelled)
         self.metrics.describe_model(self.info, self.model_metrics)
         self.metrics.data_drift_alpha.set(config.alpha)
-        if self.store is not None:
-            self.metrics.watch_store(self.store)
+        self.metrics.watch_store(self.store)
 
         self._batcher = _Batcher(self._serve_batch)
         self._check_lock = threading.Lock()
         self._latest_check: DriftCheck | None = None
-        self._loops = [_Every(config.check_interval, self._scheduled_check, "drift-check")]
-        if self.store is not None:
-            self._loops += [_Every(config.maintenance_interval, self._retry_unwritten, "store-retry"),
-                            _Every(config.prune_interval, self.store.prune, "store-prune")]
+        self._loops = [_Every(config.check_interval, self._scheduled_check, "drift-check"),
+                       _Every(config.maintenance_interval, self._retry_unwritten, "store-retry"),
+                       _Every(config.prune_interval, self.store.prune, "store-prune")]
 
-    def _open_store(self, config: MonitorConfig) -> Store | None:
+    def _open_store(self, config: MonitorConfig) -> Store | MemoryStore:
         """Open the prediction log and refill both windows from it, so that a restart (a deploy,
-        a crash) neither forgets the traffic drift is measured on nor loses late labels' joins."""
-        if config.db_path is None:
-            return None
-        store = Store(config.db_path, retention_seconds=config.retention_days * 86400,
-                      max_rows=config.max_stored_rows)
+        a crash) neither forgets the traffic drift is measured on nor loses late labels' joins.
+        Without a file (--db ''), the newest predictions are kept in memory to join late labels."""
+        store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions,
+                           retention_seconds=config.retention_days * 86400, max_rows=config.max_stored_rows)
         self.inputs.extend(store.recent_inputs(config.window))
         self.labelled.extend(store.recent_labelled(config.label_window))
         counts = store.counts()
-        log.info("prediction store %s: %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
-                 config.db_path, counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
+        log.info("prediction store (%s): %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
+                 store.describe(), counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
         return store
 
     # lifecycle
@@ -173,8 +169,7 @@ class Monitor:
         for loop in self._loops:
             loop.stop()
         self._batcher.stop()
-        if self.store is not None:
-            self.store.close()
+        self.store.close()
 
     def _retry_unwritten(self) -> None:
         # A database that failed and recovered gets its buffered rows even if no traffic comes.
@@ -193,17 +188,14 @@ class Monitor:
     def _serve_batch(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
         predictions = self.predictor.predict(rows)
         ids = _new_ids(len(rows))
-        if self.store is None:
-            self._predictions.add(ids, predictions)
-        else:
-            now, version = time.time(), self.info["model_version"]
-            records = [PredictionRecord(i, now, row, p, version) for i, row, p in zip(ids, rows, predictions.tolist())]
-            try:
-                self.store.add_predictions(records)  # one transaction for the whole micro-batch
-            except StoreError as exc:
-                # The store keeps these rows and writes them when it can; the client still gets
-                # its answer. /healthz and store_healthy show the failure.
-                log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
+        now, version = time.time(), self.info["model_version"]
+        records = [PredictionRecord(i, now, row, p, version) for i, row, p in zip(ids, rows, predictions.tolist())]
+        try:
+            self.store.add_predictions(records)  # one transaction for the whole micro-batch
+        except StoreError as exc:
+            # The store keeps these rows and writes them when it can; the client still gets
+            # its answer. /healthz and store_healthy show the failure.
+            log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
         self.inputs.extend(rows)
         self.metrics.predictions.inc(len(rows))
         self.metrics.predicted_price.observe_many(predictions)
@@ -212,12 +204,9 @@ class Monitor:
     def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
         """Join (id, actual) labels to their predictions; returns (accepted, unknown ids).
         Raises StoreError if they could not be recorded: nothing is acknowledged then."""
-        if self.store is None:
-            known, unknown = self._predictions.join(labels)
-        else:
-            now = time.time()
-            joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
-            known = [(actual, predicted, first) for _, actual, predicted, _, first in joined]
+        now = time.time()
+        joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
+        known = [(actual, predicted, first) for _, actual, predicted, _, first in joined]
         # A prediction enters the labelled window once: a corrected or resent label updates the
         # record, but counting it twice would make the window look more certain than it is.
         self.labelled.extend([(actual, predicted) for actual, predicted, first in known if first])
@@ -289,39 +278,6 @@ def _new_ids(n: int) -> list[str]:
     raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
     digits = raw.tobytes().hex()
     return [digits[i:i + 32] for i in range(0, 32 * n, 32)]
-
-
-class _RecentPredictions:
-    """Predictions by id, the newest `capacity` of them, so that late labels can be joined when
-    there is no store (--db '')."""
-
-    def __init__(self, capacity: int):
-        self._capacity = capacity
-        self._by_id: dict[str, float] = {}  # dicts keep insertion order: the first key is the oldest
-        self._labelled: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, ids: list[str], predictions: np.ndarray) -> None:
-        with self._lock:
-            self._by_id.update(zip(ids, predictions.tolist()))
-            excess = len(self._by_id) - self._capacity
-            if excess > 0:
-                for stale in list(self._by_id)[:excess]:
-                    del self._by_id[stale]
-                    self._labelled.discard(stale)
-
-    def join(self, labels: list[tuple[str, float]]) -> tuple[list[tuple[float, float, bool]], list[str]]:
-        """(actual, predicted, first label for this id?) for known ids, and the unknown ids."""
-        known, unknown = [], []
-        with self._lock:
-            for label_id, actual in labels:
-                predicted = self._by_id.get(label_id)
-                if predicted is None:
-                    unknown.append(label_id)
-                    continue
-                known.append((actual, predicted, label_id not in self._labelled))
-                self._labelled.add(label_id)
-        return known, unknown
 
 
 class _Batcher:
@@ -578,11 +534,10 @@ def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
     health = {"status": "ok", "model_version": monitor.info["model_version"],
               "windows": {"inputs": len(monitor.inputs), "labelled": len(monitor.labelled)}}
     store = monitor.store
-    if store is not None:
-        health["store"] = {"path": str(store.path), "healthy": store.healthy, "error": store.last_error,
-                           "pending": store.stats()["pending"], **store.counts()}
-        if not store.healthy:
-            health["status"] = "degraded"
+    health["store"] = {"path": None if store.path is None else str(store.path), "healthy": store.healthy,
+                       "error": store.last_error, "pending": store.stats()["pending"], **store.counts()}
+    if not store.healthy:
+        health["status"] = "degraded"
     return 200, health
 
 
@@ -1062,14 +1017,12 @@ def _export_labelled(config: MonitorConfig, target: Path) -> int:
     if config.db_path is None or not config.db_path.exists():
         log.error("no prediction store at %s to export from", config.db_path)
         return 2
-    fmt = "parquet" if target.suffix.lower() == ".parquet" else "csv"
     try:
-        store = Store(config.db_path)
-        try:
-            rows = store.export_labelled(target, fmt)
-        finally:
-            store.close()
-    except (StoreError, ImportError, OSError) as exc:
+        rows = export_labelled(config.db_path, target)  # the format follows the file name
+    except ImportError as exc:
+        log.error("export failed: %s; or name a .csv file instead (--export-labelled labelled.csv)", exc)
+        return 2
+    except (StoreError, OSError) as exc:
         log.error("export failed: %s", exc)
         return 2
     print(f"wrote {rows} labelled predictions to {target}")

@@ -1,4 +1,5 @@
-"""Durable record of every served prediction and every received label, in one SQLite file.
+"""Durable record of every served prediction and every received label, in one SQLite file; and the
+same interface in memory (`MemoryStore`) when nothing is to be kept. `open_store` picks one.
 
 Why SQLite: it is embedded (stdlib `sqlite3`, no server to start), its WAL mode lets readers run
 while one writer commits, and a committed transaction survives a crash of the process.
@@ -9,30 +10,30 @@ Design, in short:
   in the same row. A label is 1:1 with a prediction and replaces an earlier one, so a separate
   labels table would only add a join to every read, a second index to every write and orphans to
   every prune. Rows keep their implicit rowid (no WITHOUT ROWID): new rows append at the end of the
-  table b-tree, and only the small primary-key index takes the random uuid inserts. Measured with
-  2 M rows, 8 rows per commit: the same file size (366 vs 364 MB), inserts 10.4k vs 7.6k rows/s
-  at the 2 M mark, a 5,000-row prune chunk 169 vs 193 ms, rowid vs WITHOUT ROWID.
+  table b-tree, and only the small primary-key index takes the random uuid inserts (measured: the
+  same file size, faster inserts and prunes; the README has the figures).
   An index on `ts` serves pruning and `recent_inputs`; a partial index on
   `label_ts` (labelled rows only, so unlabelled inserts never touch it) serves `recent_labelled`.
-* Group commit. A commit costs the same for 1 row as for 100, so callers of `add_predictions` and
-  `add_labels` put their rows in a queue; whichever caller finds no commit in progress becomes the
-  leader, takes everything queued, writes it in ONE transaction and wakes the others. Each caller
-  returns only once the transaction holding its rows is committed, so "returned" means "durable".
-  Alone, a caller commits at once (no timer, no added latency); under load, callers queue behind
-  the commit in progress and share the next one, so the slower commits get, the more rows each
-  carries (16 threads: 1.5 rows a commit on an empty store, 7 with a million rows stored).
+  The feature columns are diamonds.FEATURES, in that order; `table` is stored as `table_`.
+* One writer thread, group commit. A commit costs the same for 1 row as for 100, so callers of
+  `add_predictions` and `add_labels` put their rows on a queue and wait; the writer thread takes
+  everything queued, writes it in ONE transaction and then wakes each caller. A caller returns only
+  once the transaction holding its rows is committed, so "returned" means "durable". A lone job is
+  committed at once (no timer, no added latency but the thread hand-off); under load, jobs queue
+  behind the commit in progress and share the next one, so the slower commits get, the more rows
+  each carries. Flush, each prune chunk and close are jobs on the same queue, done in their turn
+  by the same thread: only that thread writes, so no lock is ever held around SQL.
   SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside a commit now and then: it
-  costs about a third of the throughput and most of the p99 latency, and keeps the WAL bounded.
-* Connections: one writer connection, used only by the thread that holds the writer role (hence
-  `check_same_thread=False` is safe there), and a short-lived connection per read call, so readers
-  in any thread never share a connection and never block the writer (WAL).
+  costs throughput and most of the p99 latency, and keeps the WAL bounded.
+* Connections: one writer connection, used only by the writer thread (the constructor opens it, to
+  refuse a bad file at once, hence `check_same_thread=False`), and a short-lived connection per
+  read call, so readers in any thread never share a connection and never block the writer (WAL).
 * Durability: `synchronous=NORMAL` (default) in WAL mode writes each commit to the WAL before the
   call returns, so it survives the process being killed (SIGKILL, OOM, crash): that is what the
   tests check. It does NOT fsync on each commit, so a power loss or kernel crash may lose the last
   commits (never corrupt the file). `synchronous="FULL"` fsyncs the WAL on every commit and survives
-  power loss; it costs one fsync per group commit: on this machine a lone writer drops from about
-  10,000 to 300-2,500 commits/s, while 16 concurrent writers keep 5,000-10,000 rows/s because
-  group commit shares each fsync among about 8 rows (`python store.py --bench`).
+  power loss; it costs one fsync per group commit, which group commit shares among the rows of a
+  commit, so concurrent writers lose far less than a lone one (`python bench/store_bench.py`).
 * Failures (disk full, read-only file, locked too long, I/O error) raise `StoreError`, never a raw
   sqlite3 exception; `healthy` turns False with `last_error`, and the next successful write clears
   them. After an error other than "full" or "busy" the writer connection is closed and reopened on
@@ -45,58 +46,52 @@ Design, in short:
   caller that resends them anyway does no harm. Labels are not buffered: a failed `add_labels`
   should be answered with an error so that the sender retries.
 * Retention: `prune()` deletes by age and by row count, oldest first, in chunks of PRUNE_CHUNK
-  rows per transaction, and queued writers go first between chunks, so predictions never wait
-  for more than one chunk. Each deleted row touches a random page of the uuid index, so a chunk
-  costs about 20-100 ms with 1-2 M rows stored on this machine's disk (5,000 rows: 300-800 ms,
-  which is why the chunk is 1,000). Expect about 180 bytes a row on disk, indexes included
-  (the default max_rows of 5 M: about 0.9 GB).
+  rows per transaction, each chunk a job on the writer's queue, so writes queued meanwhile go
+  first and predictions never wait for more than one chunk. Each deleted row touches a random page
+  of the uuid index, so a chunk costs more the more rows are stored: the chunk is small enough to
+  stay short with millions of rows (README, "What is kept"). Expect about 180 bytes a row on disk,
+  indexes included (the default max_rows of 5 M: about 0.9 GB).
 
-One process owns the file (the counts are kept in memory); other processes may read it.
+One process owns the file (the counts are kept in memory); other processes may read it
+(monitoring/export.py does). The benchmark is bench/store_bench.py.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import importlib.util
-import json
 import math
-import os
+import queue
 import sqlite3
-import statistics
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from collections import deque
-from dataclasses import dataclass
+from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
-__all__ = ["PredictionRecord", "Store", "StoreError", "bench_store", "FEATURE_COLUMNS"]
+from monitoring.diamonds import CATEGORICAL_FEATURES, FEATURES
+
+__all__ = ["FEATURE_COLUMNS", "MemoryStore", "PredictionRecord", "Store", "StoreError", "open_store"]
 
 SCHEMA_VERSION = 1
-FEATURE_COLUMNS = ("carat", "cut", "color", "clarity", "depth", "table")
-EXPORT_COLUMNS = ("id", "ts", *FEATURE_COLUMNS, "prediction", "actual", "label_ts", "model_version")
-PRUNE_CHUNK = 1_000   # rows per prune transaction: ~20-100 ms with 1-2 M rows stored (see prune)
+FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
+PRUNE_CHUNK = 1_000   # rows per prune transaction: short even with millions stored (README)
 _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite build's limit
-_EXPORT_CHUNK = 100_000
 # Errors after which the same connection will work again once the condition clears; any other
 # error closes the writer connection and the next write opens a new one.
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 _KEEP_CONNECTION = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL}
 
-_SCHEMA = """
+# The feature columns on disk: a feature named like an SQL keyword gets a trailing underscore.
+_SQL_NAMES = {"table": "table_"}
+_IS_TEXT = tuple(name in CATEGORICAL_FEATURES for name in FEATURE_COLUMNS)
+FEATURES_SQL = ", ".join(_SQL_NAMES.get(name, name) for name in FEATURE_COLUMNS)
+_FEATURES_DDL = "".join(f"    {_SQL_NAMES.get(name, name):<13} {'TEXT' if text else 'REAL'},\n"
+                        for name, text in zip(FEATURE_COLUMNS, _IS_TEXT))
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS predictions (
     id            TEXT PRIMARY KEY,
     ts            REAL NOT NULL,
-    carat         REAL,
-    cut           TEXT,
-    color         TEXT,
-    clarity       TEXT,
-    depth         REAL,
-    table_        REAL,
-    prediction    REAL,
+{_FEATURES_DDL}    prediction    REAL,
     model_version TEXT,
     actual        REAL,
     label_ts      REAL
@@ -104,16 +99,17 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE label_ts IS NOT NULL;
 """
-_INSERT = ("INSERT OR IGNORE INTO predictions (id, ts, carat, cut, color, clarity, depth, table_, "
-           "prediction, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_FEATURES_SQL = "carat, cut, color, clarity, depth, table_"
+_COLUMNS = ("id", "ts", *FEATURES_SQL.split(", "), "prediction", "model_version", "actual", "label_ts")
+_INSERT = (f"INSERT OR IGNORE INTO predictions (id, ts, {FEATURES_SQL}, prediction, model_version) "
+           f"VALUES ({', '.join('?' * (len(FEATURE_COLUMNS) + 4))})")
 
 
-@dataclass(frozen=True)
-class PredictionRecord:
+class PredictionRecord(NamedTuple):
+    """One served prediction. A named tuple, not a dataclass: the batcher makes one per row, and a
+    frozen dataclass takes about three times as long to build."""
     id: str            # uuid4 hex
     ts: float          # unix time served
-    features: tuple    # (carat, cut, color, clarity, depth, table): numbers as float, grades as str
+    features: tuple    # FEATURE_COLUMNS' values: numbers as float, grades as str
     prediction: float
     model_version: str
 
@@ -129,33 +125,27 @@ class StoreError(Exception):
     """The database could not be written or read (full, read-only, locked too long, I/O error)."""
 
 
-class _Job:
-    """One caller's turn at the writer: rows and/or labels to commit (a data job), or the right to
-    use the writer connection for something else (a control job: flush, prune, close). Its `wake`
-    lock is taken at birth; releasing it wakes the waiting caller, either because its job is done
-    or because it is now the leader."""
-    __slots__ = ("rows", "labels", "control", "done", "error", "result", "wake")
+def _new_stats() -> dict:
+    return {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0,
+            "commit_seconds_sum": 0.0, "commit_seconds_max": 0.0,
+            "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
 
-    def __init__(self, rows=None, labels=None, control: bool = False):
-        self.rows = rows          # validated prediction rows, or None
-        self.labels = labels      # {id: (actual, label_ts)} in arrival order, or None
-        self.control = control
-        self.done = False
-        # Failed until the leader says otherwise: a commit cut short by anything unforeseen must
-        # never look like success to a caller waiting for it.
-        self.error: StoreError | None = StoreError("the commit did not complete")
-        self.result = None
-        self.wake = threading.Lock()
-        self.wake.acquire()
+
+def _check_features(features) -> None:
+    if len(features) != len(FEATURE_COLUMNS):
+        raise ValueError(f"a record has {len(FEATURE_COLUMNS)} features ({', '.join(FEATURE_COLUMNS)}), "
+                         f"not {len(features)}")
 
 
 def _row(record) -> tuple:
     """A record as the tuple bound to _INSERT. Converting here, before the record is queued, means
     a malformed record fails its own caller (ValueError/TypeError) and can never poison a group
     commit or the retry buffer."""
-    carat, cut, color, clarity, depth, table = record.features
-    return (str(record.id), float(record.ts), float(carat), str(cut), str(color), str(clarity),
-            float(depth), float(table), float(record.prediction), str(record.model_version))
+    features = record.features
+    _check_features(features)
+    return (str(record.id), float(record.ts),
+            *[str(v) if text else float(v) for v, text in zip(features, _IS_TEXT)],
+            float(record.prediction), str(record.model_version))
 
 
 def _num(value) -> float:
@@ -164,8 +154,15 @@ def _num(value) -> float:
 
 
 def _features(row) -> tuple:
-    carat, cut, color, clarity, depth, table = row
-    return (_num(carat), cut, color, clarity, _num(depth), _num(table))
+    return tuple(v if text else _num(v) for v, text in zip(row, _IS_TEXT))
+
+
+def _labels_by_id(labels) -> dict[str, tuple[float, float]]:
+    """{id: (actual, received_ts)} in arrival order; a later entry for an id replaces an earlier one."""
+    joined: dict[str, tuple[float, float]] = {}
+    for id_, actual, received_ts in labels:
+        joined[str(id_)] = (float(actual), float(received_ts))
+    return joined
 
 
 def _describe(exc: BaseException) -> str:
@@ -178,6 +175,29 @@ def _primary_code(exc: BaseException) -> int | None:
     return None if code is None else code & 0xFF
 
 
+# What a job asks of the writer thread: rows and/or labels to commit (a write, coalesced with the
+# other writes queued), or something done alone, in its turn, after the writes queued before it.
+_WRITE, _FLUSH, _PRUNE, _CLOSE = "write", "flush", "prune", "close"
+
+
+class _Job:
+    """One caller's request to the writer thread. `done` is taken at birth; the writer releases it
+    once the job is finished, which wakes the caller waiting on it."""
+    __slots__ = ("kind", "rows", "labels", "prune", "error", "result", "done")
+
+    def __init__(self, kind: str = _WRITE, rows=None, labels=None, prune=None):
+        self.kind = kind
+        self.rows = rows          # validated prediction rows, or None
+        self.labels = labels      # {id: (actual, label_ts)} in arrival order, or None
+        self.prune = prune        # (where, args, limit) of one prune chunk
+        # Failed until the writer says otherwise: a job cut short by anything unforeseen must
+        # never look like success to the caller waiting for it.
+        self.error: StoreError | None = StoreError("the commit did not complete")
+        self.result = None
+        self.done = threading.Lock()
+        self.done.acquire()
+
+
 class Store:
     """Predictions and labels in an SQLite file at `path` (created with its folder if missing).
 
@@ -186,7 +206,8 @@ class Store:
     synchronous: "NORMAL" (survives a process crash) or "FULL" (also survives power loss, one fsync
     per commit). max_pending: failed prediction rows kept in memory for the next commit (0: none).
 
-    Raises StoreError if the file cannot be opened or is not a store of this schema version.
+    Raises StoreError if the file cannot be opened or is not a store of this schema version. Starts
+    the writer thread; `close()` stops it.
     """
 
     def __init__(self, path: str | Path, *, retention_seconds: float | None = 30 * 86400,
@@ -201,15 +222,12 @@ class Store:
         self.synchronous = synchronous.upper()
         self.max_pending = int(max_pending)
 
-        self._mutex = threading.Lock()   # guards everything below; held only to copy or swap it
-        self._queue: list[_Job] = []
-        self._writing = False                # someone holds the writer role (and the connection)
+        self._mutex = threading.Lock()   # guards the state below; held only to read or update it
         self._closed = False
         self._last_error: str | None = None
-        self._stats = {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0,
-                       "commit_seconds_sum": 0.0, "commit_seconds_max": 0.0,
-                       "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
-        # Owned by the thread holding the writer role:
+        self._stats = _new_stats()
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        # Owned by the writer thread:
         self._pending: deque[tuple] = deque()
         self._writer: sqlite3.Connection | None = None
 
@@ -224,13 +242,18 @@ class Store:
             if self._writer is not None:
                 self._writer.close()
             raise StoreError(f"cannot open the store {self.path}: {_describe(exc)}") from exc
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def describe(self) -> str:
+        return f"SQLite file {self.path}"
 
     # ---------------------------------------------------------------- connections and schema
 
     def _connect(self) -> sqlite3.Connection:
         """A connection in autocommit mode (transactions are explicit), WAL, our pragmas.
-        check_same_thread=False: the writer connection moves between the threads that take the
-        writer role, one at a time; a read connection never leaves its call."""
+        check_same_thread=False: the constructor opens the writer connection that the writer
+        thread then uses; a read connection never leaves its call."""
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                check_same_thread=False)
         try:
@@ -252,6 +275,10 @@ class Store:
             raise sqlite3.DatabaseError(f"schema version {version}, this code knows {SCHEMA_VERSION}")
         if version == 0:
             conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+        missing = [c for c in _COLUMNS if c not in have]
+        if missing:   # a file written for other features: refuse it now, not at the first insert
+            raise sqlite3.DatabaseError(f"the predictions table has no column {', '.join(missing)}")
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
@@ -270,55 +297,70 @@ class Store:
         finally:
             conn.close()
 
-    # ---------------------------------------------------------------- the writer role
+    # ---------------------------------------------------------------- the writer thread
 
-    def _lead(self, job: _Job) -> list[_Job] | None:
-        """Queue `job` and wait until it is done by another leader (returns None) or this caller is
-        the leader: then returns the jobs it leads, its own first, followed by the data jobs queued
-        up to the next control job (control jobs keep their place in the FIFO, so a prune waits
-        its turn and then lets no one wait for more than one chunk). The caller must pass the
-        result to _hand_over."""
-        with self._mutex:
+    def _submit(self, job: _Job):
+        """Queue `job` for the writer thread and wait until it is done: returns its result or
+        raises its StoreError."""
+        with self._mutex:   # never queued after close()'s job: everything queued gets done
             if self._closed:
                 raise StoreError("the store is closed")
-            waited = self._writing
-            if waited:
-                self._queue.append(job)
-            self._writing = True
-        if waited:
-            job.wake.acquire()          # released by a leader: done, or our turn to lead
-            if job.done:
-                return None
-        with self._mutex:
-            if waited:
-                self._queue.remove(job)  # the previous leader handed over to the queue's head
-            n = 0
-            while n < len(self._queue) and not self._queue[n].control:
-                n += 1
-            jobs = [job, *self._queue[:n]]
-            del self._queue[:n]
-            closed = self._closed
-        if closed:   # queued before close() ran
-            for other in jobs:
-                other.error = StoreError("the store is closed")
-            self._hand_over(jobs, job)
-            return None
-        return jobs
+            self._queue.put(job)
+        job.done.acquire()   # released by the writer thread
+        if job.error is not None:
+            raise job.error
+        return job.result
 
-    def _hand_over(self, jobs: Sequence[_Job], own: _Job) -> None:
-        """Mark the led jobs done, wake their callers and pass the writer role to the queue's
-        head. Only those threads wake: no herd of waiters racing for every commit."""
-        for job in jobs:
-            job.done = True
-        with self._mutex:
-            successor = self._queue[0] if self._queue else None
-            if successor is None:
-                self._writing = False
-        for job in jobs:
-            if job is not own:
-                job.wake.release()
-        if successor is not None:
-            successor.wake.release()
+    def _run(self) -> None:
+        """The writer thread: take every write queued, up to the first other job; commit them and
+        the retry buffer in one transaction; then do that other job; then wake their callers."""
+        while True:
+            job = self._queue.get()
+            writes, other = ([job], None) if job.kind is _WRITE else ([], job)
+            while other is None:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job.kind is _WRITE:
+                    writes.append(job)
+                else:
+                    other = job
+            try:
+                buffered = len(self._pending)
+                self._commit_group(writes)
+                if other is not None:
+                    self._do(other, buffered)
+            except Exception as exc:  # a bug, not the database: the jobs keep their failure
+                self._fail(exc, "the store's writer failed")
+            finally:
+                for job in writes:
+                    job.done.release()
+                if other is not None:
+                    other.done.release()
+            if other is not None and other.kind is _CLOSE:
+                return
+
+    def _do(self, job: _Job, buffered: int) -> None:
+        """A flush, prune chunk or close, once the writes queued before it are committed (along
+        with the `buffered` rows of the retry buffer, if they could be)."""
+        if job.kind is _FLUSH:
+            if self._pending:
+                job.error = StoreError(self._last_error or "the retry buffer could not be written")
+            else:
+                job.error, job.result = None, buffered
+        elif job.kind is _PRUNE:
+            try:
+                job.result = self._prune_chunk(*job.prune)
+                job.error = None
+            except StoreError as exc:
+                job.error = exc
+        elif job.kind is _CLOSE:
+            if self._writer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.close()
+                self._writer = None
+            job.error = None
 
     def _writer_conn(self) -> sqlite3.Connection:
         """The writer connection, reopened after a failure dropped it (and the schema made again,
@@ -360,17 +402,6 @@ class Store:
                     conn.execute("ROLLBACK")
             raise
 
-    def _submit(self, job: _Job):
-        jobs = self._lead(job)
-        if jobs is not None:
-            try:
-                self._commit_group(jobs)
-            finally:
-                self._hand_over(jobs, job)
-        if job.error is not None:
-            raise job.error
-        return job.result
-
     def _commit_group(self, jobs: list[_Job]) -> None:
         """Write the retry buffer and every queued job in one transaction (rows before labels, so
         a label can join a prediction of the same group). Sets each job's outcome; never raises."""
@@ -379,7 +410,7 @@ class Store:
             if job.rows:
                 rows.extend(job.rows)
         label_jobs = [job for job in jobs if job.labels]
-        if not rows and not label_jobs:   # control jobs alone: nothing to commit
+        if not rows and not label_jobs:   # nothing to commit
             for job in jobs:
                 job.error = None
             return
@@ -429,7 +460,7 @@ class Store:
         for i in range(0, len(ids), _MAX_SQL_VARIABLES):
             part = ids[i:i + _MAX_SQL_VARIABLES]
             marks = ",".join("?" * len(part))
-            for row in conn.execute(f"SELECT id, prediction, label_ts IS NULL, {_FEATURES_SQL} "
+            for row in conn.execute(f"SELECT id, prediction, label_ts IS NULL, {FEATURES_SQL} "
                                     f"FROM predictions WHERE id IN ({marks})", part):
                 found[row[0]] = row
         known, unknown, updates, newly = [], [], [], 0
@@ -445,6 +476,23 @@ class Store:
         if updates:
             conn.executemany("UPDATE predictions SET actual = ?, label_ts = ? WHERE id = ?", updates)
         return (known, unknown), newly
+
+    def _prune_chunk(self, where: str, args: tuple, limit: int) -> int:
+        try:
+            with self._transaction() as conn:
+                victims = conn.execute(
+                    f"SELECT id, label_ts IS NOT NULL FROM predictions {where} "
+                    f"ORDER BY ts LIMIT ?", (*args, limit)).fetchall()
+                conn.executemany("DELETE FROM predictions WHERE id = ?", [(v[0],) for v in victims])
+        except (sqlite3.Error, OSError) as exc:
+            raise self._fail(exc, "cannot prune the store") from exc
+        with self._mutex:
+            self._last_error = None
+            self._n_predictions -= len(victims)
+            self._n_labelled -= sum(v[1] for v in victims)
+            self._stats["prune_chunks"] += 1
+            self._stats["pruned_rows"] += len(victims)
+        return len(victims)
 
     # ---------------------------------------------------------------- writes
 
@@ -467,12 +515,10 @@ class Store:
         (id, actual, prediction, features, first) for each id found in the store (including rows
         still in the retry buffer, which are written first), `first` False when the prediction had
         a label already (a correction, or a sender's retry); unknown_ids the others; each id
-        appears once. Latest wins: a label for an id that already has one replaces it (actual and label_ts), and
-        within one call a later entry for the same id replaces an earlier one. Labels are not kept
-        for retry: on StoreError nothing of the call was written."""
-        joined: dict[str, tuple[float, float]] = {}
-        for id_, actual, received_ts in labels:
-            joined[str(id_)] = (float(actual), float(received_ts))
+        appears once. Latest wins: a label for an id that already has one replaces it (actual and
+        label_ts), and within one call a later entry for the same id replaces an earlier one.
+        Labels are not kept for retry: on StoreError nothing of the call was written."""
+        joined = _labels_by_id(labels)
         if not joined:
             return [], []
         return self._submit(_Job(labels=joined))
@@ -481,25 +527,13 @@ class Store:
         """Write the retry buffer now (at shutdown, or from a periodic task so that a recovered
         database is caught up without waiting for traffic). Returns the rows it wrote; raises
         StoreError if they could not be written (they stay buffered)."""
-        own = _Job(control=True)
-        jobs = self._lead(own)
-        if jobs is None:
-            raise own.error
-        try:
-            buffered = len(self._pending)
-            self._commit_group(jobs)
-            remaining, error = len(self._pending), self._last_error
-        finally:
-            self._hand_over(jobs, own)
-        if remaining:
-            raise StoreError(error or "the retry buffer could not be written")
-        return buffered
+        return self._submit(_Job(_FLUSH))
 
     def prune(self, now: float | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
         """Delete rows older than retention_seconds, then the oldest rows beyond max_rows; returns
-        the rows deleted. Each chunk of `chunk` rows is its own short transaction, and queued
-        writers go first between chunks, so predictions never wait for more than one chunk.
-        Freed pages are reused by new rows; the file does not shrink."""
+        the rows deleted. Each chunk of `chunk` rows is its own short transaction and its own job
+        on the writer's queue, so writes queued meanwhile go first and predictions never wait for
+        more than one chunk. Freed pages are reused by new rows; the file does not shrink."""
         if chunk < 1:
             raise ValueError("chunk must be at least 1")
         now = time.time() if now is None else float(now)
@@ -507,7 +541,7 @@ class Store:
         if self.retention_seconds is not None:
             cutoff = now - self.retention_seconds
             while True:
-                n = self._prune_chunk("WHERE ts < ?", (cutoff,), chunk)
+                n = self._submit(_Job(_PRUNE, prune=("WHERE ts < ?", (cutoff,), chunk)))
                 deleted += n
                 if n < chunk:
                     break
@@ -517,37 +551,11 @@ class Store:
                     excess = self._n_predictions - self.max_rows
                 if excess <= 0:
                     break
-                n = self._prune_chunk("", (), min(chunk, excess))
+                n = self._submit(_Job(_PRUNE, prune=("", (), min(chunk, excess))))
                 deleted += n
                 if n == 0:
                     break
         return deleted
-
-    def _prune_chunk(self, where: str, args: tuple, limit: int) -> int:
-        own = _Job(control=True)
-        jobs = self._lead(own)
-        if jobs is None:
-            raise own.error
-        try:
-            self._commit_group(jobs)   # writers queued behind the previous chunk go first
-            try:
-                with self._transaction() as conn:
-                    victims = conn.execute(
-                        f"SELECT id, label_ts IS NOT NULL FROM predictions {where} "
-                        f"ORDER BY ts LIMIT ?", (*args, limit)).fetchall()
-                    conn.executemany("DELETE FROM predictions WHERE id = ?",
-                                     [(v[0],) for v in victims])
-            except (sqlite3.Error, OSError) as exc:
-                raise self._fail(exc, "cannot prune the store") from exc
-            with self._mutex:
-                self._last_error = None
-                self._n_predictions -= len(victims)
-                self._n_labelled -= sum(v[1] for v in victims)
-                self._stats["prune_chunks"] += 1
-                self._stats["pruned_rows"] += len(victims)
-            return len(victims)
-        finally:
-            self._hand_over(jobs, own)
 
     # ---------------------------------------------------------------- reads
 
@@ -557,7 +565,7 @@ class Store:
         if n <= 0:
             return []
         with self._reader() as conn:
-            rows = conn.execute(f"SELECT {_FEATURES_SQL} FROM predictions "
+            rows = conn.execute(f"SELECT {FEATURES_SQL} FROM predictions "
                                 f"ORDER BY ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
         return [_features(r) for r in reversed(rows)]
 
@@ -569,50 +577,6 @@ class Store:
             rows = conn.execute("SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL "
                                 "ORDER BY label_ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
         return [(_num(a), _num(p)) for a, p in reversed(rows)]
-
-    def export_labelled(self, path: str | Path, fmt: str = "csv") -> int:
-        """Write every labelled prediction to `path` (csv or parquet, via pandas) for retraining;
-        returns the rows written. Columns: id, ts, carat, cut, color, clarity, depth, table,
-        prediction, actual, label_ts, model_version (times are unix seconds). The file appears
-        whole or not at all (written beside it, then renamed). Parquet needs pyarrow, which is not
-        a dependency of this project: without it an ImportError says so before anything is read."""
-        import pandas as pd
-
-        fmt = fmt.lower()
-        if fmt not in ("csv", "parquet"):
-            raise ValueError("fmt must be 'csv' or 'parquet'")
-        if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
-            raise ImportError("Parquet export needs pyarrow, which is not installed "
-                              "(pip install pyarrow), or export with fmt='csv'")
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        query = (f"SELECT id, ts, {_FEATURES_SQL}, prediction, actual, label_ts, model_version "
-                 f"FROM predictions WHERE label_ts IS NOT NULL ORDER BY ts, rowid")
-        written = 0
-        try:
-            with self._reader() as conn:
-                conn.execute("BEGIN")  # one snapshot across all chunks
-                chunks = pd.read_sql_query(query, conn, chunksize=_EXPORT_CHUNK)
-                if fmt == "csv":
-                    for i, frame in enumerate(chunks):
-                        frame.columns = list(EXPORT_COLUMNS)
-                        frame.to_csv(tmp, mode="w" if i == 0 else "a", header=i == 0, index=False)
-                        written += len(frame)
-                    if written == 0:
-                        pd.DataFrame(columns=list(EXPORT_COLUMNS)).to_csv(tmp, index=False)
-                else:
-                    frames = list(chunks)
-                    frame = (pd.concat(frames, ignore_index=True) if frames
-                             else pd.DataFrame(columns=list(EXPORT_COLUMNS)))
-                    frame.columns = list(EXPORT_COLUMNS)
-                    frame.to_parquet(tmp, index=False)
-                    written = len(frame)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        return written
 
     # ---------------------------------------------------------------- state
 
@@ -642,25 +606,16 @@ class Store:
             return self._last_error
 
     def close(self) -> None:
-        """Write what is queued and buffered (one try), then close. Waits for a commit in
-        progress. Idempotent; any later call raises StoreError."""
-        own = _Job(control=True)
-        try:
-            jobs = self._lead(own)
-        except StoreError:
-            return   # already closed
-        if jobs is None:
-            return
-        try:
-            self._commit_group(jobs)
-        finally:
-            with self._mutex:
-                self._closed = True
-            if self._writer is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._writer.close()
-                self._writer = None
-            self._hand_over(jobs, own)
+        """Write what is queued and buffered (one try), then close and stop the writer thread.
+        Idempotent; any later call raises StoreError."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            job = _Job(_CLOSE)
+            self._queue.put(job)
+        job.done.acquire()
+        self._thread.join()
 
     def __enter__(self) -> "Store":
         return self
@@ -669,91 +624,117 @@ class Store:
         self.close()
 
 
-# -------------------------------------------------------------------- measurement
+class MemoryStore:
+    """Store's interface with nothing written anywhere: the newest `capacity` predictions are kept
+    by id, so that late labels join them as they would join a Store's rows (unknown ids, a resent
+    label answered with first=False, the latest value of an id within one call, the first record of
+    an id kept). Beyond capacity the oldest prediction is forgotten (counted as pruned_rows).
 
-def _bench_record(i: int, ts: float) -> PredictionRecord:
-    return PredictionRecord(uuid.uuid4().hex, ts, (0.3 + (i % 50) / 20, "Ideal", "G", "VS1",
-                            61.5, 57.0), 1000.0 + i, "bench")
+    Only what the join needs is kept: the prediction, not the features, so add_labels answers
+    features=None (the features of 200,000 rows as Python tuples would take ~65 MB more). Nothing
+    survives a restart, so recent_inputs and recent_labelled are empty; there is nothing to flush,
+    prune or retry, and it is always healthy until closed. Thread-safe; no I/O."""
 
+    path = None   # where it stores: nowhere
 
-def bench_store(path: str | Path, threads: int = 16, n: int = 1_000, synchronous: str = "NORMAL",
-                batch: int = 1, prefill: int = 0) -> dict:
-    """Each of `threads` threads calls add_predictions `n` times with `batch` rows, as request
-    handlers do. Returns rows/s, commits/s, rows per commit, commit time (mean, max) and call
-    latency percentiles (ms: queueing for the group commit included). Starts from a new store at
-    `path` (removed first) holding `prefill` rows (a store that has been running a while)."""
-    path = Path(path)
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(str(path) + suffix).unlink()
-    store = Store(path, synchronous=synchronous, retention_seconds=None, max_rows=None)
-    ts0 = time.time() - 86400
-    for start_row in range(0, prefill, 10_000):
-        store.add_predictions([_bench_record(i, ts0 + i * 1e-3)
-                               for i in range(start_row, min(prefill, start_row + 10_000))])
-    before = store.stats()
-    with store._mutex:
-        store._stats["commit_seconds_max"] = 0.0   # the prefill's big commits are not the subject
-    latencies: list[list[float]] = [[] for _ in range(threads)]
-    start = threading.Barrier(threads + 1)
+    def __init__(self, capacity: int = 200_000):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = int(capacity)
+        self._lock = threading.Lock()
+        self._by_id: OrderedDict[str, float] = OrderedDict()   # id -> prediction, oldest first
+        self._labelled: set[str] = set()
+        self._closed = False
+        self._stats = _new_stats()
 
-    def worker(k: int) -> None:
-        records = [[_bench_record(i, time.time()) for _ in range(batch)] for i in range(n)]
-        start.wait()
-        mine = latencies[k]
-        for group in records:
-            t0 = time.perf_counter()
-            store.add_predictions(group)
-            mine.append(time.perf_counter() - t0)
+    def describe(self) -> str:
+        return f"memory only, the newest {self.capacity:,} predictions"
 
-    workers = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
-    for w in workers:
-        w.start()
-    start.wait()
-    t0 = time.perf_counter()
-    for w in workers:
-        w.join()
-    elapsed = time.perf_counter() - t0
-    stats = {k: v - before[k] if k != "commit_seconds_max" else v for k, v in store.stats().items()}
-    counted = store.counts()["predictions"] - prefill
-    store.close()
-    calls = sorted(x for xs in latencies for x in xs)
-    q = statistics.quantiles(calls, n=100) if len(calls) > 1 else calls * 99
-    return {
-        "synchronous": synchronous.upper(), "threads": threads, "batch": batch, "prefill": prefill,
-        "calls": len(calls),
-        "rows": counted, "seconds": round(elapsed, 3),
-        "rows_per_s": round(counted / elapsed), "commits_per_s": round(stats["commits"] / elapsed),
-        "rows_per_commit": round(counted / max(stats["commits"], 1), 1),
-        "commit_ms_mean": round(1000 * stats["commit_seconds_sum"] / max(stats["commits"], 1), 3),
-        "commit_ms_max": round(1000 * stats["commit_seconds_max"], 3),
-        "call_ms_p50": round(1000 * q[49], 3), "call_ms_p99": round(1000 * q[98], 3),
-    }
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
 
+    def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
+        for r in records:
+            _check_features(r.features)
+        with self._lock:
+            self._check_open()
+            by_id, added = self._by_id, 0
+            for r in records:
+                if r.id not in by_id:
+                    by_id[r.id] = float(r.prediction)
+                    added += 1
+            evicted = 0
+            while len(by_id) > self.capacity:
+                self._labelled.discard(by_id.popitem(last=False)[0])
+                evicted += 1
+            self._stats["rows_written"] += added
+            self._stats["pruned_rows"] += evicted
 
-def bench_serial(path: str | Path, n: int = 2_000, synchronous: str = "NORMAL") -> dict:
-    """One thread, one row per call: the cost of a commit with nothing to share it."""
-    return bench_store(path, threads=1, n=n, synchronous=synchronous)
+    def add_labels(self, labels: Sequence[tuple[str, float, float]]) -> tuple[list, list[str]]:
+        joined = _labels_by_id(labels)
+        known, unknown = [], []
+        with self._lock:
+            self._check_open()
+            for id_, (actual, _) in joined.items():
+                prediction = self._by_id.get(id_)
+                if prediction is None:
+                    unknown.append(id_)
+                    continue
+                known.append((id_, actual, prediction, None, id_ not in self._labelled))
+                self._labelled.add(id_)
+            self._stats["labels_written"] += len(known)
+        return known, unknown
 
-
-def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Measure the prediction store's group commit.")
-    parser.add_argument("--bench", action="store_true", help="run the measurement (the only action)")
-    parser.add_argument("--threads", type=int, default=16)
-    parser.add_argument("-n", type=int, default=1_000, help="single-row calls per thread")
-    parser.add_argument("--prefill", type=int, default=0, help="rows stored before measuring")
-    parser.add_argument("--dir", default=None, help="folder for the scratch database (default: a temp dir)")
-    args = parser.parse_args(argv)
-    if not args.bench:
-        parser.print_help()
+    def flush(self) -> int:
+        self._check_open()
         return 0
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        for sync in ("NORMAL", "FULL"):
-            print(json.dumps(bench_serial(Path(tmp) / "serial.db", n=args.n, synchronous=sync)))
-            print(json.dumps(bench_store(Path(tmp) / "bench.db", args.threads, args.n, sync,
-                                         prefill=args.prefill)))
-    return 0
+
+    def prune(self, now: float | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        self._check_open()
+        return 0
+
+    def recent_inputs(self, n: int) -> list[tuple]:
+        self._check_open()
+        return []
+
+    def recent_labelled(self, n: int) -> list[tuple[float, float]]:
+        self._check_open()
+        return []
+
+    def counts(self) -> dict:
+        """{"predictions": predictions held, "labelled": those of them with a label}."""
+        with self._lock:
+            return {"predictions": len(self._by_id), "labelled": len(self._labelled)}
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {**self._stats, "pending": 0}
+
+    @property
+    def healthy(self) -> bool:
+        return not self._closed
+
+    @property
+    def last_error(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> "MemoryStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
-if __name__ == "__main__":
-    sys.exit(_main())
+def open_store(db_path: str | Path | None, *, memory_capacity: int = 200_000,
+               **options) -> Store | MemoryStore:
+    """A Store on the SQLite file `db_path` (options: Store's keyword arguments), or, when db_path
+    is None or "", a MemoryStore joining labels to the newest `memory_capacity` predictions."""
+    if db_path is None or db_path == "":
+        return MemoryStore(memory_capacity)
+    return Store(db_path, **options)

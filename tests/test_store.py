@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import signal
 import sqlite3
@@ -15,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from monitoring import export as export_module
 from monitoring import store as store_module
-from monitoring.store import PredictionRecord, Store, StoreError, bench_store
+from monitoring.export import EXPORT_COLUMNS, export_labelled
+from bench.store_bench import bench_store
+from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADES = [("Ideal", "G", "VS1"), ("Premium", "D", "IF"), ("Fair", "J", "I1")]
@@ -239,6 +243,51 @@ def test_a_foreign_or_newer_file_is_refused(tmp_path):
         Store(newer)
 
 
+# The schema every file so far was written with, spelled out: the columns built from
+# diamonds.FEATURES must keep reading and writing these files.
+SCHEMA_V1 = """
+CREATE TABLE predictions (id TEXT PRIMARY KEY, ts REAL NOT NULL, carat REAL, cut TEXT, color TEXT,
+    clarity TEXT, depth REAL, table_ REAL, prediction REAL, model_version TEXT, actual REAL, label_ts REAL);
+CREATE INDEX predictions_ts ON predictions (ts);
+CREATE INDEX predictions_label_ts ON predictions (label_ts) WHERE label_ts IS NOT NULL;
+PRAGMA user_version = 1;
+"""
+
+
+def test_feature_columns_come_from_diamonds(db):
+    from monitoring.diamonds import FEATURES
+
+    assert store_module.FEATURE_COLUMNS == tuple(FEATURES)
+    Store(db).close()
+    with sqlite3.connect(db) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
+    assert columns == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
+                       "model_version", "actual", "label_ts"]
+
+
+def test_a_file_written_with_the_first_schema_is_read_and_written(db):
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V1)
+        conn.execute("INSERT INTO predictions VALUES ('old', 5.0, 0.3, 'Ideal', 'E', 'SI1', 61.0, 56.0, "
+                     "400.0, 'v0', NULL, NULL)")
+    r = record(1, ts=6.0)
+    with Store(db) as s:
+        assert s.counts() == {"predictions": 1, "labelled": 0}
+        s.add_predictions([r])
+        assert s.recent_inputs(2) == [(0.3, "Ideal", "E", "SI1", 61.0, 56.0), r.features]
+        known, _ = s.add_labels([("old", 410.0, 7.0)])
+        assert known == [("old", 410.0, 400.0, (0.3, "Ideal", "E", "SI1", 61.0, 56.0), True)]
+
+
+def test_a_file_without_a_feature_column_is_refused(db):
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.executescript(SCHEMA_V1.replace("clarity TEXT, ", ""))
+    with pytest.raises(StoreError, match="no column clarity"):
+        Store(db)
+
+
 # ------------------------------------------------------------------ retention
 
 def test_prune_by_age_in_chunks(db):
@@ -284,11 +333,11 @@ def test_export_labelled_csv(store, tmp_path):
     a, b, c = record(1, ts=10.0), record(2, ts=20.0), record(3, ts=30.0)
     store.add_predictions([a, b, c])
     out = tmp_path / "labelled.csv"
-    assert store.export_labelled(out) == 0
-    assert out.read_text().strip() == ",".join(store_module.EXPORT_COLUMNS)
+    assert export_labelled(store.path, out) == 0
+    assert out.read_text().strip() == ",".join(EXPORT_COLUMNS)
 
     store.add_labels([(c.id, 3.5, 40.0), (a.id, 1.5, 41.0)])
-    assert store.export_labelled(out, fmt="csv") == 2
+    assert export_labelled(store.path, out, fmt="csv") == 2     # beside the open store
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table",
@@ -301,25 +350,73 @@ def test_export_labelled_csv(store, tmp_path):
     assert first["model_version"] == "v1"
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError):
-        store.export_labelled(tmp_path / "x.json", fmt="json")
+        export_labelled(store.path, tmp_path / "x.json", fmt="json")
+
+
+def test_export_reads_a_closed_store_in_chunks_and_never_writes_it(db, tmp_path, monkeypatch):
+    records = [record(i, ts=float(i)) for i in range(25)]
+    with Store(db) as s:
+        s.add_predictions(records)
+        s.add_labels([(r.id, float(i), 100.0 + i) for i, r in enumerate(records) if i % 2 == 0])
+    before = db.read_bytes()
+    monkeypatch.setattr(export_module, "_CHUNK", 4)         # several chunks, one header
+    out = tmp_path / "out" / "labelled.csv"
+    out.parent.mkdir()
+    assert export_labelled(db, out) == 13
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [r.id for r in records[::2]]
+    assert [float(r["actual"]) for r in rows] == [float(i) for i in range(0, 25, 2)]
+    assert db.read_bytes() == before
+
+
+def test_export_refuses_what_is_not_a_store(tmp_path):
+    with pytest.raises(StoreError, match="no prediction store"):
+        export_labelled(tmp_path / "missing.db", tmp_path / "x.csv")
+    assert not (tmp_path / "missing.db").exists()            # not created by looking
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="not a prediction store"):
+        export_labelled(other, tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists() and not list(tmp_path.glob("*.tmp"))
 
 
 def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, tmp_path):
     """pyarrow is optional: with it the export round-trips, without it the error says what to install.
-    Either way this test runs (and can fail)."""
+    Either way this test runs (and can fail). The format follows the file name unless fmt says."""
     import pandas as pd
 
     r = record(1)
     store.add_predictions([r])
     store.add_labels([(r.id, 2.0, 3.0)])
     if importlib.util.find_spec("pyarrow") is None:
-        with pytest.raises(ImportError, match="pyarrow"):
-            store.export_labelled(tmp_path / "x.parquet", fmt="parquet")
+        with pytest.raises(ImportError, match="pyarrow") as caught:
+            export_labelled(store.path, tmp_path / "x.parquet")
+        assert caught.value.name == "pyarrow"
         assert not (tmp_path / "x.parquet").exists()
         return
-    assert store.export_labelled(tmp_path / "x.parquet", fmt="parquet") == 1
+    assert export_labelled(store.path, tmp_path / "x.parquet") == 1
     frame = pd.read_parquet(tmp_path / "x.parquet")
-    assert list(frame.columns) == list(store_module.EXPORT_COLUMNS) and frame["id"][0] == r.id
+    assert list(frame.columns) == list(EXPORT_COLUMNS) and frame["id"][0] == r.id
+
+
+def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, tmp_path, caplog):
+    import monitor
+
+    r = record(1)
+    store.add_predictions([r])
+    store.add_labels([(r.id, 2.0, 3.0)])
+    config = monitor.MonitorConfig(db_path=store.path)
+    code = monitor._export_labelled(config, tmp_path / "x.parquet")
+    if importlib.util.find_spec("pyarrow") is None:
+        assert code == 2
+        message = " ".join(rec.getMessage() for rec in caplog.records)
+        assert "pip install pyarrow" in message and ".csv file" in message and "fmt=" not in message
+    else:
+        assert code == 0 and (tmp_path / "x.parquet").exists()
+    assert monitor._export_labelled(config, tmp_path / "x.csv") == 0
+    assert r.id in (tmp_path / "x.csv").read_text()
 
 
 # ------------------------------------------------------------------ failures and recovery
@@ -457,6 +554,136 @@ def test_close_writes_the_buffer_and_later_calls_fail(db):
     assert stored_ids(db) == [r.id]
 
 
+# ------------------------------------------------------------------ in memory (--db '')
+
+def join_scenario(s, a, b, c) -> list:
+    """The same calls on any store; returns everything it answered."""
+    out = [s.add_predictions([a, b]), s.add_predictions([c, PredictionRecord(a.id, 9.0, c.features, 1.0, "v9")])]
+    out.append(s.add_labels([(a.id, 510.0, 2_000.0), ("f" * 32, 1.0, 2_000.0), (b.id, 520.0, 2_001.0)]))
+    out.append(s.add_labels([(a.id, 999.0, 2_005.0)]))                             # resent: first=False
+    out.append(s.add_labels([(c.id, 1.0, 2_010.0), (c.id, 2.0, 2_011.0)]))         # within a call: latest wins
+    out.append(s.add_labels([]))
+    out.append(s.counts())
+    return out
+
+
+def without_features(answers: list) -> list:
+    """add_labels answers with the features left out (MemoryStore keeps none)."""
+    return [([k[:3] + k[4:] for k in a[0]], a[1]) if isinstance(a, tuple) else a for a in answers]
+
+
+def test_memory_store_answers_as_the_sqlite_store_does(db):
+    records = [record(1), record(2), record(3)]
+    with Store(db) as on_disk, MemoryStore(capacity=10) as in_memory:
+        from_memory, from_disk = join_scenario(in_memory, *records), join_scenario(on_disk, *records)
+        assert len(from_memory[2][0]) == 2 and without_features(from_memory) == without_features(from_disk)
+        assert all(k[3] is None for answer in from_memory[2:6] for k in answer[0])
+        assert in_memory.counts() == on_disk.counts() == {"predictions": 3, "labelled": 3}
+        for key in ("rows_written", "labels_written", "pending", "dropped", "write_errors"):
+            assert in_memory.stats()[key] == on_disk.stats()[key], key
+
+
+def test_memory_store_join_answers():
+    s = MemoryStore(capacity=10)
+    a, b, c = record(1), record(2), record(3)
+    s.add_predictions([a, b])
+    s.add_predictions([c, PredictionRecord(a.id, 9.0, c.features, 1.0, "v9")])   # an id again: ignored
+    known, unknown = s.add_labels([(a.id, 510.0, 2_000.0), ("f" * 32, 1.0, 2_000.0), (b.id, 520.0, 2_001.0)])
+    assert unknown == ["f" * 32]
+    assert known == [(a.id, 510.0, a.prediction, None, True), (b.id, 520.0, b.prediction, None, True)]
+    assert s.add_labels([(a.id, 999.0, 2_005.0)]) == ([(a.id, 999.0, a.prediction, None, False)], [])
+    assert s.add_labels([(c.id, 1.0, 2_010.0), (c.id, 2.0, 2_011.0)]) == (
+        [(c.id, 2.0, c.prediction, None, True)], [])
+    assert s.add_labels([]) == ([], [])
+    assert s.counts() == {"predictions": 3, "labelled": 3}
+    assert s.stats()["labels_written"] == 4 and s.stats()["rows_written"] == 3
+
+
+def test_memory_store_forgets_the_oldest_beyond_capacity():
+    s = MemoryStore(capacity=3)
+    records = [record(i) for i in range(5)]
+    s.add_predictions(records[:2])
+    s.add_labels([(records[0].id, 1.0, 1.0), (records[1].id, 1.0, 1.0)])
+    s.add_predictions(records[2:])                        # 5 held 3: records 0 and 1 are forgotten
+    assert s.counts() == {"predictions": 3, "labelled": 0}
+    assert s.stats()["pruned_rows"] == 2
+    known, unknown = s.add_labels([(r.id, 2.0, 2.0) for r in records])
+    assert unknown == [records[0].id, records[1].id]
+    assert [(k[0], k[4]) for k in known] == [(r.id, True) for r in records[2:]]
+    s.add_predictions([records[2]])                       # an id held already keeps its place
+    s.add_predictions([record(5)])
+    assert s.add_labels([(records[2].id, 3.0, 3.0)])[1] == [records[2].id]
+
+
+def test_memory_store_has_the_rest_of_the_interface():
+    s = MemoryStore(capacity=5)
+    assert s.path is None and "memory" in s.describe()
+    assert s.recent_inputs(10) == [] and s.recent_labelled(10) == []
+    assert s.flush() == 0 and s.prune(now=1e12) == 0
+    assert s.healthy and s.last_error is None
+    assert s.stats() == {**zero_stats(), "pending": 0}
+    with pytest.raises(ValueError):
+        s.add_predictions([record(1), PredictionRecord("x", 1.0, (1.0, "Ideal"), 2.0, "v1")])
+    assert s.counts()["predictions"] == 0
+    with pytest.raises(ValueError):
+        MemoryStore(capacity=0)
+    s.close()
+    s.close()
+    assert not s.healthy
+    for call in (lambda: s.add_predictions([record(2)]), lambda: s.add_labels([("x", 1.0, 1.0)]),
+                 lambda: s.recent_inputs(1), s.flush, s.prune):
+        with pytest.raises(StoreError, match="closed"):
+            call()
+
+
+def zero_stats() -> dict:
+    return {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0, "commit_seconds_sum": 0.0,
+            "commit_seconds_max": 0.0, "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
+
+
+def test_open_store_picks_the_file_or_memory(db):
+    assert isinstance(open_store(None), MemoryStore) and isinstance(open_store(""), MemoryStore)
+    assert open_store(None, memory_capacity=7).capacity == 7
+    with open_store(db, max_rows=10, retention_seconds=None) as s:
+        assert isinstance(s, Store) and s.path == db and s.max_rows == 10
+        assert str(db) in s.describe()
+
+
+def test_close_stops_the_writer_thread(db):
+    before = threading.active_count()
+    s = Store(db)
+    assert s._thread.is_alive() and threading.active_count() == before + 1
+    s.add_predictions([record(1)])
+    s.close()
+    assert not s._thread.is_alive() and threading.active_count() == before
+
+
+def test_the_monitor_shows_a_memory_store_in_healthz_and_metrics(small_artifact_path, small_artifact):
+    from prometheus_client import CollectorRegistry
+
+    from monitor import MonitorConfig, start_monitor
+    from tests.helpers import metric_value, request
+
+    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0, db_path=None,
+                           max_tracked_predictions=2)
+    handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
+    try:
+        row = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "depth": 61.5, "table": 55}
+        ids = request(handle.url, "POST", "/predict", [row] * 3)[2]["ids"]
+        assert request(handle.url, "POST", "/feedback", [{"id": i, "actual": 1700.0} for i in ids])[2] == {
+            "accepted": 2, "unknown": ids[:1]}                 # the oldest of 3 was forgotten
+        status, _, health = request(handle.url, "GET", "/healthz")
+        assert status == 200 and health["status"] == "ok"
+        assert health["store"] == {"path": None, "healthy": True, "error": None, "pending": 0,
+                                   "predictions": 2, "labelled": 2}
+        text = request(handle.url, "GET", "/metrics")[2]
+        assert metric_value(text, "store_healthy") == 1
+        assert metric_value(text, "store_rows", {"kind": "predictions"}) == 2
+        assert metric_value(text, "store_pending_records") == 0
+    finally:
+        handle.stop()
+
+
 # ------------------------------------------------------------------ crash
 
 CHILD = textwrap.dedent("""
@@ -514,3 +741,14 @@ def test_bench_store_reports_rates(tmp_path):
     assert result["rows"] == 200 and result["calls"] == 200
     assert result["rows_per_s"] > 0 and result["commits_per_s"] > 0
     assert 1 <= result["rows_per_commit"] <= 4
+
+
+def test_store_bench_runs_as_a_script(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "store_bench.py"), "--threads", "2", "-n", "20",
+                           "--sync", "NORMAL", "--dir", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    serial, concurrent = (json.loads(line) for line in proc.stdout.splitlines())
+    assert (serial["threads"], serial["rows"]) == (1, 20) and serial["rows_per_commit"] == 1.0
+    assert (concurrent["threads"], concurrent["rows"]) == (2, 40) and concurrent["synchronous"] == "NORMAL"
+    assert list(tmp_path.iterdir()) == []                   # the scratch database is gone
