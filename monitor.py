@@ -22,6 +22,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import os
 import queue
 import signal
@@ -140,7 +141,10 @@ class Monitor:
         self._latest_check: DriftCheck | None = None
         self._loops = [_Every(config.check_interval, self._scheduled_check, "drift-check"),
                        _Every(config.maintenance_interval, self._retry_unwritten, "store-retry"),
-                       _Every(config.prune_interval, self.store.prune, "store-prune")]
+                       # first soon after start: a monitor restarted more often than the interval
+                       # would otherwise never prune
+                       _Every(config.prune_interval, self.store.prune, "store-prune",
+                              first=min(config.prune_interval, 5.0))]
 
     def _open_store(self, config: MonitorConfig) -> Store | MemoryStore:
         """Open the prediction log and refill both windows from it, so that a restart (a deploy,
@@ -148,8 +152,14 @@ class Monitor:
         Without a file (--db ''), the newest predictions are kept in memory to join late labels."""
         store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions,
                            retention_seconds=config.retention_days * 86400, max_rows=config.max_stored_rows)
-        self.inputs.extend(store.recent_inputs(config.window))
-        self.labelled.extend(store.recent_labelled(config.label_window))
+        stored = store.recent_inputs(config.window)
+        fitting = [row for row in stored if self.schema.fits(row)]
+        if len(fitting) < len(stored):  # rows of another model's schema, or damaged: not served by this one
+            log.warning("%d stored inputs do not fit this model's schema (unknown category, missing or "
+                        "non-finite value); left out of the drift window", len(stored) - len(fitting))
+        self.inputs.extend(fitting)
+        self.labelled.extend([(actual, predicted) for actual, predicted in store.recent_labelled(config.label_window)
+                              if _finite(actual) and _finite(predicted)])
         counts = store.counts()
         log.info("prediction store (%s): %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
                  store.describe(), counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
@@ -268,6 +278,10 @@ class DriftCheck:
         return {"checked_at": self.checked_at, "model_version": self.model_version,
                 "data_drift": self.data.to_dict(), "concept_drift": self.concept.to_dict(),
                 "duration_seconds": self.duration_seconds}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _new_ids(n: int) -> list[str]:
@@ -407,8 +421,9 @@ class _Every:
     """Runs `task` every `interval` seconds on threading.Timer, on a fixed cadence: a slow run does
     not push later ones back, and a run that raises is logged and the schedule goes on."""
 
-    def __init__(self, interval: float, task: Callable[[], object], name: str):
+    def __init__(self, interval: float, task: Callable[[], object], name: str, first: float | None = None):
         self.interval = interval
+        self.first = interval if first is None else first  # seconds from start() to the first run
         self.name = name
         self._task = task
         self._timer: threading.Timer | None = None
@@ -419,7 +434,7 @@ class _Every:
     def start(self) -> None:
         if self.interval <= 0:
             return
-        self._next_due = time.monotonic() + self.interval
+        self._next_due = time.monotonic() + self.first
         self._arm()
 
     def stop(self) -> None:

@@ -161,6 +161,8 @@ class _StoreCollector:
                                   value=stats["write_errors"])
         yield CounterMetricFamily("store_dropped_records", "Unwritten predictions dropped because the "
                                   "retry buffer was full", value=stats["dropped"])
+        yield CounterMetricFamily("store_rejected_records", "Records the database refused (set aside, "
+                                  "the rest of their group committed)", value=stats["rejected"])
         yield CounterMetricFamily("store_commits", "Group commits to the prediction store",
                                   value=stats["commits"])
         yield CounterMetricFamily("store_pruned_rows", "Rows deleted by retention", value=stats["pruned_rows"])

@@ -103,6 +103,19 @@ class Schema:
     def code(self, name: str, category: str) -> int:
         return self._codes[name][category]
 
+    def fits(self, row: Sequence) -> bool:
+        """Whether a stored row (feature values in schema order) is one this schema could have
+        served: a known category for each categorical feature, a finite number for each other."""
+        if len(row) != len(self.features):
+            return False
+        for feature, value in zip(self.features, row):
+            if feature.kind == "categorical":
+                if value not in self._codes[feature.name]:
+                    return False
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return False
+        return True
+
     def parse_row(self, obj: Any, where: str = "") -> tuple:
         """One request object -> a tuple of feature values in schema order (floats and category
         strings), or InvalidInput naming the field and what is accepted."""

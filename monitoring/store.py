@@ -58,6 +58,7 @@ One process owns the file (the counts are kept in memory); other processes may r
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import queue
 import sqlite3
@@ -70,9 +71,12 @@ from typing import Iterator, NamedTuple, Sequence
 
 from monitoring.diamonds import CATEGORICAL_FEATURES, FEATURES
 
+log = logging.getLogger("monitor.store")
+
 __all__ = ["FEATURE_COLUMNS", "MemoryStore", "PredictionRecord", "Store", "StoreError", "open_store"]
 
 SCHEMA_VERSION = 1
+FLUSH_CHUNK = 1_000  # retry-buffer rows per transaction when catching up after a failure
 FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
 PRUNE_CHUNK = 1_000   # rows per prune transaction: short even with millions stored (README)
 _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite build's limit
@@ -128,7 +132,7 @@ class StoreError(Exception):
 def _new_stats() -> dict:
     return {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0,
             "commit_seconds_sum": 0.0, "commit_seconds_max": 0.0,
-            "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
+            "prune_chunks": 0, "pruned_rows": 0, "dropped": 0, "rejected": 0}
 
 
 def _check_features(features) -> None:
@@ -165,6 +169,15 @@ def _labels_by_id(labels) -> dict[str, tuple[float, float]]:
     return joined
 
 
+def _refused_record(exc: BaseException) -> bool:
+    """An error about what was written (a value the database cannot store), not about the database:
+    the same rows would fail again anywhere, and other callers' rows are not to blame."""
+    if isinstance(exc, (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError,
+                        sqlite3.ProgrammingError)):
+        return True
+    return isinstance(exc, (UnicodeError, ValueError, TypeError, OverflowError))
+
+
 def _describe(exc: BaseException) -> str:
     name = getattr(exc, "sqlite_errorname", None)
     return f"{exc} ({name})" if name else f"{type(exc).__name__}: {exc}"
@@ -178,6 +191,10 @@ def _primary_code(exc: BaseException) -> int | None:
 # What a job asks of the writer thread: rows and/or labels to commit (a write, coalesced with the
 # other writes queued), or something done alone, in its turn, after the writes queued before it.
 _WRITE, _FLUSH, _PRUNE, _CLOSE = "write", "flush", "prune", "close"
+
+
+class _RefusedRecord(Exception):
+    """A group commit failed on a record rather than on the database: commit its jobs one by one."""
 
 
 class _Job:
@@ -345,10 +362,10 @@ class Store:
         """A flush, prune chunk or close, once the writes queued before it are committed (along
         with the `buffered` rows of the retry buffer, if they could be)."""
         if job.kind is _FLUSH:
-            if self._pending:
-                job.error = StoreError(self._last_error or "the retry buffer could not be written")
-            else:
-                job.error, job.result = None, buffered
+            try:
+                job.result, job.error = buffered - len(self._pending) + self._flush_chunks(), None
+            except StoreError as exc:
+                job.error = exc
         elif job.kind is _PRUNE:
             try:
                 job.result = self._prune_chunk(*job.prune)
@@ -356,6 +373,8 @@ class Store:
             except StoreError as exc:
                 job.error = exc
         elif job.kind is _CLOSE:
+            with contextlib.suppress(StoreError):  # one last try for the retry buffer
+                self._flush_chunks()
             if self._writer is not None:
                 with contextlib.suppress(sqlite3.Error):
                     self._writer.close()
@@ -404,8 +423,25 @@ class Store:
 
     def _commit_group(self, jobs: list[_Job]) -> None:
         """Write the retry buffer and every queued job in one transaction (rows before labels, so
-        a label can join a prediction of the same group). Sets each job's outcome; never raises."""
-        rows = list(self._pending)
+        a label can join a prediction of the same group). Sets each job's outcome; never raises.
+
+        One caller's record that the database refuses must not fail the others': when the group
+        fails on a record, each job is committed alone, and only the one that fails again is
+        refused (its predictions set aside and counted as rejected, its labels not acknowledged)."""
+        try:
+            self._commit_together(jobs, refuse=False)
+        except _RefusedRecord:
+            for job in jobs:
+                self._commit_together([job], refuse=True)
+
+    def _commit_together(self, jobs: list[_Job], refuse: bool) -> None:
+        # While the database fails, each write tries only its own rows: the retry buffer (up to
+        # max_pending rows) is written by flush() in bounded chunks, not by every request.
+        catching_up = bool(self._pending) and self._last_error is not None
+        if catching_up:
+            jobs = self._hold_labels_of_pending(jobs)
+        pending = [] if catching_up else list(self._pending)
+        rows = list(pending)
         for job in jobs:
             if job.rows:
                 rows.extend(job.rows)
@@ -424,17 +460,30 @@ class Store:
                     new_labels += newly
                     labels_written += len(job.result[0])
         except Exception as exc:  # sqlite3.Error, OSError, or anything unforeseen: never lose rows
+            if _refused_record(exc):
+                if not refuse:
+                    raise _RefusedRecord from exc
+                message = f"the store refused this record: {_describe(exc)}"
+                log.warning("%s (%d predictions set aside, %d labels refused)", message,
+                            sum(len(job.rows or ()) for job in jobs), sum(len(job.labels or ()) for job in jobs))
+                with self._mutex:
+                    self._stats["rejected"] += sum(len(job.rows or ()) + len(job.labels or ()) for job in jobs)
+                for job in jobs:
+                    job.error, job.result = StoreError(message), None
+                return
             error = self._fail(exc, "cannot write to the store")
             for job in jobs:
                 job.error, job.result = error, None
-            self._keep_pending(rows)
+            self._keep_pending(rows[len(pending):])
             return
         elapsed = time.perf_counter() - started
-        self._pending.clear()
+        if not catching_up:
+            self._pending.clear()
         for job in jobs:
             job.error = None
         with self._mutex:
-            self._last_error = None
+            if not catching_up:  # healthy again once the retry buffer is written too (flush)
+                self._last_error = None
             self._n_predictions += max(inserted, 0)
             self._n_labelled += new_labels
             s = self._stats
@@ -445,12 +494,49 @@ class Store:
             s["commit_seconds_max"] = max(s["commit_seconds_max"], elapsed)
 
     def _keep_pending(self, rows: list[tuple]) -> None:
-        """After a failed commit: keep the newest max_pending prediction rows for the next one."""
-        dropped = max(0, len(rows) - self.max_pending)
-        self._pending = deque(rows[dropped:])
+        """After a failed commit: add its prediction rows to the retry buffer, keeping the newest
+        max_pending rows (the dropped ones are counted)."""
+        self._pending.extend(rows)
+        dropped = max(0, len(self._pending) - self.max_pending)
+        for _ in range(dropped):
+            self._pending.popleft()
         if dropped:
             with self._mutex:
                 self._stats["dropped"] += dropped
+
+    def _hold_labels_of_pending(self, jobs: list[_Job]) -> list[_Job]:
+        """Label jobs naming a prediction still in the retry buffer fail for now (their caller is
+        told to send them again) rather than be answered 'unknown'; returns the other jobs."""
+        waiting = {row[0] for row in self._pending}
+        kept = []
+        for job in jobs:
+            if job.labels and not waiting.isdisjoint(job.labels):
+                job.error = StoreError("some of these predictions are not written yet (the store is catching "
+                                       "up after a failure); send the labels again shortly")
+            else:
+                kept.append(job)
+        return kept
+
+    def _flush_chunks(self) -> int:
+        """Write the retry buffer FLUSH_CHUNK rows per transaction, oldest first, until it is empty
+        or a chunk fails: freeing a little space lets it catch up a little."""
+        written = 0
+        while self._pending:
+            chunk = [self._pending[i] for i in range(min(FLUSH_CHUNK, len(self._pending)))]
+            try:
+                with self._transaction() as conn:
+                    inserted = conn.executemany(_INSERT, chunk).rowcount
+            except Exception as exc:
+                raise self._fail(exc, "cannot write the retry buffer") from exc
+            for _ in chunk:
+                self._pending.popleft()
+            written += len(chunk)
+            with self._mutex:
+                self._last_error = None if not self._pending else self._last_error
+                self._n_predictions += max(inserted, 0)
+                self._stats["rows_written"] += max(inserted, 0)
+                self._stats["commits"] += 1
+        return written
 
     @staticmethod
     def _join_labels(conn: sqlite3.Connection, labels: dict) -> tuple[tuple[list, list[str]], int]:

@@ -2,6 +2,7 @@
 restart, retention, export, failures and recovery, and a SIGKILL in the middle of writing."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -444,15 +445,18 @@ def test_disk_full_raises_keeps_rows_and_recovers(db):
         assert not s.healthy
         assert "full" in s.last_error.lower()
         assert s.stats()["write_errors"] == 1 and s.stats()["pending"] > 0
+        buffered = s.stats()["pending"]
         another = record(999_999)
-        with pytest.raises(StoreError):          # still full: still failing, nothing lost
+        with contextlib.suppress(StoreError):    # one row may still fit a page; if not, it is kept
             s.add_predictions([another])
         given.append(another)
         assert not s.healthy
 
         s._writer.execute("PRAGMA max_page_count = 1073741823")   # space again
         late = record(1_000_001)
-        s.add_predictions([late])                # the next write recovers and catches up
+        s.add_predictions([late])                # a write tries its own rows, not the whole buffer
+        assert s.stats()["pending"] >= buffered
+        assert s.flush() >= buffered             # the buffer is caught up in chunks, then healthy
         assert s.healthy and s.last_error is None and s.stats()["pending"] == 0
     ids = set(stored_ids(db))
     assert {r.id for r in given} <= ids and late.id in ids
@@ -462,6 +466,10 @@ def test_disk_full_raises_keeps_rows_and_recovers(db):
 def test_a_label_joins_a_prediction_that_waited_in_the_retry_buffer(store):
     given, _ = fill_until_full(store, start=0)
     store._writer.execute("PRAGMA max_page_count = 1073741823")
+    # while the buffer still holds its prediction, the label is not answered 'unknown' but refused
+    with pytest.raises(StoreError, match="send the labels again"):
+        store.add_labels([(given[-1].id, 1.0, 2.0)])
+    store.flush()
     known, unknown = store.add_labels([(given[-1].id, 1.0, 2.0)])
     assert [k[0] for k in known] == [given[-1].id] and unknown == []
 
@@ -638,7 +646,7 @@ def test_memory_store_has_the_rest_of_the_interface():
 
 def zero_stats() -> dict:
     return {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0, "commit_seconds_sum": 0.0,
-            "commit_seconds_max": 0.0, "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
+            "commit_seconds_max": 0.0, "prune_chunks": 0, "pruned_rows": 0, "dropped": 0, "rejected": 0}
 
 
 def test_open_store_picks_the_file_or_memory(db):
@@ -752,3 +760,46 @@ def test_store_bench_runs_as_a_script(tmp_path):
     assert (serial["threads"], serial["rows"]) == (1, 20) and serial["rows_per_commit"] == 1.0
     assert (concurrent["threads"], concurrent["rows"]) == (2, 40) and concurrent["synchronous"] == "NORMAL"
     assert list(tmp_path.iterdir()) == []                   # the scratch database is gone
+
+
+def test_one_callers_refused_record_does_not_fail_the_group_it_shares(store):
+    """A record the database refuses (a lone surrogate cannot be encoded for SQLite) sent while 16
+    other threads write: only its own call fails; every other row and label is committed and the
+    store stays healthy."""
+    base = [record(i) for i in range(400)]
+    store.add_predictions(base)
+    poisoned = record(10_000)._replace(id="bad\ud800id")
+    errors, refusals = [], []
+    start = threading.Barrier(18)
+
+    def writer(k: int) -> None:
+        start.wait()
+        try:
+            for i in range(25):
+                store.add_predictions([record(1_000 + 25 * k + i)])
+                store.add_labels([(base[(25 * k + i) % 400].id, 100.0 + k, 2_000.0)])
+        except StoreError as exc:
+            errors.append(exc)
+
+    def poisoner() -> None:
+        start.wait()
+        for _ in range(10):
+            for call in (lambda: store.add_predictions([poisoned]),
+                         lambda: store.add_labels([("\ud800", 1.0, 2_000.0)])):
+                try:
+                    call()
+                except StoreError as exc:
+                    refusals.append(str(exc))
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(16)]
+    threads += [threading.Thread(target=poisoner), threading.Thread(target=poisoner)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [], errors[:3]
+    assert len(refusals) == 40 and all("refused this record" in r for r in refusals)
+    assert store.healthy and store.last_error is None
+    assert store.stats()["rejected"] == 40
+    assert store.counts()["predictions"] == 400 + 16 * 25
+    assert store.counts()["labelled"] == 400
