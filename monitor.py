@@ -549,8 +549,11 @@ def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
     health = {"status": "ok", "model_version": monitor.info["model_version"],
               "windows": {"inputs": len(monitor.inputs), "labelled": len(monitor.labelled)}}
     store = monitor.store
+    stats = store.stats()
     health["store"] = {"path": None if store.path is None else str(store.path), "healthy": store.healthy,
-                       "error": store.last_error, "pending": store.stats()["pending"], **store.counts()}
+                       "error": store.last_error, "pending": stats["pending"],
+                       # answered, then lost: the retry buffer overflowed while the database failed
+                       "acknowledged_not_recorded": stats["dropped"], **store.counts()}
     if not store.healthy:
         health["status"] = "degraded"
     return 200, health

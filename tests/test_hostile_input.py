@@ -87,3 +87,33 @@ def test_valid_rows_are_always_predicted(server, rows):
 def test_arbitrary_bytes_get_a_json_answer(server, raw):
     status, _, reply = request(server.url, "POST", "/predict", raw=raw)
     _assert_json_4xx_or_ok(status, reply)
+
+
+# Valid JSON strings that no database stores: lone surrogates (JSON's "\ud800") and NUL, among others.
+unstorable_text = st.text(st.characters(categories=["Cs"]) | st.just("\x00"), min_size=1, max_size=3).flatmap(
+    lambda bad: st.tuples(st.text(max_size=8), st.text(max_size=8)).map(lambda t: t[0] + bad + t[1]))
+
+
+@SETTINGS
+@given(label_id=unstorable_text, position=st.integers(0, 3))
+def test_unstorable_ids_are_refused_and_never_reach_the_store(server, label_id, position):
+    predicted = _post(server, "/predict", [{"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1",
+                                            "depth": 61.5, "table": 55}] * 3)[2]["ids"]
+    labels = [{"id": i, "actual": 1000.0} for i in predicted]
+    labels.insert(position, {"id": label_id, "actual": 1000.0})
+    status, _, reply = _post(server, "/feedback", labels)
+    assert status == 400 and reply["error"].startswith(f"[{position}].id: not an id"), reply
+    health = request(server.url, "GET", "/healthz")[2]
+    assert health["status"] == "ok" and health["store"]["healthy"]
+    status, _, reply = _post(server, "/feedback", [label for label in labels if label["id"] != label_id])
+    assert status == 200 and reply == {"accepted": 3, "unknown": []}
+
+
+@SETTINGS
+@given(text=unstorable_text, field=st.sampled_from(["cut", "color", "clarity"]), as_key=st.booleans())
+def test_unstorable_strings_in_rows_are_a_400(server, text, field, as_key):
+    row = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "depth": 61.5, "table": 55}
+    body = {**row, text: 1} if as_key else {**row, field: text}
+    status, _, reply = _post(server, "/predict", body)
+    assert status == 400, reply
+    assert request(server.url, "GET", "/healthz")[2]["store"]["healthy"]

@@ -434,3 +434,21 @@ def test_retention_runs_soon_after_start_not_an_interval_later(small_artifact, t
         assert handle.monitor.store.counts()["predictions"] == 0, "not pruned within 15 s of start"
     finally:
         handle.stop()
+
+
+def test_healthz_says_how_many_answered_predictions_were_not_recorded(small_artifact, tmp_path):
+    handle = _start(small_artifact, db_path=tmp_path / "monitor.db", maintenance_interval=60)
+    try:
+        store = handle.monitor.store
+        store.max_pending = 100  # a small retry buffer, to overflow it quickly
+        assert request(handle.url, "POST", "/predict", ROW)[0] == 200
+        pages = store._writer_conn().execute("PRAGMA page_count").fetchone()[0]
+        store._writer_conn().execute(f"PRAGMA max_page_count = {pages}")  # "database or disk is full"
+        for _ in range(3):
+            assert request(handle.url, "POST", "/predict", [ROW] * 200)[0] == 200  # still answered
+        health = request(handle.url, "GET", "/healthz")[2]
+        assert health["status"] == "degraded"
+        assert health["store"]["pending"] == 100 and health["store"]["acknowledged_not_recorded"] == 500
+        assert metric_value(request(handle.url, "GET", "/metrics")[2], "store_dropped_records_total") == 500
+    finally:
+        handle.stop()
