@@ -1,4 +1,5 @@
-"""The request contract: Schema.parse_row, parse_positive_number and describe_json, messages word for word.
+"""The request contract: Schema.parse_row, parse_label, parse_positive_number and describe_json,
+messages word for word; Schema.fits for rows read back from a store.
 
 A client reads these messages to fix its request, and the reason labels are counted in metrics, so
 each test pins the whole message and the reason, not just their first words.
@@ -9,7 +10,8 @@ import re
 
 import pytest
 
-from monitoring.model import Feature, InvalidInput, Schema, describe_json, parse_positive_number
+from monitoring.model import (MAX_ID_LENGTH, Feature, InvalidInput, Schema, describe_json, parse_label,
+                              parse_positive_number)
 
 # The artifact's schema as train.py writes it (test_artifact_schema_is_this_one checks it).
 SCHEMA_DICT = {"features": [
@@ -216,3 +218,68 @@ def test_invalid_input_keeps_reason_and_message():
     assert exc.reason == "out_of_range"
     assert exc.message == str(exc) == "carat: expected a positive number, got 0"
     assert exc.args == ("carat: expected a positive number, got 0",)
+
+
+# -------------------------------------------------------------------------------------------- labels
+
+LABEL = '{"id": "<prediction id>", "actual": <price>}'
+
+
+def test_a_label_is_its_id_and_a_positive_actual():
+    assert parse_label({"id": "abc", "actual": 1710}) == ("abc", 1710.0)
+    assert parse_label({"actual": 2.5, "id": "x" * MAX_ID_LENGTH}, "[3].") == ("x" * MAX_ID_LENGTH, 2.5)
+
+
+@pytest.mark.parametrize("body,described", [([], "an array"), ("abc", "the string 'abc'"), (None, "null"), (7, "the number 7")])
+def test_a_label_that_is_not_an_object(body, described):
+    _refused(lambda: parse_label(body), "not_an_object", f"body: expected an object {LABEL}, got {described}")
+    _refused(lambda: parse_label(body, "[2]."), "not_an_object", f"[2]: expected an object {LABEL}, got {described}")
+
+
+def test_a_label_with_an_unknown_field_names_the_first():
+    _refused(lambda: parse_label({"id": "a", "actual": 1, "price": 2, "x": 3}, "[0]."), "unknown_field",
+             "[0].'price': unknown field; accepted fields: id, actual")
+
+
+@pytest.mark.parametrize("obj,reason,got", [
+    ({"actual": 1}, "missing_field", "nothing"),
+    ({"id": None, "actual": 1}, "missing_field", "null"),
+    ({"id": 5, "actual": 1}, "wrong_type", "the number 5"),
+    ({"id": "", "actual": 1}, "wrong_type", "the string ''"),
+    ({"id": ["a"], "actual": 1}, "wrong_type", "an array"),
+])
+def test_a_label_needs_an_id_string(obj, reason, got):
+    _refused(lambda: parse_label(obj, "[1]."), reason,
+             f"[1].id: expected the prediction id string that /predict returned, got {got}")
+
+
+@pytest.mark.parametrize("label_id", ["\ud800", "a\udfffb", "a\x00b", "x" * (MAX_ID_LENGTH + 1)])
+def test_an_id_no_store_can_hold_is_refused(label_id):
+    _refused(lambda: parse_label({"id": label_id, "actual": 1}), "bad_id",
+             f"id: not an id that /predict returns (at most {MAX_ID_LENGTH} characters of text, no NUL or "
+             "lone surrogate)")
+
+
+def test_a_label_needs_an_actual_that_is_a_positive_number():
+    _refused(lambda: parse_label({"id": "a"}), "missing_field", "actual: missing; the true price in dollars")
+    _refused(lambda: parse_label({"id": "a", "actual": 0}, "[4]."), "out_of_range",
+             "[4].actual: expected a positive number, got 0")
+    _refused(lambda: parse_label({"id": "a", "actual": "9"}), "not_a_number",
+             "actual: expected a number, got the string '9'")
+
+
+# ------------------------------------------------------------------------------- rows from a store
+
+def test_a_stored_row_fits_when_this_schema_could_have_served_it(schema):
+    assert schema.fits((0.5, "Ideal", "E", "VS1", 61.5, 55.0))
+    assert schema.fits((1, "Fair", "J", "I1", 60, 54))  # ints are numbers too
+    for row in ((0.5, "Perfect", "E", "VS1", 61.5, 55.0),   # a category this model does not know
+                (0.5, "Ideal", "E", "VS1", 61.5),            # a feature short
+                (0.5, "Ideal", "E", "VS1", 61.5, 55.0, 1.0),  # one too many
+                (None, "Ideal", "E", "VS1", 61.5, 55.0),      # NULL
+                (float("nan"), "Ideal", "E", "VS1", 61.5, 55.0),
+                (0.5, "Ideal", "E", "VS1", float("inf"), 55.0),
+                (True, "Ideal", "E", "VS1", 61.5, 55.0),
+                ("0.5", "Ideal", "E", "VS1", 61.5, 55.0),
+                (0.5, None, "E", "VS1", 61.5, 55.0)):
+        assert not schema.fits(row), row

@@ -9,8 +9,8 @@ change behaviour, are listed with a reason each in tools/equivalent_mutants.txt;
 mutant no longer makes the recorded change (the source moved on and mutmut renumbered) is reported
 as stale and not excluded, and a listed mutant that a test killed is scored as killed.
 
-model.py is scored for its request validation only (Schema, parse_positive_number, describe_json,
-_quote, InvalidInput): its loading and fast prediction path are tested by tests/test_model.py, which
+model.py is scored for its request validation only (Schema, parse_label, parse_positive_number,
+describe_json, _quote, _storable, _item, InvalidInput): its loading and fast prediction path are tested by tests/test_model.py, which
 trains models and is too slow to run once per mutant; their mutants are shown, not scored.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ MUTANTS = ROOT / "mutants"
 EQUIVALENTS = Path(__file__).resolve().parent / "equivalent_mutants.txt"
 
 # (label, source file, which functions: None = all; else mangled-name prefixes)
-VALIDATION = ("xǁSchemaǁ", "x_parse_positive_number__", "x_describe_json__", "x__quote__", "xǁInvalidInputǁ")
+VALIDATION = ("xǁSchemaǁ", "x_parse_positive_number__", "x_parse_label__", "x__storable__", "x__item__",
+              "x_describe_json__", "x__quote__", "xǁInvalidInputǁ")
 GROUPS = [
     ("drift.py", "monitoring/drift.py", None),
     ("windows.py", "monitoring/windows.py", None),
