@@ -683,7 +683,7 @@ def test_the_monitor_shows_a_memory_store_in_healthz_and_metrics(small_artifact_
         status, _, health = request(handle.url, "GET", "/healthz")
         assert status == 200 and health["status"] == "ok"
         assert health["store"] == {"path": None, "healthy": True, "error": None, "pending": 0,
-                                   "predictions": 2, "labelled": 2}
+                                   "acknowledged_not_recorded": 0, "predictions": 2, "labelled": 2}
         text = request(handle.url, "GET", "/metrics")[2]
         assert metric_value(text, "store_healthy") == 1
         assert metric_value(text, "store_rows", {"kind": "predictions"}) == 2
