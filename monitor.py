@@ -332,10 +332,10 @@ class Monitor:
 
     def refresh_fleet_report(self, force: bool = False) -> None:
         """Take up the fleet's latest stored report if it is newer than the one served: /drift, the
-        gauges, the report page. Without `force`, at most once a second and only while the store
+        gauges, the report page. Without `force`, at most 5 times a second and only while the store
         answers (GET /drift calls it). Raises StoreError (with force) if the store cannot be read."""
         now = time.monotonic()
-        if not force and (now - self._fleet_refreshed < 1.0 or not self.store.healthy):
+        if not force and (now - self._fleet_refreshed < 0.2 or not self.store.healthy):
             return
         self._fleet_refreshed = now
         try:

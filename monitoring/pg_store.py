@@ -40,9 +40,9 @@ What the fleet adds:
   every prune (a COUNT(*) over the table: too dear for every scrape), so other replicas' rows show
   up within one prune interval.
 
-Connections: one for the writer thread, one for fleet checks, and a short-lived one per read (a
-read at start, export, the latest report), each opened lazily and again after a failure. No pool:
-reads are rare and a connection to a local server opens in a few ms.
+Connections: one for the writer thread, one for fleet checks, one to ask for the latest report,
+and a short-lived one per other read (the windows at start, a prune, export), each opened lazily
+and again after a failure. No pool: those reads are rare, and a connection opens in a few ms.
 """
 from __future__ import annotations
 
@@ -209,6 +209,8 @@ class PgStore:
         self._writer: psycopg.Connection | None = None
         self._checker: psycopg.Connection | None = None
         self._checker_lock = threading.Lock()
+        self._watch: psycopg.Connection | None = None   # latest_report's
+        self._watch_lock = threading.Lock()
 
         try:
             self._writer = self._connect("writer")
@@ -606,10 +608,24 @@ class PgStore:
         return self._checker
 
     def latest_report(self, newer_than: int = 0) -> FleetReport | None:
-        """The fleet's latest stored drift report, if its id is above `newer_than`."""
-        with self._reader("read the latest drift report") as conn:
-            row = conn.execute("SELECT id, extract(epoch FROM checked_at), checked_by, model_version, report "
-                               "FROM drift_reports ORDER BY checked_at DESC, id DESC LIMIT 1").fetchone()
+        """The fleet's latest stored drift report, if its id is above `newer_than` (only then is
+        the report itself sent). On a connection kept for it: every replica asks after every check."""
+        with self._watch_lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            try:
+                if self._watch is None or self._watch.closed:
+                    self._watch = self._connect("watch")
+                row = self._watch.execute(
+                    "SELECT id, extract(epoch FROM checked_at), checked_by, model_version, "
+                    "CASE WHEN id > %s THEN report END FROM drift_reports "
+                    "ORDER BY checked_at DESC, id DESC LIMIT 1", (newer_than,)).fetchone()
+            except (psycopg.Error, OSError) as exc:
+                if self._watch is not None:
+                    with contextlib.suppress(Exception):
+                        self._watch.close()
+                    self._watch = None
+                raise StoreError(f"cannot read the latest drift report: {_describe(exc)}") from exc
         if row is None or row[0] <= newer_than:
             return None
         return FleetReport(row[0], float(row[1]), row[2], row[3], row[4])
@@ -649,11 +665,13 @@ class PgStore:
             self._queue.put(job)
         job.done.acquire()
         self._thread.join()
-        with self._checker_lock:
-            if self._checker is not None:
-                with contextlib.suppress(Exception):
-                    self._checker.close()
-                self._checker = None
+        for lock, name in ((self._checker_lock, "_checker"), (self._watch_lock, "_watch")):
+            with lock:
+                conn = getattr(self, name)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    setattr(self, name, None)
 
     def __enter__(self) -> "PgStore":
         return self

@@ -177,6 +177,11 @@ def test_labels_join_predictions_served_by_any_replica(pg_url, fleet_of, heldout
     assert status == 200 and check["concept_drift"]["labelled_size"] == 90
     assert check["data_drift"]["window_size"] == 90
     assert check["scope"] == "fleet" and check["checked_by"] == replicas[1].name
+    # Another replica serves that report, and draws its page from the fleet's windows in the store.
+    assert replicas[2].get("/drift") == check
+    status, headers, page = request(replicas[2].url, "GET", "/drift/report")
+    assert status == 200 and "feature-carat" in page and "90 labelled" in page.replace("\n", " ")
+    assert replicas[2].get("/healthz")["replica"] == replicas[2].name
 
 
 # ------------------------------------------------------------------ one check per interval
