@@ -46,7 +46,7 @@ try:
     from monitoring.drift import (DEFAULT_ALPHA, ConceptDriftDetector, ConceptDriftReport, DataDriftDetector,
                                   DataDriftReport)
     from monitoring.export import export_labelled
-    from monitoring.fleet import StoredSnapshot, concept_report_from_dict, data_report_from_dict, snapshot_from_rows
+    from monitoring.fleet import StoredSnapshot, concept_report_from_dict, data_report_from_dict, snapshot_from_columns
     from monitoring.lockfile import WriterLock
     from monitoring.metrics import MonitorMetrics
     from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
@@ -304,8 +304,8 @@ class Monitor:
         started = time.perf_counter()
         scored: dict = {}
 
-        def score(inputs: list[tuple], labelled: list[tuple[float, float]], checked_at: float) -> tuple[dict, str]:
-            snapshot = snapshot_from_rows(self.schema, inputs, labelled)
+        def score(columns: dict[str, list], labelled: tuple[list, list], checked_at: float) -> tuple[dict, str]:
+            snapshot = snapshot_from_columns(self.schema, columns, labelled)
             data = self.data_detector.score(snapshot.inputs)
             concept = self.concept_detector.score(snapshot.actual, snapshot.predicted)
             check = DriftCheck(_iso(checked_at), self.info["model_version"], data, concept,

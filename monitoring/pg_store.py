@@ -554,7 +554,7 @@ class PgStore:
 
     # ---------------------------------------------------------------- fleet drift checks
 
-    def fleet_check(self, score: Callable[[list[tuple], list[tuple[float, float]], float], tuple[dict, str | None]],
+    def fleet_check(self, score: Callable[[dict[str, list], tuple[list, list], float], tuple[dict, str | None]],
                     *, window: int, label_window: int, interval: float, force: bool = False,
                     checked_by: str | None = None) -> FleetReport | None:
         """Run this interval's fleet drift check here, unless another replica is running one or has
@@ -563,8 +563,9 @@ class PgStore:
         latest report already belongs to this interval (intervals are `interval`-second slots of
         the database's clock, so each slot gets one check whichever replica's timer fires first);
         read the fleet's newest `window` inputs and `label_window` labelled predictions; call
-        `score(inputs, labelled, checked_at)` -> (report dict, model_version), checked_at being the
-        database's time of the check (unix seconds, the report's time); store the report. Returns the
+        `score(columns, (actual, predicted), checked_at)` -> (report dict, model_version): columns
+        {feature: values}, oldest first, as `windows()` gives them, checked_at the database's time of
+        the check (unix seconds, the report's time); store the report. Returns the
         stored report. Raises StoreError if the database fails (nothing is stored then)."""
         with self._checker_lock:
             try:
@@ -580,9 +581,9 @@ class PgStore:
                         (max(float(interval), 1e-3),)).fetchone()
                     if not force and last_slot is not None and last_slot >= slot:
                         return None
-                    inputs = _recent_inputs(conn, window)
-                    labelled = _recent_labelled(conn, label_window)
-                    report, model_version = score(inputs, labelled, float(now))
+                    columns = _window_columns(conn, window)
+                    labelled = _label_columns(conn, label_window)
+                    report, model_version = score(columns, labelled, float(now))
                     by = checked_by or self.replica
                     stored = conn.execute(
                         "INSERT INTO drift_reports (checked_at, slot, checked_by, model_version, report) "
@@ -606,6 +607,14 @@ class PgStore:
         if self._checker is None or self._checker.closed:
             self._checker = self._connect("checker")
         return self._checker
+
+    def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, tuple]:
+        """The fleet's windows by columns, oldest first: ({feature: values} of the newest `window`
+        predictions, (actuals, predictions) of the newest `label_window` labelled ones), as of
+        `until` (unix seconds, the database's clock) if given. Read column-wise, in binary: at
+        10,000 rows, building a tuple per row cost more than the query."""
+        with self._reader("read the fleet's windows") as conn:
+            return _window_columns(conn, window, until), _label_columns(conn, label_window, until)
 
     def latest_report(self, newer_than: int = 0) -> FleetReport | None:
         """The fleet's latest stored drift report, if its id is above `newer_than` (only then is
@@ -743,3 +752,23 @@ def labelled_rows(url: str, chunk: int = 100_000) -> Iterator[list[tuple]]:
         raise StoreError(f"cannot read the store {where}: {_describe(exc)}") from exc
     finally:
         conn.close()
+
+
+def _window_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> dict[str, list]:
+    where, args = ("WHERE ts <= %s", (until,)) if until is not None else ("", ())
+    rows = conn.cursor(binary=True).execute(
+        f"SELECT {_FEATURES_SQL} FROM predictions {where} ORDER BY ts DESC, seq DESC LIMIT %s",
+        (*args, max(0, int(n)))).fetchall()
+    rows.reverse()
+    columns = list(zip(*rows)) if rows else [()] * len(FEATURE_COLUMNS)
+    return {name: list(values) for name, values in zip(FEATURE_COLUMNS, columns)}
+
+
+def _label_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> tuple[list, list]:
+    where = "AND label_ts <= %s" if until is not None else ""
+    args = (until,) if until is not None else ()
+    rows = conn.cursor(binary=True).execute(
+        f"SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL {where} "
+        f"ORDER BY label_ts DESC, label_seq DESC LIMIT %s", (*args, max(0, int(n)))).fetchall()
+    rows.reverse()
+    return ([_num(a) for a, _ in rows], [_num(p) for _, p in rows])

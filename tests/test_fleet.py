@@ -145,6 +145,60 @@ def db_now(db: str) -> float:
     return sql(db, "SELECT extract(epoch FROM clock_timestamp())::float8")[0][0]
 
 
+# ------------------------------------------------------------------ what crosses the database
+
+def test_the_store_s_columns_give_the_windows_a_replica_would(small_artifact, heldout):
+    """A fleet check scores windows built column-wise from the store (snapshot_from_columns): they
+    must be those the replica's own InputWindow and LabelledWindow would hold."""
+    import numpy as np
+
+    from monitoring.fleet import snapshot_from_columns
+    from monitoring.model import Schema
+    from monitoring.windows import InputWindow, LabelledWindow
+
+    schema = Schema(small_artifact["schema"])
+    frame = heldout.iloc[:257]
+    rows = [schema.parse_row(r) for r in as_payload(frame)]
+    pairs = [(float(p), 1000.0 + k) for k, p in enumerate(frame["price"])]
+    inputs, labelled = InputWindow(schema, 1000), LabelledWindow(1000)
+    inputs.extend(rows)
+    labelled.extend(pairs)
+    columns = {name: [row[j] for row in rows] for j, name in enumerate(schema.names)}
+    built = snapshot_from_columns(schema, columns, ([a for a, _ in pairs], [p for _, p in pairs]))
+    expected = inputs.snapshot()
+    assert list(built.inputs) == list(expected)
+    for name in expected:
+        assert built.inputs[name].dtype == expected[name].dtype
+        assert np.array_equal(built.inputs[name], expected[name])
+    actual, predicted = labelled.snapshot()
+    assert np.array_equal(built.actual, actual) and np.array_equal(built.predicted, predicted)
+
+
+def test_a_stored_report_reads_back_as_the_same_check(small_artifact, heldout):
+    """Another replica's report comes back from its JSON into the typed reports that set the gauges:
+    the same JSON again, None (NaN) figures included."""
+    import numpy as np
+
+    from monitor import DriftCheck
+    from monitoring.drift import ConceptDriftDetector, DataDriftDetector
+
+    errors = small_artifact["reference_errors"]
+    data = DataDriftDetector(small_artifact["reference_features"], small_artifact["schema"])
+    concept = ConceptDriftDetector(errors["actual"], errors["predicted"])
+    from monitoring.model import Schema
+    from monitoring.windows import InputWindow
+
+    window = InputWindow(Schema(small_artifact["schema"]), 500)
+    window.extend([Schema(small_artifact["schema"]).parse_row(r) for r in as_payload(heldout.iloc[:400])])
+    for labels in (np.empty(0), np.asarray(heldout["price"][:200], dtype=float)):   # too few: None figures
+        check = DriftCheck("2026-11-27T10:00:00+00:00", "v1", data.score(window.snapshot()),
+                           concept.score(labels, labels * 1.1), 0.01, scope="fleet", checked_by="a:1")
+        as_json = json.loads(json.dumps(check.to_dict()))
+        again = DriftCheck.from_dict(as_json)
+        assert again.to_dict() == as_json
+        assert again.data.features["carat"].p_value == check.data.features["carat"].p_value
+
+
 # ------------------------------------------------------------------ labels across the fleet
 
 def test_labels_join_predictions_served_by_any_replica(pg_url, fleet_of, heldout):
