@@ -159,6 +159,11 @@ class Monitor:
 
         self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()})
         self.metrics.watch_windows(self.inputs, self.labelled)
+        if self.fleet:  # the windows drift is measured on are the fleet's: those of the latest report
+            self.metrics.window_samples.labels("inputs").set_function(
+                lambda: self._latest_check.data.window_size if self._latest_check else 0)
+            self.metrics.window_samples.labels("labelled").set_function(
+                lambda: self._latest_check.concept.labelled_size if self._latest_check else 0)
         self.metrics.describe_model(self.info, self.model_metrics)
         self.metrics.data_drift_alpha.set(config.alpha)
         self.metrics.watch_store(self.store)

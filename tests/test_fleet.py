@@ -266,7 +266,9 @@ def test_one_check_per_interval_for_the_whole_fleet(pg_url, fleet_of, heldout):
         assert seen["scope"] == "fleet" and seen["data_drift"]["window_size"] == 180
         assert seen["checked_by"] in {x.name for x in replicas}
         text = r.get("/metrics")
-        assert metric_value(text, "drift_window_samples", {"window": "inputs"}) == 60   # its own window
+        # the windows of the fleet's report, not this replica's share of the traffic (60 rows)
+        assert metric_value(text, "drift_window_samples", {"window": "inputs"}) == 180
+        assert r.get("/healthz")["windows"]["inputs"] == 60
         assert metric_value(text, "drift_last_check_timestamp_seconds") >= start
 
 
