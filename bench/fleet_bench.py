@@ -30,6 +30,20 @@ for path in (str(ROOT), str(BENCH_DIR)):
 import bench as B  # noqa: E402  (bench/bench.py: processes, wrk, loads, checks)
 
 
+def without_password(url: str) -> str:
+    """The URL without its password, which goes to PGPASSWORD instead (libpq reads it): a command
+    line is visible to every local user, and the results echo the command."""
+    import os
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    os.environ["PGPASSWORD"] = parts.password   # inherited by the monitors this bench starts
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}@{host}"))
+
+
 def empty_database(url: str) -> None:
     import psycopg
 
@@ -61,7 +75,7 @@ def run(args) -> dict:
             if backend == "sqlite":
                 return str(tmp / f"{name}.db")
             if server is not None:
-                return server.new_database()
+                return without_password(server.new_database())
             empty_database(url)
             return url
 
@@ -113,7 +127,9 @@ def main(argv=None) -> int:
     parser.add_argument("--window", type=int, default=10_000, help="window for the timed checks (default 10,000)")
     parser.add_argument("--checks", type=int, default=10, help="checks timed per backend (default 10)")
     args = parser.parse_args(argv)
-    args.argv = list(argv if argv is not None else sys.argv[1:])
+    if args.db is not None:
+        args.db = without_password(args.db)
+    args.argv = [without_password(a) if a.startswith("postgres") else a for a in (argv if argv is not None else sys.argv[1:])]
     try:
         print(json.dumps(run(args), indent=2))
     except B.BenchError as exc:

@@ -402,16 +402,30 @@ class PgStore:
             return
         started = time.perf_counter()
         try:
-            conn = self._writer_conn()
-            with conn.transaction():
-                inserted = self._insert(conn, rows) if rows else 0
-                new_labels = labels_written = 0
-                for job in label_jobs:
-                    job.result, newly = self._join_labels(conn, job.labels)
-                    new_labels += newly
-                    labels_written += len(job.result[0])
-                if not rows and not label_jobs:
-                    conn.execute("SELECT 1")
+            for attempt in (1, 2):
+                reused = self._writer is not None and not self._writer.closed
+                conn = self._writer_conn()
+                try:
+                    with conn.transaction():
+                        inserted = self._insert(conn, rows) if rows else 0
+                        new_labels = labels_written = 0
+                        for job in label_jobs:
+                            job.result, newly = self._join_labels(conn, job.labels)
+                            new_labels += newly
+                            labels_written += len(job.result[0])
+                        if not rows and not label_jobs:
+                            conn.execute("SELECT 1")
+                    break
+                except psycopg.OperationalError:
+                    # A connection that served before and broke meanwhile (the server restarted, a
+                    # proxy dropped it): try once more on a new one rather than fail this commit.
+                    # Idempotent if the lost commit went through: ids are ignored when present,
+                    # labels set to the same values.
+                    if attempt == 2 or not reused or not conn.broken:
+                        raise
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                    self._writer = None
         except Exception as exc:   # psycopg.Error, OSError, or anything unforeseen: never lose rows
             error = self._fail(exc, "cannot write to the store")
             for job in jobs:

@@ -418,6 +418,36 @@ def test_database_stopped_and_started_loses_nothing_acknowledged(small_artifact_
         server.destroy()
 
 
+def test_a_label_racing_its_buffered_prediction_is_unknown_elsewhere_until_written(small_artifact_path, heldout):
+    """README, "A label racing its prediction": a prediction answered while the database was down
+    waits in its replica's memory; a label for it sent to another replica is `unknown` (200) until
+    that replica writes it, and joins when resent; sent to the serving replica, it joins at once."""
+    server = PostgresServer.create()
+    replicas: list[Replica] = []
+    try:
+        db = server.new_database()
+        # a's maintenance loop is slow: its buffer stays until its next write
+        a = Replica(small_artifact_path, db, "a", "--maintenance-interval", "600", interval=0)
+        b = Replica(small_artifact_path, db, "b", interval=0)
+        replicas = [a.wait_serving(), b.wait_serving()]
+        server.stop()
+        status, answer = a.post("/predict", as_payload(heldout.iloc[:2]))
+        assert status == 200
+        first, second = answer["ids"]
+        server.start()
+        wait_until(lambda: b.get("/healthz")["status"] == "ok", 15, "b to see the database again")
+        assert b.post("/feedback", {"id": first, "actual": 900.0}) == (200, {"accepted": 0, "unknown": [first]})
+        # The client resends after a moment; meanwhile the serving replica wrote its buffer (here,
+        # with the label sent to it, in the same transaction).
+        assert a.post("/feedback", {"id": second, "actual": 800.0}) == (200, {"accepted": 1, "unknown": []})
+        assert b.post("/feedback", {"id": first, "actual": 900.0}) == (200, {"accepted": 1, "unknown": []})
+        assert sorted(sql(db, "SELECT actual FROM predictions")) == [(800.0,), (900.0,)]
+    finally:
+        for r in replicas:
+            r.stop()
+        server.destroy()
+
+
 # ------------------------------------------------------------------ SQLite: one writer process
 
 def test_a_second_process_on_the_same_sqlite_file_is_refused(small_artifact_path, tmp_path):
