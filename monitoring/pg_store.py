@@ -253,8 +253,11 @@ class PgStore:
         """Create or upgrade the schema (MIGRATIONS), one replica at a time."""
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
-                         "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+            # Created only when missing: a role that may write the tables but not create any can
+            # run on a database that an owner's first start set up.
+            if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
+                conn.execute("CREATE TABLE schema_version (version integer PRIMARY KEY, "
+                             "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
             current = conn.execute("SELECT COALESCE(max(version), 0) FROM schema_version").fetchone()[0]
             if current > SCHEMA_VERSION:
                 raise psycopg.DataError(f"schema version {current}, this code knows up to {SCHEMA_VERSION}")
@@ -291,7 +294,7 @@ class PgStore:
 
     # ---------------------------------------------------------------- the writer thread
 
-    def _submit(self, job: _Job, wait: bool = True):
+    def _submit(self, job: _Job):
         with self._mutex:
             if self._closed:
                 raise StoreError("the store is closed")
@@ -307,7 +310,9 @@ class PgStore:
             message = f"the database did not answer within {self.timeout + self.connect_timeout + 1:g} s"
             with self._mutex:
                 self._last_error = message
-            raise StoreError(message + ("; predictions kept for retry" if job.rows else "; nothing was stored"))
+            # The job stays queued: its rows are written when the database answers (or buffered if
+            # it fails); labels may be stored late too, so the sender resends them (harmless).
+            raise StoreError(message + ("; predictions kept for retry" if job.rows else ""))
         if job.error is not None:
             raise job.error
         return job.result
