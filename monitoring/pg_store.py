@@ -4,8 +4,8 @@ interface of store.Store (SQLite), and `open_store` picks it for a `postgresql:/
 What holds as for SQLite (store.py's docstring has the reasoning):
 
 * One writer thread, group commit: callers queue their rows and wait; the writer takes everything
-  queued and commits it in ONE transaction (one round trip for the predictions, one for the labels,
-  then COMMIT), then wakes each caller. `add_predictions` returns once its rows are committed (with
+  queued and commits it in ONE transaction (one statement for all the predictions, one per list of
+  labels), then wakes each caller. `add_predictions` returns once its rows are committed (with
   synchronous_commit on, PostgreSQL's default, flushed to its WAL): durable before the response.
 * A bounded retry buffer: predictions whose commit failed stay in memory (`max_pending` rows,
   oldest dropped first and counted) and go first into the next commit, or `flush()` (the monitor
