@@ -199,6 +199,35 @@ def test_a_stored_report_reads_back_as_the_same_check(small_artifact, heldout):
         assert again.data.features["carat"].p_value == check.data.features["carat"].p_value
 
 
+# ------------------------------------------------------------------ the database's clock
+
+def test_a_replica_whose_clock_is_an_hour_ahead_does_not_move_the_fleet_s_time(pg_url, small_artifact, heldout,
+                                                                              monkeypatch):
+    from prometheus_client import CollectorRegistry
+
+    from monitor import MonitorConfig, start_monitor
+
+    handle = start_monitor(MonitorConfig(model_path=Path("unused"), port=0, check_interval=0, db_path=pg_url,
+                                         replica_id="ahead"), artifact=small_artifact, registry=CollectorRegistry())
+    try:
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + 3600)      # this process's clock only
+        status, _, answer = request(handle.url, "POST", "/predict", as_payload(heldout.iloc[:3]))
+        assert status == 200
+        assert request(handle.url, "POST", "/feedback", {"id": answer["ids"][0], "actual": 1.0})[0] == 200
+        status, _, check = request(handle.url, "POST", "/drift/check")
+        assert status == 200
+    finally:
+        monkeypatch.undo()
+        handle.stop()
+    now = db_now(pg_url)
+    for ts, served_at, label_ts, replica in sql(pg_url, "SELECT ts, served_at, label_ts, replica FROM predictions"):
+        assert now - 60 < ts <= now and replica == "ahead"            # the database's time orders
+        assert abs(served_at - (ts + 3600)) < 60                        # the replica's, kept beside
+        assert label_ts is None or now - 60 < label_ts <= now
+    assert _iso(now - 60) <= check["checked_at"] <= _iso(now)
+
+
 # ------------------------------------------------------------------ labels across the fleet
 
 def test_labels_join_predictions_served_by_any_replica(pg_url, fleet_of, heldout):
