@@ -477,6 +477,16 @@ def test_a_label_racing_its_buffered_prediction_is_unknown_elsewhere_until_writt
         server.destroy()
 
 
+def test_a_replica_started_without_its_database_stops_with_one_line(small_artifact_path, postgres_server):
+    url = postgres_server.url().replace(f":{postgres_server.port}/", ":1/")      # nothing listens there
+    proc = subprocess.run([sys.executable, str(ROOT / "monitor.py"), "--model", str(small_artifact_path), "--db", url,
+                           "--port", "0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cannot open the store postgresql://monitor:***@127.0.0.1:1/" in errors[0], proc.stderr
+    assert postgres_server.password not in proc.stderr
+
+
 # ------------------------------------------------------------------ SQLite: one writer process
 
 def test_a_second_process_on_the_same_sqlite_file_is_refused(small_artifact_path, tmp_path):
