@@ -1,8 +1,9 @@
 """The prediction store on both backends, a real SQLite file and a real PostgreSQL database (started
 by the tests, tests/postgres.py): round trips, group commit under concurrency, labels, restart,
 retention, export, failures and recovery, and a SIGKILL in the middle of writing. The `db` fixture
-is parametrised, so each test that takes it (or `store`) runs once per backend; the tests of what
-only one backend has (SQLite's file format and locks, PostgreSQL's schema versions) say so by name."""
+(and `store`, built on it) is parametrised by backend: a test marked `both_backends` runs once on
+each; an unmarked one, on SQLite alone (its file format, locks and full disk). PostgreSQL's own
+(schema versions, the database's clock) say so by name."""
 from __future__ import annotations
 
 import csv
@@ -51,17 +52,23 @@ def stored_ids(db) -> list[str]:
     return [r[0] for r in query(db, "SELECT id FROM predictions")]
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request, tmp_path):
-    """Where a store lives: an SQLite file's path, or the URL of a new PostgreSQL database."""
-    if request.param == "sqlite":
-        return tmp_path / "store" / "monitor.db"
-    return request.getfixturevalue("postgres_server").new_database()
+# The tests marked both_backends run once per backend; the others (SQLite's file format, locks and
+# full disk) on SQLite only. A new test is SQLite's unless marked.
+both_backends = pytest.mark.both_backends
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_backends") is not None
+        metafunc.parametrize("backend", ["sqlite", "postgresql"] if both else ["sqlite"])
 
 
 @pytest.fixture
-def sqlite_db(tmp_path) -> Path:
-    return tmp_path / "store" / "monitor.db"
+def db(backend, request, tmp_path):
+    """Where a store lives: an SQLite file's path, or the URL of a new PostgreSQL database."""
+    if backend == "sqlite":
+        return tmp_path / "store" / "monitor.db"
+    return request.getfixturevalue("postgres_server").new_database()
 
 
 @pytest.fixture
@@ -91,6 +98,7 @@ def cut_off(s, monkeypatch) -> None:
 
 # ------------------------------------------------------------------ round trips
 
+@both_backends
 def test_round_trip_survives_reopen(db):
     records = [record(i) for i in range(10)]
     with open_store(db) as s:
@@ -115,6 +123,7 @@ def test_create_makes_uuid4_hex_ids_and_timestamps():
     assert a.ts > 1e9 and a.features == (1, "Ideal", "G", "VS1", 61, 57)
 
 
+@both_backends
 def test_malformed_record_fails_its_caller_only(store):
     bad = PredictionRecord("x", 1.0, (1.0, "Ideal"), 2.0, "v1")
     with pytest.raises(ValueError):
@@ -124,6 +133,7 @@ def test_malformed_record_fails_its_caller_only(store):
     assert store.counts()["predictions"] == 1
 
 
+@both_backends
 def test_an_id_already_stored_is_ignored(store):
     first = record(1)
     store.add_predictions([first])
@@ -133,6 +143,7 @@ def test_an_id_already_stored_is_ignored(store):
     assert known[0][2] == first.prediction   # the first record with an id wins
 
 
+@both_backends
 def test_empty_calls_do_nothing(store):
     store.add_predictions([])
     assert store.add_labels([]) == ([], [])
@@ -142,6 +153,7 @@ def test_empty_calls_do_nothing(store):
 
 # ------------------------------------------------------------------ concurrency
 
+@both_backends
 def test_concurrent_single_row_writers_lose_and_duplicate_nothing(db):
     threads, per_thread = 16, 500
     batches = [[record(k * per_thread + i) for i in range(per_thread)] for k in range(threads)]
@@ -169,6 +181,7 @@ def test_concurrent_single_row_writers_lose_and_duplicate_nothing(db):
     assert set(ids) == {r.id for b in batches for r in b}
 
 
+@both_backends
 def test_concurrent_predictions_labels_and_prune(db):
     """Writers label their own predictions while a pruner deletes old rows: no error, and the
     in-memory counts agree with the table."""
@@ -207,6 +220,7 @@ def test_concurrent_predictions_labels_and_prune(db):
 
 # ------------------------------------------------------------------ labels
 
+@both_backends
 def test_labels_join_unknown_ids_and_relabel(store):
     a, b, c = record(1), record(2), record(3)
     store.add_predictions([a, b, c])
@@ -228,6 +242,7 @@ def test_labels_join_unknown_ids_and_relabel(store):
     assert store.counts()["labelled"] == 3
 
 
+@both_backends
 def test_many_labels_in_one_call(store):
     records = [record(i) for i in range(1_200)]   # more ids than one IN (...) holds
     store.add_predictions(records)
@@ -239,6 +254,7 @@ def test_many_labels_in_one_call(store):
 
 # ------------------------------------------------------------------ restart
 
+@both_backends
 def test_windows_rebuilt_in_order_after_restart(db):
     records = [record(i, ts=1_000.0 + i) for i in range(50)]
     with open_store(db) as s:
@@ -257,6 +273,7 @@ def test_windows_rebuilt_in_order_after_restart(db):
         assert s.recent_labelled(1) == [(1.5, records[40].prediction)]
 
 
+@both_backends
 def test_equal_timestamps_keep_insertion_order(store):
     records = [record(i, ts=5.0) for i in range(6)]
     store.add_predictions(records[:3])
@@ -264,6 +281,7 @@ def test_equal_timestamps_keep_insertion_order(store):
     assert store.recent_inputs(4) == [r.features for r in records[2:]]
 
 
+@both_backends
 def test_nan_comes_back_as_nan(store):
     r = PredictionRecord("a" * 32, 1.0, (float("nan"), "Ideal", "G", "VS1", 61.0, 57.0), 3.0, "v")
     store.add_predictions([r])
@@ -271,7 +289,7 @@ def test_nan_comes_back_as_nan(store):
     assert isinstance(value, float) and value != value
 
 
-def test_sqlite_a_foreign_or_newer_file_is_refused(tmp_path):
+def test_a_foreign_or_newer_file_is_refused(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot open"):
@@ -294,6 +312,7 @@ PRAGMA user_version = 1;
 """
 
 
+@both_backends
 def test_feature_columns_come_from_diamonds(db):
     from monitoring.diamonds import FEATURES
 
@@ -312,8 +331,7 @@ def test_feature_columns_come_from_diamonds(db):
                            "label_replica"]
 
 
-def test_sqlite_a_file_written_with_the_first_schema_is_read_and_written(sqlite_db):
-    db = sqlite_db
+def test_a_file_written_with_the_first_schema_is_read_and_written(db):
     db.parent.mkdir(parents=True)
     with sqlite3.connect(db) as conn:
         conn.executescript(SCHEMA_V1)
@@ -328,8 +346,7 @@ def test_sqlite_a_file_written_with_the_first_schema_is_read_and_written(sqlite_
         assert known == [("old", 410.0, 400.0, (0.3, "Ideal", "E", "SI1", 61.0, 56.0), True)]
 
 
-def test_sqlite_a_file_without_a_feature_column_is_refused(sqlite_db):
-    db = sqlite_db
+def test_a_file_without_a_feature_column_is_refused(db):
     db.parent.mkdir(parents=True)
     with sqlite3.connect(db) as conn:
         conn.executescript(SCHEMA_V1.replace("clarity TEXT, ", ""))
@@ -339,6 +356,7 @@ def test_sqlite_a_file_without_a_feature_column_is_refused(sqlite_db):
 
 # ------------------------------------------------------------------ retention
 
+@both_backends
 def test_prune_by_age_in_chunks(db):
     with open_store(db, retention_seconds=100.0, max_rows=None) as s:
         s.add_predictions([record(i, ts=float(i)) for i in range(1_000)])
@@ -352,6 +370,7 @@ def test_prune_by_age_in_chunks(db):
     assert query(db, "SELECT MIN(ts), COUNT(*) FROM predictions") == [(750.0, 250)]
 
 
+@both_backends
 def test_prune_by_count_keeps_the_newest(db):
     records = [record(i, ts=float(i)) for i in range(350)]
     with open_store(db, retention_seconds=None, max_rows=100) as s:
@@ -364,6 +383,7 @@ def test_prune_by_count_keeps_the_newest(db):
         assert s.prune() == 0
 
 
+@both_backends
 def test_prune_without_limits_deletes_nothing(store, db):
     unlimited = open_store(db, retention_seconds=None, max_rows=None)
     try:
@@ -377,6 +397,7 @@ def test_prune_without_limits_deletes_nothing(store, db):
 
 # ------------------------------------------------------------------ export
 
+@both_backends
 def test_export_labelled_csv(store, db, tmp_path):
     a, b, c = record(1, ts=10.0), record(2, ts=20.0), record(3, ts=30.0)
     store.add_predictions([a, b, c])
@@ -401,6 +422,7 @@ def test_export_labelled_csv(store, db, tmp_path):
         export_labelled(db, tmp_path / "x.json", fmt="json")
 
 
+@both_backends
 def test_export_reads_a_closed_store_in_chunks_and_never_writes_it(db, tmp_path, monkeypatch):
     records = [record(i, ts=float(i)) for i in range(25)]
     with open_store(db) as s:
@@ -430,6 +452,7 @@ def test_export_refuses_what_is_not_a_store(tmp_path):
     assert not (tmp_path / "x.csv").exists() and not list(tmp_path.glob("*.tmp"))
 
 
+@both_backends
 def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, db, tmp_path):
     """pyarrow is optional: with it the export round-trips, without it the error says what to install.
     Either way this test runs (and can fail). The format follows the file name unless fmt says."""
@@ -449,6 +472,7 @@ def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, db, tmp
     assert list(frame.columns) == list(EXPORT_COLUMNS) and frame["id"][0] == r.id
 
 
+@both_backends
 def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, db, tmp_path, caplog):
     import monitor
 
@@ -485,8 +509,7 @@ def fill_until_full(s: Store, start: int) -> tuple[list[PredictionRecord], int]:
     raise AssertionError("the capped database never filled up")
 
 
-def test_sqlite_disk_full_raises_keeps_rows_and_recovers(sqlite_db):
-    db = sqlite_db
+def test_disk_full_raises_keeps_rows_and_recovers(db):
     with Store(db) as s:
         s.add_predictions([record(0)])
         given, _ = fill_until_full(s, start=1)
@@ -508,7 +531,15 @@ def test_sqlite_disk_full_raises_keeps_rows_and_recovers(sqlite_db):
     assert len(ids) == len(given) + 2
 
 
-def test_a_label_joins_a_prediction_that_waited_in_the_retry_buffer(store, monkeypatch):
+def test_a_label_joins_a_prediction_that_waited_in_the_retry_buffer(store):
+    given, _ = fill_until_full(store, start=0)
+    store._writer.execute("PRAGMA max_page_count = 1073741823")
+    known, unknown = store.add_labels([(given[-1].id, 1.0, 2.0)])
+    assert [k[0] for k in known] == [given[-1].id] and unknown == []
+
+
+@both_backends
+def test_a_label_joins_a_prediction_buffered_while_the_database_was_away(store, monkeypatch):
     cut_off(store, monkeypatch)
     waiting = record(1)
     with pytest.raises(StoreError):
@@ -522,8 +553,7 @@ def test_a_label_joins_a_prediction_that_waited_in_the_retry_buffer(store, monke
     assert store.healthy and store.stats()["pending"] == 0
 
 
-def test_sqlite_unwritable_database_recovers_by_reopening(sqlite_db, monkeypatch):
-    db = sqlite_db
+def test_unwritable_database_recovers_by_reopening(db, monkeypatch):
     s = Store(db)
     try:
         s.add_predictions([record(0)])
@@ -582,6 +612,7 @@ def quick_to_give_up(db) -> dict:
     return {"busy_timeout": 0.1} if isinstance(db, Path) else {"timeout": 0.3}
 
 
+@both_backends
 def test_locked_too_long_raises_then_recovers(db):
     with open_store(db, **quick_to_give_up(db)) as s:
         release = lock_table(db)                      # another process holding the write lock
@@ -598,6 +629,7 @@ def test_locked_too_long_raises_then_recovers(db):
         assert s.add_labels([(r.id, 1.0, 1.0)])[0][0][0] == r.id
 
 
+@both_backends
 def test_retry_buffer_is_bounded_and_keeps_the_newest(db, monkeypatch):
     with open_store(db, max_pending=5) as s:
         cut_off(s, monkeypatch)
@@ -612,6 +644,7 @@ def test_retry_buffer_is_bounded_and_keeps_the_newest(db, monkeypatch):
     assert set(stored_ids(db)) == {r.id for r in records[3:]}
 
 
+@both_backends
 def test_close_writes_the_buffer_and_later_calls_fail(db):
     s = open_store(db, **quick_to_give_up(db))
     release = lock_table(db)
@@ -720,6 +753,7 @@ def without_features(answers: list) -> list:
     return [([k[:3] + k[4:] for k in a[0]], a[1]) if isinstance(a, tuple) else a for a in answers]
 
 
+@both_backends
 def test_memory_store_answers_as_the_stores_do(db):
     records = [record(1), record(2), record(3)]
     with open_store(db) as on_disk, MemoryStore(capacity=10) as in_memory:
@@ -789,6 +823,7 @@ def zero_stats() -> dict:
             "commit_seconds_max": 0.0, "prune_chunks": 0, "pruned_rows": 0, "dropped": 0}
 
 
+@both_backends
 def test_open_store_picks_the_file_the_database_or_memory(db):
     assert isinstance(open_store(None), MemoryStore) and isinstance(open_store(""), MemoryStore)
     assert open_store(None, memory_capacity=7).capacity == 7
@@ -804,6 +839,7 @@ def test_open_store_picks_the_file_the_database_or_memory(db):
             assert s.path == db.replace(password, "***") and s.path in s.describe()
 
 
+@both_backends
 def test_close_stops_the_writer_thread(db):
     before = threading.active_count()
     s = open_store(db)
@@ -865,6 +901,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@both_backends
 def test_sigkill_loses_no_acknowledged_prediction(db):
     if isinstance(db, Path):
         db.parent.mkdir(parents=True, exist_ok=True)
