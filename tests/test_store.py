@@ -945,3 +945,9 @@ def test_store_bench_runs_as_a_script(tmp_path):
     assert (serial["threads"], serial["rows"]) == (1, 20) and serial["rows_per_commit"] == 1.0
     assert (concurrent["threads"], concurrent["rows"]) == (2, 40) and concurrent["synchronous"] == "NORMAL"
     assert list(tmp_path.iterdir()) == []                   # the scratch database is gone
+
+
+def test_bench_store_measures_postgresql_too(pg_url):
+    result = bench_store(pg_url, threads=4, n=50)
+    assert result["synchronous"] == "POSTGRESQL" and result["rows"] == 200 and result["calls"] == 200
+    assert result["rows_per_s"] > 0 and 1 <= result["rows_per_commit"] <= 4
