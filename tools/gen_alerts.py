@@ -61,14 +61,17 @@ S = f'job="{JOB}"'
 
 @dataclass(frozen=True)
 class Detail:
-    """An extra value for messages: max by (`by`) (`expr`)."""
+    """An extra value for messages: `agg` by (`by`) (`expr`). Within a group of monitors (a fleet)
+    every replica reports the same check, but one may take up a new report a moment before another:
+    `agg` picks the most drifted view (max of a distance, min of a p-value)."""
     name: str
     expr: str
     by: tuple[str, ...]
+    agg: str = "max"
 
     @property
     def query(self) -> str:
-        return f"max by ({', '.join(self.by)}) ({self.expr})"
+        return f"{self.agg} by ({', '.join(self.by)}) ({self.expr})"
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,12 @@ class Alert:
         return expr
 
 
-FEATURE = ("job", "instance", "feature")
+# Drift is a group's: the monitors that measure one stream of traffic (prometheus.yml's relabelling:
+# a monitor with a store of its own is a group of one, the replicas sharing a PostgreSQL store are
+# one fleet, whose drift every replica reports alike and which must fire once). Whether a monitor
+# answers scrapes, and whether its checks fail, is each replica's own.
+FEATURE = ("job", "group", "feature")
+GROUP_OF = ("job", "group")
 INSTANCE = ("job", "instance")
 
 ALERTS: list[Alert] = [
@@ -109,19 +117,19 @@ ALERTS: list[Alert] = [
         name="DataDrift",
         # One alert instance per drifted feature. The per-feature flags are the Holm-corrected
         # decisions, so some feature is flagged exactly when data_drift_detected is 1.
-        query=f"max by (job, instance, feature) (data_drift_feature_detected{{{S}}})",
+        query=f"max by (job, group, feature) (data_drift_feature_detected{{{S}}})",
         by=FEATURE, op=">", threshold=0,
         # Checks run every 60 s: two minutes means two or three checks in a row, not one noisy one.
         for_="2m", severity="warning", panel="data-drift", report="#feature-{feature}",
         details=(
             Detail("distance", f"data_drift_feature_distance{{{S}}}", FEATURE),
             Detail("statistic", f"data_drift_feature_statistic{{{S}}}", FEATURE),
-            Detail("p_value", f"data_drift_feature_p_value{{{S}}}", FEATURE),
-            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', INSTANCE),
-            Detail("alpha", f"data_drift_alpha{{{S}}}", INSTANCE),
+            Detail("p_value", f"data_drift_feature_p_value{{{S}}}", FEATURE, agg="min"),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', GROUP_OF),
+            Detail("alpha", f"data_drift_alpha{{{S}}}", GROUP_OF),
         ),
         summary="Data drift in feature {feature}: distance {distance:%.3f}, test statistic {statistic:%.4g}, "
-                "p-value {p_value:%.2g}, over the last {window:%.0f} inputs ({instance})",
+                "p-value {p_value:%.2g}, over the last {window:%.0f} inputs ({group})",
         description="The recent inputs' {feature} no longer look like the training data: its test "
                     "rejects after the Holm correction at family-wise level {alpha:%.2g}. Distance is in "
                     "[0, 1]: KS D for carat, depth and table, total variation for cut, color and clarity. "
@@ -129,18 +137,18 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="ConceptDrift",
-        query=f"max by (job, instance) (concept_drift_detected{{{S}}})",
-        by=INSTANCE, op=">", threshold=0,
+        query=f"max by (job, group) (concept_drift_detected{{{S}}})",
+        by=GROUP_OF, op=">", threshold=0,
         for_="2m", severity="critical", panel="concept-drift", report="#concept",
         details=(
-            Detail("score", f"concept_drift{{{S}}}", INSTANCE),
-            Detail("bias", f"concept_drift_bias_percent{{{S}}}", INSTANCE),
-            Detail("p_value", f"concept_drift_p_value{{{S}}}", INSTANCE),
-            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', INSTANCE),
+            Detail("score", f"concept_drift{{{S}}}", GROUP_OF),
+            Detail("bias", f"concept_drift_bias_percent{{{S}}}", GROUP_OF),
+            Detail("p_value", f"concept_drift_p_value{{{S}}}", GROUP_OF, agg="min"),
+            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', GROUP_OF),
         ),
         summary="Concept drift: actual prices {bias:%+.1f}% against predictions, model MSE changed by "
                 "{score|humanizePercentage} against the held-out reference, p-value {p_value:%.2g}, over "
-                "the last {labelled:%.0f} labelled predictions ({instance})",
+                "the last {labelled:%.0f} labelled predictions ({group})",
         description="The prices coming back for recent predictions depart from the model's held-out "
                     "errors (a calibrated test on the errors, not a fixed threshold on the MSE). The "
                     "model is now wrong in a way it was not at training: retrain it with recent labels.",
@@ -157,10 +165,11 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="DriftChecksStalled",
-        query=f"time() - max by (job, instance) (drift_last_check_timestamp_seconds{{{S}}})",
-        by=INSTANCE, op=">", threshold=600,
+        # A fleet's replicas all report the fleet's last check: stalled once for the group.
+        query=f"time() - max by (job, group) (drift_last_check_timestamp_seconds{{{S}}})",
+        by=GROUP_OF, op=">", threshold=600,
         for_="5m", severity="warning", panel="last-check",
-        summary="No drift check has finished on {instance} for {value|humanizeDuration}",
+        summary="No drift check has finished on {group} for {value|humanizeDuration}",
         description="The drift loop runs every --check-interval seconds (60 by default); without checks "
                     "the drift alerts cannot fire. Look for errors in the monitor's log.",
     ),

@@ -9,7 +9,9 @@ datasource by its fixed uid. It is generated so that the panels' boilerplate sta
 edit the panel list below, not the JSON.
 
 Queries select `job="model-monitor"` (the scrape job in prometheus.yml) and `instance=~"$instance"`
-(a dashboard variable listing the scraped monitors, "All" by default).
+(a dashboard variable listing the scraped monitors, "All" by default). Drift series are drawn per
+`group` (prometheus.yml's relabelling: a monitor with its own store, or a fleet of replicas sharing
+one), so that a fleet's drift, which each replica reports alike, is one line, not one per replica.
 
 Links lead to the monitor's drift report page (GET /drift/report): a dashboard link, panel links on
 the drift panels and data links on the per-feature panels (to the feature's card on the page). Grafana
@@ -135,10 +137,10 @@ def _override(regex: str, props: dict) -> dict:
 # names panels that alert rules link to (tools/gen_alerts.py), through PANEL_IDS.
 
 def _panels():
-    n_features = f"count by (instance) ({sel('data_drift_feature_p_value')})"
-    alpha = f"max by (instance) ({sel('data_drift_alpha')})"
+    n_features = f"count by (group) (max by (group, feature) ({sel('data_drift_feature_p_value')}))"
+    alpha = f"max by (group) ({sel('data_drift_alpha')})"
     inputs = sel("drift_window_samples", 'window="inputs"')
-    input_window = f"max by (instance) ({inputs})"
+    input_window = f"max by (group) ({inputs})"
     yield ("row", 24, 1, {"type": "row", "title": "Drift", "collapsed": False, "panels": []})
     yield ("data-drift-state", 4, 4, stat(
         "Data drift", "data_drift_detected: 1 when at least one feature's test rejects after the "
@@ -177,10 +179,10 @@ def _panels():
         "chi-square, whose boundary in total variation depends on the category mix. Red band: "
         "data_drift_detected, the alert's condition (it fires when the band lasts 2 minutes).",
         targets(
-            (f"max by (instance) ({sel('data_drift')})", "data drift {{instance}}"),
+            (f"max by (group) ({sel('data_drift')})", "data drift {{group}}"),
             (f"sqrt(-ln({alpha} / (2 * {n_features})) / 2) * sqrt(1 / {input_window})",
-             "KS detection boundary {{instance}}"),
-            (f"max by (instance) ({sel('data_drift_detected')})", "detected {{instance}}"),
+             "KS detection boundary {{group}}"),
+            (f"max by (group) ({sel('data_drift_detected')})", "detected {{group}}"),
         ),
         minimum=0, maximum=1, links=[report_link("Drift report: each feature, training vs live", "#data")],
         overrides=[_override("KS detection boundary.*", DASHED_LINE), _override("detected.*", DETECTED_BAND)]))
@@ -191,9 +193,9 @@ def _panels():
         "concept_drift_detected, the alert's condition (a calibrated test on the errors; it fires when "
         "the band lasts 2 minutes). A covariate shift also moves the MSE; only the test decides.",
         targets(
-            (f"max by (instance) ({sel('concept_drift')})", "MSE increase {{instance}}"),
-            (f"max by (instance) ({sel('concept_drift_bias_percent')}) / 100", "price bias {{instance}}"),
-            (f"max by (instance) ({sel('concept_drift_detected')})", "detected {{instance}}"),
+            (f"max by (group) ({sel('concept_drift')})", "MSE increase {{group}}"),
+            (f"max by (group) ({sel('concept_drift_bias_percent')}) / 100", "price bias {{group}}"),
+            (f"max by (group) ({sel('concept_drift_detected')})", "detected {{group}}"),
         ),
         unit="percentunit", custom={"axisSoftMin": None},
         links=[report_link("Drift report: live errors vs held-out errors", "#concept")],
@@ -288,8 +290,8 @@ def _panels():
     yield ("model-error", 8, 8, timeseries(
         "Model error: labelled window vs held-out",
         "Root of the labelled window's MSE, and of the held-out MSE it is compared with, in dollars.",
-        targets((f"sqrt(max by (instance) ({sel('concept_drift_window_mse')}))", "window RMSE {{instance}}"),
-                (f"sqrt(max by (instance) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{instance}}")),
+        targets((f"sqrt(max by (group) ({sel('concept_drift_window_mse')}))", "window RMSE {{group}}"),
+                (f"sqrt(max by (group) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{group}}")),
         unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE)]))
 
     yield ("row", 24, 1, {"type": "row", "title": "Traffic", "collapsed": False, "panels": []})
