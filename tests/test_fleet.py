@@ -260,8 +260,10 @@ def test_labels_join_predictions_served_by_any_replica(pg_url, fleet_of, heldout
     assert status == 200 and check["concept_drift"]["labelled_size"] == 90
     assert check["data_drift"]["window_size"] == 90
     assert check["scope"] == "fleet" and check["checked_by"] == replicas[1].name
-    # Another replica serves that report, and draws its page from the fleet's windows in the store.
-    assert replicas[2].get("/drift") == check
+    # Another replica serves that report once its 0.2 s refresh throttle has passed (it started
+    # with a refresh of its own, which may be that recent on a fast machine), and draws its page
+    # from the fleet's windows in the store.
+    wait_until(lambda: replicas[2].get("/drift") == check, timeout=2.0, what="replica 2 to take up the report")
     status, headers, page = request(replicas[2].url, "GET", "/drift/report")
     assert status == 200 and "feature-carat" in page and "90 labelled" in page.replace("\n", " ")
     assert replicas[2].get("/healthz")["replica"] == replicas[2].name
