@@ -12,6 +12,7 @@ NUMERIC_FEATURES = ["carat", "depth", "table"]
 CATEGORICAL_FEATURES = ["cut", "color", "clarity"]
 FEATURES = ["carat", "cut", "color", "clarity", "depth", "table"]  # the request's field order
 TARGET = "price"
+MODEL_NAME = "diamond-price"  # model_info's name, and the artifact's
 # The lab's split: everything that needs "the held-out rows" takes them from split().
 TEST_SIZE = 0.2
 SPLIT_RANDOM_STATE = 42

@@ -86,19 +86,58 @@ class Feature:
     name: str
     kind: str  # "numeric" or "categorical"
     categories: tuple[str, ...] = ()
+    # numeric only: True refuses values <= 0. A schema without the key is a diamond model's from
+    # before any model could be served, whose numbers were all positive.
+    positive: bool = True
 
 
 class Schema:
-    """The request contract, from the artifact's feature schema."""
+    """The request contract, from the artifact's feature schema: the rows /predict takes and the
+    labels /feedback takes (a number for a regression, one of the classes for a classification)."""
 
     def __init__(self, schema: dict):
-        self.features = [Feature(f["name"], f["kind"], tuple(f.get("categories", ())))
+        self.features = [Feature(f["name"], f["kind"], tuple(f.get("categories", ())), bool(f.get("positive", True)))
                          for f in schema["features"]]
         self.names = [f.name for f in self.features]
         self._by_name = {f.name: f for f in self.features}
         self._codes = {f.name: {c: i for i, c in enumerate(f.categories)}
                        for f in self.features if f.kind == "categorical"}
         self._accepted = ", ".join(self.names)
+        self.task = schema.get("task", "regression")
+        self.target = schema.get("target", "target")
+        self.classes = list(schema.get("classes", ())) if self.task == "classification" else []
+        # JSON equality, type included: true is not the class 1, nor "1" the class 1
+        self._class_codes = {(type(c).__name__, c): i for i, c in enumerate(self.classes)}
+        self.target_positive = bool(schema.get("target_positive", True)) if self.task == "regression" else False
+        if self.task == "classification":
+            self._label_hint = f"the true class, one of {', '.join(map(str, self.classes))}"
+        elif self.target == "price" and self.target_positive:  # the diamond model's words
+            self._label_hint = "the true price in dollars"
+        else:
+            self._label_hint = f"the true {self.target}"
+
+    @property
+    def is_classification(self) -> bool:
+        return self.task == "classification"
+
+    def parse_label(self, obj: Any, where: str = "") -> tuple[str, float]:
+        """One /feedback object -> (prediction id, actual): a number, or a class's code (its index in
+        `classes`) for a classification."""
+        return parse_label(obj, where, self._parse_actual, self._label_hint)
+
+    def _parse_actual(self, field: str, value: Any) -> float:
+        if self.is_classification:
+            key = ("int" if isinstance(value, int) and not isinstance(value, bool) else type(value).__name__, value)
+            if isinstance(value, float) and value.is_integer() and ("int", int(value)) in self._class_codes:
+                key = ("int", int(value))  # 2.0 is the class 2: JSON does not tell them apart
+            try:
+                return float(self._class_codes[key])
+            except (KeyError, TypeError):  # TypeError: a list or an object is not hashable
+                raise InvalidInput("unknown_class", f"{field}: unknown class {_quote(json_text(value))}; accepted: "
+                                                    f"{', '.join(map(str, self.classes))}") from None
+        if self.target_positive:
+            return parse_positive_number(field, value)
+        return parse_finite_number(field, value)
 
     def code(self, name: str, category: str) -> int:
         return self._codes[name][category]
@@ -133,7 +172,8 @@ class Schema:
                 raise InvalidInput("missing_field", f"{field}: missing; every row needs {self._accepted}")
             value = obj[feature.name]
             if feature.kind == "numeric":
-                values.append(parse_positive_number(field, value))
+                values.append(parse_positive_number(field, value) if feature.positive
+                              else parse_finite_number(field, value))
             else:
                 if not isinstance(value, str):
                     raise InvalidInput("wrong_type", f"{field}: expected a string, one of "
@@ -145,8 +185,11 @@ class Schema:
         return tuple(values)
 
 
-def parse_label(obj: Any, where: str = "") -> tuple[str, float]:
-    """One /feedback object -> (prediction id, actual price), or InvalidInput naming the field."""
+def parse_label(obj: Any, where: str = "", parse_actual=None,
+                hint: str = "the true price in dollars") -> tuple[str, float]:
+    """One /feedback object -> (prediction id, actual), or InvalidInput naming the field. `actual` is
+    read by parse_actual(field, value) (by default a positive number, the diamond model's price);
+    `hint` says what it is when it is missing."""
     if not isinstance(obj, dict):
         raise InvalidInput("not_an_object", f"{_item(where)}: expected an object "
                                             '{"id": "<prediction id>", "actual": <price>}, '
@@ -163,8 +206,8 @@ def parse_label(obj: Any, where: str = "") -> tuple[str, float]:
         raise InvalidInput("bad_id", f"{where}id: not an id that /predict returns (at most {MAX_ID_LENGTH} "
                                      "characters of text, no NUL or lone surrogate)")
     if "actual" not in obj:
-        raise InvalidInput("missing_field", f"{where}actual: missing; the true price in dollars")
-    return label_id, parse_positive_number(f"{where}actual", obj["actual"])
+        raise InvalidInput("missing_field", f"{where}actual: missing; {hint}")
+    return label_id, (parse_actual or parse_positive_number)(f"{where}actual", obj["actual"])
 
 
 MAX_ID_LENGTH = 128  # ids are 32 hex digits; anything much longer is not one
@@ -188,6 +231,13 @@ def _item(where: str) -> str:
 
 
 def parse_positive_number(field: str, value: Any) -> float:
+    number = parse_finite_number(field, value)
+    if number <= 0:
+        raise InvalidInput("out_of_range", f"{field}: expected a positive number, got {value}")
+    return number
+
+
+def parse_finite_number(field: str, value: Any) -> float:
     # bool is an int subclass in Python, but true is not a carat.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInput("not_a_number", f"{field}: expected a number, got {describe_json(value)}")
@@ -198,8 +248,6 @@ def parse_positive_number(field: str, value: Any) -> float:
                                          "for a float") from None
     if not math.isfinite(number):
         raise InvalidInput("non_finite", f"{field}: expected a finite number, got {value}")
-    if number <= 0:
-        raise InvalidInput("out_of_range", f"{field}: expected a positive number, got {value}")
     return number
 
 
@@ -218,6 +266,16 @@ def describe_json(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     return type(value).__name__
+
+
+def json_text(value: Any) -> str:
+    """A JSON value as text for a message (a class named in an error)."""
+    import json
+
+    try:
+        return value if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _quote(text: str, limit: int = 40) -> str:
@@ -348,6 +406,46 @@ class FastPredictor:
             if not np.array_equal(self.predict(batch), slow[:len(batch)]):
                 raise ModelLoadError("the fast prediction path disagrees with the pipeline on reference rows; "
                                      "this model's pipeline layout is not supported by FastPredictor")
+
+
+class PipelinePredictor:
+    """The pipeline itself, for the models FastPredictor cannot reproduce (any regressor that is not
+    a random forest behind the known transformers, and every classifier): rows in schema order
+    become the DataFrame the pipeline was fitted on."""
+
+    def __init__(self, pipeline, schema: Schema):
+        self._pipeline = pipeline
+        self._names = schema.names
+
+    def _frame(self, rows: Sequence[tuple]):
+        import pandas as pd
+
+        return pd.DataFrame(list(rows), columns=self._names)
+
+    def predict(self, rows: Sequence[tuple]) -> np.ndarray:
+        return np.asarray(self._pipeline.predict(self._frame(rows)), dtype=np.float64).ravel()
+
+    def predict_proba(self, rows: Sequence[tuple]) -> np.ndarray:
+        """(rows, classes) probabilities, columns in the order of the schema's classes."""
+        return np.asarray(self._pipeline.predict_proba(self._frame(rows)), dtype=np.float64)
+
+
+def make_predictor(pipeline, schema: Schema, check_rows=None) -> "FastPredictor | PipelinePredictor":
+    """FastPredictor where it applies and is exact (a regression forest behind the known transformers,
+    checked bit for bit on `check_rows`), else the pipeline. Which one serves is logged."""
+    import logging
+
+    log = logging.getLogger("monitor.model")
+    if schema.is_classification:
+        log.info("predicting with the pipeline (a classifier: probabilities from predict_proba)")
+        return PipelinePredictor(pipeline, schema)
+    try:
+        predictor = FastPredictor(pipeline, schema, check_rows=check_rows)
+    except Exception as exc:  # any layout it cannot read: KeyError (step names), AttributeError (no trees)...
+        log.info("predicting with the pipeline; the fast path does not apply (%s: %s)", type(exc).__name__, exc)
+        return PipelinePredictor(pipeline, schema)
+    log.info("predicting with the fast forest path (checked equal to the pipeline on reference rows)")
+    return predictor
 
 
 def release_freed_memory() -> None:

@@ -73,11 +73,11 @@ from monitoring.diamonds import CATEGORICAL_FEATURES, FEATURES
 
 log = logging.getLogger("monitor.store")
 
-__all__ = ["FEATURE_COLUMNS", "MemoryStore", "PredictionRecord", "Store", "StoreError", "open_store"]
+__all__ = ["FEATURE_COLUMNS", "MemoryStore", "PredictionRecord", "Store", "StoreError", "StoreLayout", "open_store"]
 
 SCHEMA_VERSION = 1
 FLUSH_CHUNK = 1_000  # retry-buffer rows per transaction when catching up after a failure
-FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
+FEATURE_COLUMNS = tuple(FEATURES)  # the diamond model's features, in this order (the default layout)
 PRUNE_CHUNK = 1_000   # rows per prune transaction: short even with millions stored (README)
 _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite build's limit
 # Errors after which the same connection will work again once the condition clears; any other
@@ -85,17 +85,42 @@ _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite buil
 _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 _KEEP_CONNECTION = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL}
 
-# The feature columns on disk: a feature named like an SQL keyword gets a trailing underscore.
+# The feature columns on disk: a feature named like an SQL keyword or like one of the table's own
+# columns gets a trailing underscore.
 _SQL_NAMES = {"table": "table_"}
+_OWN_COLUMNS = {"id", "ts", "prediction", "model_version", "actual", "label_ts", "rowid", "oid", "_rowid_"}
 _IS_TEXT = tuple(name in CATEGORICAL_FEATURES for name in FEATURE_COLUMNS)
-FEATURES_SQL = ", ".join(_SQL_NAMES.get(name, name) for name in FEATURE_COLUMNS)
-_FEATURES_DDL = "".join(f"    {_SQL_NAMES.get(name, name):<13} {'TEXT' if text else 'REAL'},\n"
-                        for name, text in zip(FEATURE_COLUMNS, _IS_TEXT))
-_SCHEMA = f"""
+
+
+def _column_name(feature: str) -> str:
+    if feature in _SQL_NAMES:
+        return _SQL_NAMES[feature]
+    return feature + "_" if feature.lower() in _OWN_COLUMNS else feature
+
+
+def _quoted(column: str) -> str:
+    """An SQL identifier in double quotes: a CSV column may be named anything ("price ($)", "order")."""
+    return '"' + column.replace('"', '""') + '"'
+
+
+class StoreLayout:
+    """Which feature columns a store's table has: one per feature of the served model's schema, in
+    its order, TEXT for categories and REAL for numbers. A file written for other features is
+    refused when opened. `StoreLayout.from_schema(schema)` for a Schema; the default is the
+    diamond model's."""
+
+    def __init__(self, features: Sequence[tuple[str, bool]]):
+        self.names = tuple(str(name) for name, _ in features)
+        self.is_text = tuple(bool(text) for _, text in features)
+        self.columns = tuple(_column_name(name) for name in self.names)
+        self.features_sql = ", ".join(_quoted(c) for c in self.columns)
+        ddl = "".join(f"    {_quoted(c):<15} {'TEXT' if text else 'REAL'},\n"
+                      for c, text in zip(self.columns, self.is_text))
+        self.schema_sql = f"""
 CREATE TABLE IF NOT EXISTS predictions (
     id            TEXT PRIMARY KEY,
     ts            REAL NOT NULL,
-{_FEATURES_DDL}    prediction    REAL,
+{ddl}    prediction    REAL,
     model_version TEXT,
     actual        REAL,
     label_ts      REAL
@@ -103,9 +128,39 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE label_ts IS NOT NULL;
 """
-_COLUMNS = ("id", "ts", *FEATURES_SQL.split(", "), "prediction", "model_version", "actual", "label_ts")
-_INSERT = (f"INSERT OR IGNORE INTO predictions (id, ts, {FEATURES_SQL}, prediction, model_version) "
-           f"VALUES ({', '.join('?' * (len(FEATURE_COLUMNS) + 4))})")
+        self.all_columns = ("id", "ts", *self.columns, "prediction", "model_version", "actual", "label_ts")
+        self.insert = (f"INSERT OR IGNORE INTO predictions (id, ts, {self.features_sql}, prediction, model_version) "
+                       f"VALUES ({', '.join('?' * (len(self.names) + 4))})")
+
+    @classmethod
+    def from_schema(cls, schema) -> "StoreLayout":
+        """The layout of a monitoring.model.Schema's features."""
+        return cls([(f.name, f.kind == "categorical") for f in schema.features])
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, StoreLayout) and (self.names, self.is_text) == (other.names, other.is_text)
+
+    def check(self, features) -> None:
+        if len(features) != len(self.names):
+            raise ValueError(f"a record has {len(self.names)} features ({', '.join(self.names)}), "
+                             f"not {len(features)}")
+
+    def row(self, record) -> tuple:
+        """A record as the tuple bound to `insert`. Converting here, before the record is queued,
+        means a malformed record fails its own caller (ValueError/TypeError) and can never poison a
+        group commit or the retry buffer."""
+        features = record.features
+        self.check(features)
+        return (str(record.id), float(record.ts),
+                *[str(v) if text else float(v) for v, text in zip(features, self.is_text)],
+                float(record.prediction), str(record.model_version))
+
+    def features(self, row) -> tuple:
+        return tuple(v if text else _num(v) for v, text in zip(row, self.is_text))
+
+
+DIAMONDS = StoreLayout(list(zip(FEATURE_COLUMNS, _IS_TEXT)))
+FEATURES_SQL = DIAMONDS.features_sql
 
 
 class PredictionRecord(NamedTuple):
@@ -113,8 +168,8 @@ class PredictionRecord(NamedTuple):
     frozen dataclass takes about three times as long to build."""
     id: str            # uuid4 hex
     ts: float          # unix time served
-    features: tuple    # FEATURE_COLUMNS' values: numbers as float, grades as str
-    prediction: float
+    features: tuple    # the layout's features in order: numbers as float, categories as str
+    prediction: float  # a classifier's: the predicted class's index in the schema's classes
     model_version: str
 
     @classmethod
@@ -136,20 +191,12 @@ def _new_stats() -> dict:
 
 
 def _check_features(features) -> None:
-    if len(features) != len(FEATURE_COLUMNS):
-        raise ValueError(f"a record has {len(FEATURE_COLUMNS)} features ({', '.join(FEATURE_COLUMNS)}), "
-                         f"not {len(features)}")
+    DIAMONDS.check(features)
 
 
 def _row(record) -> tuple:
-    """A record as the tuple bound to _INSERT. Converting here, before the record is queued, means
-    a malformed record fails its own caller (ValueError/TypeError) and can never poison a group
-    commit or the retry buffer."""
-    features = record.features
-    _check_features(features)
-    return (str(record.id), float(record.ts),
-            *[str(v) if text else float(v) for v, text in zip(features, _IS_TEXT)],
-            float(record.prediction), str(record.model_version))
+    """A diamond record as the tuple bound to the default layout's insert."""
+    return DIAMONDS.row(record)
 
 
 def _num(value) -> float:
@@ -158,7 +205,7 @@ def _num(value) -> float:
 
 
 def _features(row) -> tuple:
-    return tuple(v if text else _num(v) for v, text in zip(row, _IS_TEXT))
+    return DIAMONDS.features(row)
 
 
 def _labels_by_id(labels) -> dict[str, tuple[float, float]]:
@@ -229,10 +276,11 @@ class Store:
 
     def __init__(self, path: str | Path, *, retention_seconds: float | None = 30 * 86400,
                  max_rows: int | None = 5_000_000, busy_timeout: float = 5.0,
-                 synchronous: str = "NORMAL", max_pending: int = 50_000):
+                 synchronous: str = "NORMAL", max_pending: int = 50_000, layout: StoreLayout | None = None):
         if synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError("synchronous must be 'NORMAL' or 'FULL'")
         self.path = Path(path)
+        self.layout = layout or DIAMONDS
         self.retention_seconds = retention_seconds
         self.max_rows = max_rows
         self.busy_timeout = float(busy_timeout)
@@ -285,17 +333,17 @@ class Store:
             raise
         return conn
 
-    @staticmethod
-    def _init_schema(conn: sqlite3.Connection) -> None:
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version not in (0, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(f"schema version {version}, this code knows {SCHEMA_VERSION}")
         if version == 0:
-            conn.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            conn.executescript(f"BEGIN IMMEDIATE; {self.layout.schema_sql} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-        missing = [c for c in _COLUMNS if c not in have]
+        missing = [c for c in self.layout.all_columns if c not in have]
         if missing:   # a file written for other features: refuse it now, not at the first insert
-            raise sqlite3.DatabaseError(f"the predictions table has no column {', '.join(missing)}")
+            raise sqlite3.DatabaseError(f"the predictions table has no column {', '.join(missing)}: it records "
+                                        "another model's features; give this model its own --db")
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
@@ -453,7 +501,7 @@ class Store:
         started = time.perf_counter()
         try:
             with self._transaction() as conn:
-                inserted = conn.executemany(_INSERT, rows).rowcount if rows else 0
+                inserted = conn.executemany(self.layout.insert, rows).rowcount if rows else 0
                 new_labels = labels_written = 0
                 for job in label_jobs:
                     job.result, newly = self._join_labels(conn, job.labels)
@@ -525,7 +573,7 @@ class Store:
             chunk = [self._pending[i] for i in range(min(FLUSH_CHUNK, len(self._pending)))]
             try:
                 with self._transaction() as conn:
-                    inserted = conn.executemany(_INSERT, chunk).rowcount
+                    inserted = conn.executemany(self.layout.insert, chunk).rowcount
             except Exception as exc:
                 raise self._fail(exc, "cannot write the retry buffer") from exc
             for _ in chunk:
@@ -538,15 +586,14 @@ class Store:
                 self._stats["commits"] += 1
         return written
 
-    @staticmethod
-    def _join_labels(conn: sqlite3.Connection, labels: dict) -> tuple[tuple[list, list[str]], int]:
+    def _join_labels(self, conn: sqlite3.Connection, labels: dict) -> tuple[tuple[list, list[str]], int]:
         """Set the labels of the ids that exist; returns ((known, unknown_ids), newly labelled)."""
         ids = list(labels)
         found = {}
         for i in range(0, len(ids), _MAX_SQL_VARIABLES):
             part = ids[i:i + _MAX_SQL_VARIABLES]
             marks = ",".join("?" * len(part))
-            for row in conn.execute(f"SELECT id, prediction, label_ts IS NULL, {FEATURES_SQL} "
+            for row in conn.execute(f"SELECT id, prediction, label_ts IS NULL, {self.layout.features_sql} "
                                     f"FROM predictions WHERE id IN ({marks})", part):
                 found[row[0]] = row
         known, unknown, updates, newly = [], [], [], 0
@@ -556,7 +603,7 @@ class Store:
                 unknown.append(id_)
                 continue
             first = bool(row[2])
-            known.append((id_, actual, _num(row[1]), _features(row[3:]), first))
+            known.append((id_, actual, _num(row[1]), self.layout.features(row[3:]), first))
             updates.append((actual, label_ts, id_))
             newly += first
         if updates:
@@ -590,7 +637,7 @@ class Store:
         StoreError if the database cannot be written: then the rows are kept in memory (up to
         max_pending) and written by the next successful commit or `flush()`. An id already stored
         is ignored (the first record with an id wins), so resending is harmless."""
-        rows = [_row(r) for r in records]
+        rows = [self.layout.row(r) for r in records]
         if rows:
             self._submit(_Job(rows=rows))
 
@@ -651,17 +698,22 @@ class Store:
         if n <= 0:
             return []
         with self._reader() as conn:
-            rows = conn.execute(f"SELECT {FEATURES_SQL} FROM predictions "
+            rows = conn.execute(f"SELECT {self.layout.features_sql} FROM predictions "
                                 f"ORDER BY ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
-        return [_features(r) for r in reversed(rows)]
+        return [self.layout.features(r) for r in reversed(rows)]
 
-    def recent_labelled(self, n: int) -> list[tuple[float, float]]:
-        """(actual, prediction) of the newest n labelled predictions, oldest label first."""
+    def recent_labelled(self, n: int, *, with_features: bool = False) -> list[tuple]:
+        """(actual, prediction) of the newest n labelled predictions, oldest label first; with
+        `with_features`, (actual, prediction, features) (a classifier's window needs its inputs to
+        give the probability of the true class)."""
         if n <= 0:
             return []
+        extra = f", {self.layout.features_sql}" if with_features else ""
         with self._reader() as conn:
-            rows = conn.execute("SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL "
+            rows = conn.execute(f"SELECT actual, prediction{extra} FROM predictions WHERE label_ts IS NOT NULL "
                                 "ORDER BY label_ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
+        if with_features:
+            return [(_num(r[0]), _num(r[1]), self.layout.features(r[2:])) for r in reversed(rows)]
         return [(_num(a), _num(p)) for a, p in reversed(rows)]
 
     # ---------------------------------------------------------------- state
@@ -723,12 +775,16 @@ class MemoryStore:
 
     path = None   # where it stores: nowhere
 
-    def __init__(self, capacity: int = 200_000):
+    def __init__(self, capacity: int = 200_000, *, layout: StoreLayout | None = None, keep_features: bool = False):
+        """keep_features: keep each prediction's features too, and answer them in add_labels (a
+        classifier's monitor needs them to give the probability of the true class)."""
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = int(capacity)
+        self.layout = layout or DIAMONDS
+        self.keep_features = bool(keep_features)
         self._lock = threading.Lock()
-        self._by_id: OrderedDict[str, float] = OrderedDict()   # id -> prediction, oldest first
+        self._by_id: OrderedDict[str, tuple[float, tuple | None]] = OrderedDict()   # id -> (prediction, features)
         self._labelled: set[str] = set()
         self._closed = False
         self._stats = _new_stats()
@@ -742,13 +798,14 @@ class MemoryStore:
 
     def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
         for r in records:
-            _check_features(r.features)
+            self.layout.check(r.features)
+        keep = self.keep_features
         with self._lock:
             self._check_open()
             by_id, added = self._by_id, 0
             for r in records:
                 if r.id not in by_id:
-                    by_id[r.id] = float(r.prediction)
+                    by_id[r.id] = (float(r.prediction), tuple(r.features) if keep else None)
                     added += 1
             evicted = 0
             while len(by_id) > self.capacity:
@@ -763,11 +820,11 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             for id_, (actual, _) in joined.items():
-                prediction = self._by_id.get(id_)
-                if prediction is None:
+                held = self._by_id.get(id_)
+                if held is None:
                     unknown.append(id_)
                     continue
-                known.append((id_, actual, prediction, None, id_ not in self._labelled))
+                known.append((id_, actual, held[0], held[1], id_ not in self._labelled))
                 self._labelled.add(id_)
             self._stats["labels_written"] += len(known)
         return known, unknown
@@ -786,7 +843,7 @@ class MemoryStore:
         self._check_open()
         return []
 
-    def recent_labelled(self, n: int) -> list[tuple[float, float]]:
+    def recent_labelled(self, n: int, *, with_features: bool = False) -> list[tuple]:
         self._check_open()
         return []
 
@@ -817,16 +874,23 @@ class MemoryStore:
         self.close()
 
 
-def open_store(db_path: str | Path | None, *, memory_capacity: int = 200_000,
+def open_store(db_path: str | Path | None, *, memory_capacity: int = 200_000, keep_features: bool = False,
                **options) -> Store | MemoryStore:
     """A Store on the SQLite file `db_path` (options: Store's keyword arguments); a
     monitoring.pg_store.PgStore, shared by a fleet of replicas, when db_path is a postgresql:// URL
     (options: PgStore's); or, when db_path is None or "", a MemoryStore joining labels to the newest
-    `memory_capacity` predictions."""
+    `memory_capacity` predictions. `layout`: the served model's feature columns (default: the
+    diamond model's); keep_features: a MemoryStore keeps each prediction's features for add_labels."""
+    layout = options.pop("layout", None)
     if db_path is None or db_path == "":
-        return MemoryStore(memory_capacity)
+        return MemoryStore(memory_capacity, layout=layout, keep_features=keep_features)
     if isinstance(db_path, str) and db_path.startswith(("postgresql://", "postgres://")):
+        if layout is not None and layout != DIAMONDS:
+            # The fleet's table and its migrations are the diamond model's; any model's columns
+            # there would need a migration per schema (not done yet).
+            raise StoreError("a PostgreSQL store (a fleet) records the diamond model's features only; serve "
+                             "this model with an SQLite file (--db FILE) or in memory (--db '')")
         from monitoring.pg_store import PgStore   # psycopg is imported only by those who use it
 
         return PgStore(db_path, **options)
-    return Store(db_path, **options)
+    return Store(db_path, layout=layout, **options)

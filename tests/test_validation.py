@@ -14,14 +14,14 @@ from monitoring.model import (MAX_ID_LENGTH, Feature, InvalidInput, Schema, desc
                               parse_positive_number)
 
 # The artifact's schema as train.py writes it (test_artifact_schema_is_this_one checks it).
-SCHEMA_DICT = {"features": [
-    {"name": "carat", "kind": "numeric"},
+SCHEMA_DICT = {"task": "regression", "features": [
+    {"name": "carat", "kind": "numeric", "positive": True},
     {"name": "cut", "kind": "categorical", "categories": ["Fair", "Good", "Very Good", "Premium", "Ideal"]},
     {"name": "color", "kind": "categorical", "categories": ["J", "I", "H", "G", "F", "E", "D"]},
     {"name": "clarity", "kind": "categorical", "categories": ["I1", "SI2", "SI1", "VS2", "VS1", "VVS2", "VVS1", "IF"]},
-    {"name": "depth", "kind": "numeric"},
-    {"name": "table", "kind": "numeric"},
-], "target": "price"}
+    {"name": "depth", "kind": "numeric", "positive": True},
+    {"name": "table", "kind": "numeric", "positive": True},
+], "target": "price", "target_positive": True}
 FIELDS = "carat, cut, color, clarity, depth, table"
 ROW = {"carat": 0.5, "cut": "Ideal", "color": "E", "clarity": "VS1", "depth": 61.5, "table": 55}
 
