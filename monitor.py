@@ -51,9 +51,10 @@ try:
     from monitoring.lockfile import WriterLock
     from monitoring.metrics import MonitorMetrics
     from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
-    from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
-                                  describe_json, load_artifact, parse_label, release_freed_memory)
-    from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, open_store
+    from monitoring.classification import ClassificationConceptDetector, labelled_pairs
+    from monitoring.model import (DEFAULT_MODEL_PATH, InvalidInput, ModelLoadError, Schema, describe_json,
+                                  load_artifact, make_predictor, release_freed_memory)
+    from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, StoreLayout, open_store
     from monitoring.windows import InputWindow, LabelledWindow
 except ModuleNotFoundError as missing:  # e.g. the system Python, with the libraries in .venv
     from monitoring.environment import run_in_project_environment
@@ -138,11 +139,18 @@ class Monitor:
         self.info = artifact["info"]
         self.model_metrics = artifact["metrics"]
         self.schema = Schema(artifact["schema"])
+        self.classes = self.schema.classes  # a classifier's, in the order of its probabilities
         reference = artifact["reference_features"]
-        self.predictor = FastPredictor(artifact["pipeline"], self.schema, check_rows=reference.iloc[:256])
+        # The fast forest path where it applies and is exact, else the pipeline (monitoring/model.py).
+        self.predictor = make_predictor(artifact["pipeline"], self.schema, check_rows=reference.iloc[:256])
         self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha)
         errors = artifact["reference_errors"]
-        self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
+        if self.schema.is_classification:
+            # Its labelled window holds (correct, log loss) per label: monitoring/classification.py.
+            self.concept_detector = ClassificationConceptDetector(errors["actual"], errors["probabilities"],
+                                                                  alpha=config.alpha)
+        else:
+            self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
         # GET /drift/report: the latest check drawn, rendered at most once per check (monitoring/report.py)
         self.report_page = ReportPage(
             Reference(reference, self.data_detector, errors["actual"], errors["predicted"], self.concept_detector),
@@ -185,13 +193,19 @@ class Monitor:
         Without a file (--db ''), the newest predictions are kept in memory to join late labels.
         An SQLite file is refused when another live monitor process writes it (monitoring/lockfile.py);
         a postgresql:// URL is the fleet's database, written by every replica."""
-        options = {"retention_seconds": config.retention_days * 86400, "max_rows": config.max_stored_rows}
+        options = {"retention_seconds": config.retention_days * 86400, "max_rows": config.max_stored_rows,
+                   "layout": StoreLayout.from_schema(self.schema)}
+        if isinstance(config.db_path, str) and self.schema.is_classification:
+            raise StoreError("a PostgreSQL store (a fleet) serves regression models only for now; serve this "
+                             "classifier with an SQLite file (--db FILE) or in memory (--db '')")
         if isinstance(config.db_path, str):
             options.update(replica=self.replica_id, timeout=config.db_timeout)
         elif config.db_path is not None:
             self._writer_lock = WriterLock(config.db_path).acquire()
         try:
-            store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions, **options)
+            # A classifier's labels need the features of their predictions (the probability of the true class).
+            store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions,
+                               keep_features=self.schema.is_classification, **options)
         except BaseException:
             if self._writer_lock is not None:
                 self._writer_lock.release()
@@ -202,8 +216,13 @@ class Monitor:
             log.warning("%d stored inputs do not fit this model's schema (unknown category, missing or "
                         "non-finite value); left out of the drift window", len(stored) - len(fitting))
         self.inputs.extend(fitting)
-        self.labelled.extend([(actual, predicted) for actual, predicted in store.recent_labelled(config.label_window)
-                              if _finite(actual) and _finite(predicted)])
+        if self.schema.is_classification:
+            labelled = store.recent_labelled(config.label_window, with_features=True)
+            self.labelled.extend(self._classified([(actual, predicted, features) for actual, predicted, features
+                                                   in labelled if self.schema.fits(features)]))
+        else:
+            self.labelled.extend([(actual, predicted) for actual, predicted in store.recent_labelled(config.label_window)
+                                  if _finite(actual) and _finite(predicted)])
         counts = store.counts()
         log.info("prediction store (%s): %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
                  store.describe(), counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
@@ -255,11 +274,17 @@ class Monitor:
         return self._batcher.submit(rows)
 
     def _serve_batch(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
-        predictions = self.predictor.predict(rows)
+        """Predictions for the rows: a regression's values, or a classifier's probabilities (rows x
+        classes; the store records the predicted class's index)."""
+        if self.schema.is_classification:
+            predictions = self.predictor.predict_proba(rows)
+            recorded = predictions.argmax(axis=1).astype(np.float64)
+        else:
+            predictions = recorded = self.predictor.predict(rows)
         ids = _new_ids(len(rows))
         # A fleet's records are stamped by the database's clock when stored (ts None), not by ours.
         now, version = None if self.fleet else time.time(), self.info["model_version"]
-        records = [PredictionRecord(i, now, row, p, version) for i, row, p in zip(ids, rows, predictions.tolist())]
+        records = [PredictionRecord(i, now, row, p, version) for i, row, p in zip(ids, rows, recorded.tolist())]
         try:
             self.store.add_predictions(records)  # one transaction for the whole micro-batch
         except StoreError as exc:
@@ -268,8 +293,19 @@ class Monitor:
             log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
         self.inputs.extend(rows)
         self.metrics.predictions.inc(len(rows))
-        self.metrics.predicted_price.observe_many(predictions)
+        if not self.schema.is_classification:
+            self.metrics.predicted_price.observe_many(predictions)
         return predictions, ids
+
+    def _classified(self, labelled: list[tuple]) -> list:
+        """(actual class code, predicted class code, features) -> the classifier's window rows
+        (correct, log loss), the probabilities predicted again from the stored features: the same
+        pipeline gives the same probabilities it served."""
+        if not labelled:
+            return []
+        probabilities = self.predictor.predict_proba([features for _, _, features in labelled])
+        actual = [int(a) for a, _, _ in labelled]
+        return labelled_pairs(probabilities, actual, [int(p) for _, p, _ in labelled]).tolist()
 
     def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
         """Join (id, actual) labels to their predictions; returns (accepted, unknown ids).
@@ -279,7 +315,11 @@ class Monitor:
         known = [(actual, predicted, first) for _, actual, predicted, _, first in joined]
         # A prediction enters the labelled window once: a corrected or resent label updates the
         # record, but counting it twice would make the window look more certain than it is.
-        self.labelled.extend([(actual, predicted) for actual, predicted, first in known if first])
+        if self.schema.is_classification:
+            self.labelled.extend(self._classified([(actual, predicted, features) for _, actual, predicted, features,
+                                                   first in joined if first and features is not None]))
+        else:
+            self.labelled.extend([(actual, predicted) for actual, predicted, first in known if first])
         self.metrics.labels_received.inc(len(known))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))
@@ -388,7 +428,11 @@ class Monitor:
             drifted = [name for name, feature in data.features.items() if feature.detected]
             log.warning("data drift detected in %s (largest distance %.3f, window %d)", ", ".join(drifted),
                         data.max_distance, data.window_size)
-        if concept.detected:
+        if concept.detected and self.schema.is_classification:
+            log.warning("concept drift detected: accuracy %.1f%% vs %.1f%% held-out, log loss %+.0f%% (%d labels)",
+                        100 * concept.accuracy, 100 * concept.reference_accuracy, 100 * (concept.loss_increase or 0.0),
+                        concept.labelled_size)
+        elif concept.detected:
             log.warning("concept drift detected: MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)",
                         100 * concept.mse_increase, concept.bias_pct or 0.0, concept.labelled_size)
 
@@ -630,6 +674,16 @@ def _predict(monitor: Monitor, body) -> tuple[int, dict]:
     rows = [monitor.schema.parse_row(item, "" if single else f"[{i}].") for i, item in enumerate(items)]
     predictions, ids = monitor.predict(rows)
     monitor.metrics.prediction_requests.inc()
+    if monitor.schema.is_classification:
+        classes = monitor.classes
+        names = [str(c) for c in classes]
+        chosen = [classes[k] for k in predictions.argmax(axis=1).tolist()]
+        probabilities = [dict(zip(names, p)) for p in predictions.tolist()]
+        if single:
+            return 200, {"prediction": chosen[0], "probabilities": probabilities[0], "id": ids[0],
+                         "model_version": monitor.info["model_version"]}
+        return 200, {"predictions": chosen, "probabilities": probabilities, "ids": ids,
+                     "model_version": monitor.info["model_version"]}
     if single:
         return 200, {"prediction": float(predictions[0]), "id": ids[0],
                      "model_version": monitor.info["model_version"]}
@@ -639,7 +693,7 @@ def _predict(monitor: Monitor, body) -> tuple[int, dict]:
 def _feedback(monitor: Monitor, body) -> tuple[int, dict]:
     single = isinstance(body, dict)
     items = [body] if single else _as_list(body, monitor.config.max_rows, "labels")
-    labels = [parse_label(item, "" if single else f"[{i}].") for i, item in enumerate(items)]
+    labels = [monitor.schema.parse_label(item, "" if single else f"[{i}].") for i, item in enumerate(items)]
     try:
         accepted, unknown = monitor.record_labels(labels)
     except StoreError as exc:
@@ -715,7 +769,8 @@ def _metrics(monitor: Monitor, _body) -> tuple[int, _Text]:
 
 
 def _index(monitor: Monitor, _body) -> tuple[int, dict]:
-    return 200, {"service": "diamond-price model monitor", "model_version": monitor.info["model_version"],
+    return 200, {"service": f"{monitor.info.get('model_name', 'diamond-price')} model monitor",
+                 "model_version": monitor.info["model_version"], "task": monitor.schema.task,
                  "drift_report": monitor.report_page.links.page,
                  "endpoints": {path: sorted(methods) for path, methods in ROUTES.items()}}
 

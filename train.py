@@ -19,6 +19,7 @@ import hashlib
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -40,7 +41,8 @@ except ModuleNotFoundError as missing:  # e.g. the system Python, with the libra
 
     run_in_project_environment(missing)
 
-__all__ = ["TrainingError", "build_pipeline", "feature_schema", "save_artifact", "train", "train_csv"]
+__all__ = ["CsvSplit", "TrainingError", "build_pipeline", "feature_schema", "save_artifact", "split_csv", "train",
+           "train_csv"]
 
 # A held-out split of TEST_SIZE needs this many rows to leave the concept-drift reference 20 rows.
 MIN_ROWS = 100
@@ -146,15 +148,23 @@ def _parse_ordered(items) -> dict[str, list[str]]:
     return ordered
 
 
-def train_csv(data: Path, target: str, features: list[str] | None = None, ordered: dict | None = None,
-              task: str | None = None, n_estimators: int = 100, min_samples_leaf: int = 4,
-              max_features: float = 0.5, random_state: int = 42, n_jobs: int = -1,
-              say=print) -> dict:
-    """Fit a forest on a CSV and return the artifact (nothing is written). The same split as the
-    diamond model (test_size 0.2, random_state 42; stratified by class for a classifier, so that
-    every class is in both parts), the same held-out evaluation and artifact contents. Raises
-    TrainingError with a one-line message for input it cannot train on."""
-    started = time.perf_counter()
+@dataclass
+class CsvSplit:
+    """A CSV's rows as train_csv splits them (tests and the evaluation stream its held-out rows)."""
+    X_train: pd.DataFrame
+    X_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+    task: str
+    features: list[str]
+    ordered: dict
+
+
+def split_csv(data: Path, target: str, features: list[str] | None = None, ordered: dict | None = None,
+              task: str | None = None, say=print) -> CsvSplit:
+    """Read and check a CSV, infer the task if not given (and say so), and split it as the diamond
+    model is split (test_size 0.2, random_state 42; stratified by class for a classifier, so that
+    every class is in both parts). Raises TrainingError with a one-line message."""
     frame = _read_csv(data)
     if target not in frame.columns:
         raise TrainingError(f"--target {target!r}: no such column; columns: {', '.join(map(str, frame.columns))}")
@@ -192,10 +202,10 @@ def train_csv(data: Path, target: str, features: list[str] | None = None, ordere
             y = y.astype(str)
         counts = y.value_counts()
         if len(counts) < 2:
-            raise TrainingError(f"target {target!r} has one class ({counts.index[0]!r}); a classifier needs two or more")
+            raise TrainingError(f"target {target!r} has one class ({str(counts.index[0])!r}); a classifier needs two or more")
         rare = counts[counts < 2]
         if len(rare):
-            raise TrainingError(f"class {rare.index[0]!r} of {target!r} has {int(rare.iloc[0])} row; every class "
+            raise TrainingError(f"class {str(rare.index[0])!r} of {target!r} has {int(rare.iloc[0])} row; every class "
                                 "needs at least 2 (one for training, one held out)")
         stratify = y
     elif not pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y):
@@ -204,6 +214,22 @@ def train_csv(data: Path, target: str, features: list[str] | None = None, ordere
         y = y.astype(np.float64)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=TEST_SIZE, random_state=SPLIT_RANDOM_STATE,
                                                         stratify=stratify)
+    return CsvSplit(X_train, X_test, y_train, y_test, task, features, ordered)
+
+
+def train_csv(data: Path, target: str, features: list[str] | None = None, ordered: dict | None = None,
+              task: str | None = None, n_estimators: int = 100, min_samples_leaf: int = 4,
+              max_features: float = 0.5, random_state: int = 42, n_jobs: int = -1,
+              say=print) -> dict:
+    """Fit a forest on a CSV and return the artifact (nothing is written): split_csv's split, the
+    same held-out evaluation and artifact contents as the diamond model. Raises TrainingError with
+    a one-line message for input it cannot train on."""
+    started = time.perf_counter()
+    part = split_csv(data, target, features, ordered, task, say)
+    X_train, X_test, y_train, y_test = part.X_train, part.X_test, part.y_train, part.y_test
+    task, features, ordered = part.task, part.features, part.ordered
+    X = pd.concat([X_train, X_test])
+    y = pd.concat([y_train, y_test])
     try:
         from monitoring.artifact import infer_schema
 
@@ -274,8 +300,11 @@ def _summary(artifact: dict) -> str:
         return (f"held-out ({m['n_test']} rows): accuracy {m['accuracy']:.4f}  log loss {m['log_loss']:.4f}   "
                 f"(training-set accuracy {m['train_accuracy']:.4f}); classes "
                 + ", ".join(f"{c} {n}" for c, n in m["class_counts"].items()))
-    return (f"held-out ({m['n_test']} rows): MSE {m['mse']:,.0f}  RMSE {m['rmse']:,.1f}  "
-            f"MAE {m['mae']:,.1f}  R2 {m['r2']:.4f}   (training-set MSE {m['train_mse']:,.0f})")
+    def big(x):  # dollars squared as today; a target of a few units keeps its digits
+        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.4g}"
+
+    return (f"held-out ({m['n_test']} rows): MSE {big(m['mse'])}  RMSE {m['rmse']:,.1f}  "
+            f"MAE {m['mae']:,.1f}  R2 {m['r2']:.4f}   (training-set MSE {big(m['train_mse'])})")
 
 
 def main(argv=None) -> int:

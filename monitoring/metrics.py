@@ -114,10 +114,12 @@ class MonitorMetrics:
         self.registry.register(_StoreCollector(store))
 
     def describe_model(self, info: dict, metrics: dict) -> None:
+        # name and task: an artifact from before any model could be served is the diamond regressor
         self.model_info.info({"version": info["model_version"], "trained_at": info["trained_at"],
-                              "sklearn_version": info["versions"]["sklearn"]})
-        self.model_heldout_mse.set(metrics["mse"])
-        self.reference_mse.set(metrics["mse"])
+                              "sklearn_version": info["versions"]["sklearn"],
+                              "name": info.get("model_name", "diamond-price"), "task": info.get("task", "regression")})
+        self.model_heldout_mse.set(metrics.get("mse", math.nan))  # a classifier has no MSE
+        self.reference_mse.set(metrics.get("mse", math.nan))
         self.model_trained.set(dt.datetime.fromisoformat(info["trained_at"]).timestamp())
 
     def record_drift(self, data: DataDriftReport, concept: ConceptDriftReport) -> None:
@@ -130,9 +132,12 @@ class MonitorMetrics:
             self.feature_statistic.labels(name, feature.test).set(_number(feature.statistic))
             self.feature_p_value.labels(name).set(_number(feature.p_value))
             self.feature_detected.labels(name).set(1 if feature.detected else 0)
-        self.concept_drift.set(_number(concept.mse_increase))
         self.concept_drift_detected.set(1 if concept.detected else 0)
         self.concept_drift_p_value.set(_number(concept.p_value))
+        if hasattr(concept, "loss_increase"):  # a classifier's (monitoring/classification.py): no prices, no MSE
+            self.concept_drift.set(_number(concept.loss_increase))
+            return
+        self.concept_drift.set(_number(concept.mse_increase))
         self.concept_drift_bias.set(_number(concept.bias_pct))
         self.window_mse.set(_number(concept.mse))
 

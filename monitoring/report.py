@@ -415,7 +415,58 @@ def _data_section(data: dict, reference: Reference, snapshot: DriftSnapshot) -> 
     return "".join(parts)
 
 
+def _classification_section(concept: dict, reference: Reference, snapshot: DriftSnapshot) -> str:
+    """A classifier's concept drift: accuracy and log loss of the labelled window against held-out,
+    and where the window's losses rank among the held-out losses (monitoring/classification.py)."""
+    loss = np.asarray(snapshot.predicted, dtype=np.float64)  # the window holds (correct, loss)
+    loss = loss[np.isfinite(loss)]
+    m = loss.size
+    detected = bool(concept.get("detected"))
+    tested = concept.get("p_value") is not None
+    head = "Concept drift" if detected else "No concept drift"
+
+    def share(key):
+        value = concept.get(key)
+        return "–" if value is None else f"{100 * value:.1f}%"
+
+    drop, increase = concept.get("accuracy_drop"), concept.get("score")
+    numbers = _numbers([
+        ("test", "log loss (Mann-Whitney) and accuracy (Fisher exact), Holm"),
+        ("accuracy", f"{share('accuracy')} vs {share('reference_accuracy')} held-out"),
+        ("accuracy drop", "–" if drop is None else f"{100 * drop:+.1f} points"),
+        ("log loss increase", "–" if increase is None else f"{100 * increase:+.1f}%"),
+        ("p-values", f"loss {format_p(concept.get('loss_p_value'))}, accuracy {format_p(concept.get('accuracy_p_value'))}"),
+    ], ("drifted" if detected else "no drift", detected) if tested else None)
+    parts = [f'<section id="concept"><h2>{escape(head)}: the last {m:,} labelled predictions against the '
+             'held-out ones</h2>',
+             f'<article class="feature concept{" drifted" if detected else ""}" data-drifted='
+             f'"{"true" if detected else "false"}"><h3>classification errors</h3>']
+    if concept.get("reason"):
+        parts.append(f'<p class="note">Not tested: {escape(concept["reason"])}. Send true classes to '
+                     '<code>POST /feedback</code>.</p>')
+    parts.append(numbers)
+    parts.append('<p class="sub">Each labelled prediction\'s log loss, -log p(true class), is ranked among the '
+                 'held-out losses: without concept drift the ranks are uniform. Worse predictions pile up on the '
+                 'right.</p>')
+    if m:
+        k = PIT_BINS if m >= 100 else 5
+        edges = np.linspace(0, 1, k + 1)
+        density = np.histogram(reference.concept.pit(loss), edges)[0] / m * k
+        half = 1.96 * k * math.sqrt((1.0 / k) * (1 - 1.0 / k) / m)
+        pit = charts.pit_histogram(
+            "chart-concept-pit", "Where live losses rank among held-out losses", (
+                f"Histogram of the PIT values of {m:,} labelled predictions in {k} bins, density "
+                + ", ".join(f"{d:.2f}" for d in density) + "; 1 everywhere means as at training."),
+            edges.tolist(), density.tolist(), (max(0.0, 1 - half), 1 + half))
+        parts.append(f'<div class="charts"><figure>{pit}<figcaption>Bars inside the band are as at training; '
+                     f'{k} bins of {m:,} ranks.</figcaption></figure></div>')
+    parts.append("</article></section>")
+    return "".join(parts)
+
+
 def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapshot) -> str:
+    if concept.get("test") == "loss-accuracy":
+        return _classification_section(concept, reference, snapshot)
     actual = np.asarray(snapshot.actual, dtype=np.float64)
     predicted = np.asarray(snapshot.predicted, dtype=np.float64)
     ok = np.isfinite(actual) & np.isfinite(predicted) & (predicted > 0)
