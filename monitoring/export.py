@@ -12,17 +12,19 @@ import os
 import sqlite3
 from pathlib import Path
 
-from monitoring.store import FEATURES_SQL, FEATURE_COLUMNS, SCHEMA_VERSION, StoreError
+from monitoring.store import _SQL_NAMES, FEATURE_COLUMNS, SCHEMA_VERSION, StoreError, _quoted
 
 __all__ = ["EXPORT_COLUMNS", "export_labelled"]
 
-EXPORT_COLUMNS = ("id", "ts", *FEATURE_COLUMNS, "prediction", "actual", "label_ts", "model_version")
+EXPORT_COLUMNS = ("id", "ts", *FEATURE_COLUMNS, "prediction", "actual", "label_ts", "model_version")  # the diamond model's
 _CHUNK = 100_000   # rows read at a time
 
 
 def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = None) -> int:
     """Write every labelled prediction stored at `db_path` (an SQLite file, or a postgresql:// URL)
-    to `target`, oldest served first; returns the rows written. Columns: EXPORT_COLUMNS (times are unix seconds).
+    to `target`, oldest served first; returns the rows written. Columns: EXPORT_COLUMNS for the diamond
+    model, the served model's features in their place for another (times are unix seconds; a
+    classifier's prediction and actual are class indices, in the order of its schema's classes).
     fmt: "csv" or "parquet"; None: parquet for a .parquet target, else csv. The file appears whole
     or not at all (written beside it, then renamed).
 
@@ -38,24 +40,22 @@ def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = N
     if fmt == "parquet" and importlib.util.find_spec("pyarrow") is None:
         raise ImportError("Parquet export needs pyarrow, which is not installed (pip install pyarrow)",
                           name="pyarrow")
-    query = (f"SELECT id, ts, {FEATURES_SQL}, prediction, actual, label_ts, model_version "
-             f"FROM predictions WHERE label_ts IS NOT NULL ORDER BY ts, rowid")
     tmp = target.with_name(target.name + ".tmp")
     written = 0
     try:
-        with _chunks(db_path, query) as chunks:
+        with _chunks(db_path) as (columns, chunks):
             if fmt == "csv":
                 for i, frame in enumerate(chunks):
-                    frame.columns = list(EXPORT_COLUMNS)
+                    frame.columns = columns
                     frame.to_csv(tmp, mode="w" if i == 0 else "a", header=i == 0, index=False)
                     written += len(frame)
                 if written == 0:
-                    pd.DataFrame(columns=list(EXPORT_COLUMNS)).to_csv(tmp, index=False)
+                    pd.DataFrame(columns=columns).to_csv(tmp, index=False)
             else:
                 frames = list(chunks)
                 frame = (pd.concat(frames, ignore_index=True) if frames
-                         else pd.DataFrame(columns=list(EXPORT_COLUMNS)))
-                frame.columns = list(EXPORT_COLUMNS)
+                         else pd.DataFrame(columns=columns))
+                frame.columns = columns
                 frame.to_parquet(tmp, index=False)
                 written = len(frame)
         os.replace(tmp, target)
@@ -67,19 +67,29 @@ def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = N
 
 
 @contextlib.contextmanager
-def _chunks(db_path: str | Path, query: str):
-    """DataFrames of at most _CHUNK labelled rows, all from one snapshot of the store: an SQLite
-    file, or a PostgreSQL database (a postgresql:// URL)."""
+def _chunks(db_path: str | Path):
+    """(column names, DataFrames of at most _CHUNK labelled rows), all from one snapshot of the
+    store: an SQLite file (whatever model's features it records), or a PostgreSQL database (a
+    postgresql:// URL)."""
     import pandas as pd
 
     if isinstance(db_path, str) and db_path.startswith(("postgresql://", "postgres://")):
         from monitoring.pg_store import labelled_rows
 
-        yield (pd.DataFrame(rows, columns=list(EXPORT_COLUMNS)) for rows in labelled_rows(db_path, _CHUNK))
+        yield list(EXPORT_COLUMNS), (pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
+                                     for rows in labelled_rows(db_path, _CHUNK))
         return
     with _read_only(db_path) as conn:
         conn.execute("BEGIN")  # one snapshot across all chunks
-        yield pd.read_sql_query(query, conn, chunksize=_CHUNK)
+        # The feature columns are those between ts and prediction, as the store's layout made them.
+        on_disk = [row[1] for row in conn.execute("PRAGMA table_info(predictions)")]
+        features = on_disk[on_disk.index("ts") + 1:on_disk.index("prediction")]
+        names = {disk: name for name, disk in _SQL_NAMES.items()}
+        columns = ["id", "ts", *[names.get(c, c) for c in features], "prediction", "actual", "label_ts",
+                   "model_version"]
+        query = (f"SELECT id, ts, {', '.join(_quoted(c) for c in features)}, prediction, actual, label_ts, "
+                 f"model_version FROM predictions WHERE label_ts IS NOT NULL ORDER BY ts, rowid")
+        yield columns, pd.read_sql_query(query, conn, chunksize=_CHUNK)
 
 
 @contextlib.contextmanager

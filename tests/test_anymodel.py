@@ -223,6 +223,14 @@ def test_friedman_serves_negative_values_through_the_exact_fast_path(friedman, t
         assert status == 400 and bad["error"] == "actual: missing; the true y"
     finally:
         handle.stop()
+    # the labelled rows export with this model's columns
+    from monitoring.export import export_labelled
+
+    assert export_labelled(tmp_path / "monitor.db", tmp_path / "labelled.csv") == 1
+    exported = pd.read_csv(tmp_path / "labelled.csv")
+    assert list(exported.columns) == ["id", "ts", *split.X_test.columns, "prediction", "actual", "label_ts",
+                                      "model_version"]
+    assert exported["actual"].tolist() == [-3.5] and exported["site"][0] == split.X_test["site"].iloc[0]
 
 
 def test_friedman_data_drift_quiet_on_clean_traffic_and_caught_on_a_shifted_feature(friedman, tmp_path):
