@@ -247,6 +247,8 @@ def test_friedman_data_drift_quiet_on_clean_traffic_and_caught_on_a_shifted_feat
         drifted = request(handle.url, "POST", "/drift/check")[2]["data_drift"]
         assert drifted["detected"] is True
         assert [n for n, f in drifted["features"].items() if f["detected"]] == ["x4"]
+        status, _, page = request(handle.url, "GET", "/drift/report")
+        assert status == 200 and "x4" in page and "site" in page
     finally:
         handle.stop()
 
