@@ -14,7 +14,8 @@ The artifact is one joblib file holding a dict:
                       and for a classifier its classes
   reference_features  the training features (data-drift reference)
   reference_errors    held-out truth and predictions (concept-drift reference): for a regression
-                      `actual` and `predicted`; for a classification `actual` and `predicted` as class
+                      `actual`, `predicted` and `error` (how an error is measured: "log_ratio" when
+                      every target is positive, else "residual"); for a classification `actual` and `predicted` as class
                       codes (indices into schema["classes"]) and `probabilities` (rows x classes)
   metrics             held-out figures: MSE, RMSE, MAE, R2 (regression); accuracy, log loss and per-class
                       counts (classification); n_train, n_test
@@ -171,7 +172,11 @@ def build_artifact(pipeline, X_train: pd.DataFrame, y_train, X_heldout: pd.DataF
         metrics = _regression_metrics(actual, predicted)
         metrics["train_mse"] = float(np.mean((y_train.to_numpy(dtype=np.float64)
                                               - np.asarray(pipeline.predict(X_train), dtype=np.float64)) ** 2))
-        reference_errors = {"actual": actual, "predicted": predicted}
+        # How concept drift measures an error: the log ratio actual/predicted where every target is
+        # positive (the diamond model's prices: errors grow with the price), else the plain residual
+        # actual - predicted (a target that may be zero or negative has no ratio).
+        positive = bool((y_train > 0).all() and (y_heldout > 0).all())
+        reference_errors = {"actual": actual, "predicted": predicted, "error": "log_ratio" if positive else "residual"}
     metrics["n_train"], metrics["n_test"] = len(X_train), len(X_heldout)
     digest = data_sha256 or _frame_sha256(X_train, y_train)
     return {
