@@ -16,7 +16,8 @@ The artifact is one joblib file holding a dict:
   reference_errors    held-out truth and predictions (concept-drift reference): for a regression
                       `actual`, `predicted` and `error` (how an error is measured: "log_ratio" when
                       every target is positive, else "residual"); for a classification `actual` and `predicted` as class
-                      codes (indices into schema["classes"]) and `probabilities` (rows x classes)
+                      codes (indices into schema["classes"]) and `probabilities` (rows x classes);
+                      for both, `grades`: the held-out rows' categories as schema codes
   metrics             held-out figures: MSE, RMSE, MAE, R2 (regression); accuracy, log loss and per-class
                       counts (classification); n_train, n_test
   info                model version, training date and time taken, data hash, parameters, library versions
@@ -98,6 +99,16 @@ def _plain(value):
     return str(value)
 
 
+def grade_codes(frame: pd.DataFrame, schema: dict) -> dict[str, np.ndarray]:
+    """Each categorical feature of `frame` as schema codes (worst grade = 0; -1 if unknown)."""
+    out = {}
+    for f in schema["features"]:
+        if f["kind"] == "categorical":
+            lookup = {c: i for i, c in enumerate(f["categories"])}
+            out[f["name"]] = frame[f["name"]].astype(str).map(lambda g: lookup.get(g, -1)).to_numpy(dtype=np.int64)
+    return out
+
+
 def _regression_metrics(y_true, y_pred) -> dict:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
@@ -177,9 +188,11 @@ def build_artifact(pipeline, X_train: pd.DataFrame, y_train, X_heldout: pd.DataF
         # actual - predicted (a target that may be zero or negative has no ratio).
         positive = bool((y_train > 0).all() and (y_heldout > 0).all())
         reference_errors = {"actual": actual, "predicted": predicted, "error": "log_ratio" if positive else "residual"}
+    # the held-out rows' categories as schema codes: concept drift per category (drift.py's segments)
+    reference_errors["grades"] = grade_codes(X_heldout, schema)
     metrics["n_train"], metrics["n_test"] = len(X_train), len(X_heldout)
     digest = data_sha256 or _frame_sha256(X_train, y_train)
-    return {
+    artifact = {
         "format": SUPPORTED_FORMAT,
         "pipeline": pipeline,
         "schema": schema,
@@ -198,6 +211,7 @@ def build_artifact(pipeline, X_train: pd.DataFrame, y_train, X_heldout: pd.DataF
                          "numpy": np.__version__, "pandas": pd.__version__, "joblib": joblib.__version__},
         },
     }
+    return artifact
 
 
 def _frame_sha256(X: pd.DataFrame, y: pd.Series) -> str:

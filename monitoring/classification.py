@@ -58,6 +58,9 @@ class ClassificationConceptReport:
     alpha: float
     test: str
     reason: str | None = None
+    # What drift.py's regression report dates (when a change began): a classifier's report has no
+    # multi-scale detection, so it stays None; kept so that the monitor treats both reports alike.
+    detection: object = None
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -90,6 +93,10 @@ class ClassificationConceptDetector:
         self.reference_accuracy = float(pairs[:, 0].mean())
         self._loss = np.sort(pairs[:, 1])
         self.reference_log_loss = float(self._loss.mean())
+
+    def segment_names(self) -> list[str]:
+        """No segments (drift.py's regression detector has some): the metrics list none."""
+        return []
 
     def pit(self, loss) -> np.ndarray:
         """Mid-rank of each loss among the held-out losses, in (0, 1)."""
@@ -130,7 +137,9 @@ class ClassificationConceptDetector:
         pooled_right = right + int(round(self.reference_accuracy * n))
         return float(np.clip(stats.hypergeom.cdf(right, m + n, pooled_right, m), 0.0, 1.0))
 
-    def score(self, correct, loss) -> ClassificationConceptReport:
+    def score(self, correct, loss, grades=None) -> ClassificationConceptReport:
+        """`grades` is accepted and unused: the regression detector's per-grade segments have no
+        classification counterpart here yet."""
         correct = np.asarray(correct, dtype=np.float64).ravel()
         loss = np.asarray(loss, dtype=np.float64).ravel()
         if correct.shape != loss.shape:
