@@ -300,11 +300,11 @@ def _summary(artifact: dict) -> str:
         return (f"held-out ({m['n_test']} rows): accuracy {m['accuracy']:.4f}  log loss {m['log_loss']:.4f}   "
                 f"(training-set accuracy {m['train_accuracy']:.4f}); classes "
                 + ", ".join(f"{c} {n}" for c, n in m["class_counts"].items()))
-    def big(x):  # dollars squared as today; a target of a few units keeps its digits
-        return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.4g}"
+    def num(x, decimals):  # dollars as today; a target of a few units keeps four significant digits
+        return f"{x:,.{decimals}f}" if abs(x) >= 100 else f"{x:.4g}"
 
-    return (f"held-out ({m['n_test']} rows): MSE {big(m['mse'])}  RMSE {m['rmse']:,.1f}  "
-            f"MAE {m['mae']:,.1f}  R2 {m['r2']:.4f}   (training-set MSE {big(m['train_mse'])})")
+    return (f"held-out ({m['n_test']} rows): MSE {num(m['mse'], 0)}  RMSE {num(m['rmse'], 1)}  "
+            f"MAE {num(m['mae'], 1)}  R2 {m['r2']:.4f}   (training-set MSE {num(m['train_mse'], 0)})")
 
 
 def main(argv=None) -> int:
