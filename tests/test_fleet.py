@@ -451,13 +451,14 @@ def test_database_stopped_and_started_loses_nothing_acknowledged(small_artifact_
 
 def test_a_label_racing_its_buffered_prediction_is_unknown_elsewhere_until_written(small_artifact_path, heldout):
     """README, "A label racing its prediction": a prediction answered while the database was down
-    waits in its replica's memory; a label for it sent to another replica is `unknown` (200) until
-    that replica writes it, and joins when resent; sent to the serving replica, it joins at once."""
+    waits in its replica's memory; a label for it sent to another replica is `unknown` (200), sent
+    to the serving replica it is refused with 503 (send again), until that replica writes its
+    buffer; then it joins when resent, on any replica."""
     server = PostgresServer.create()
     replicas: list[Replica] = []
     try:
         db = server.new_database()
-        # a's maintenance loop is slow: its buffer stays until its next write
+        # a's maintenance loop is slow: its buffer stays until it stops (a graceful stop writes it)
         a = Replica(small_artifact_path, db, "a", "--maintenance-interval", "600", interval=0)
         b = Replica(small_artifact_path, db, "b", interval=0)
         replicas = [a.wait_serving(), b.wait_serving()]
@@ -468,10 +469,13 @@ def test_a_label_racing_its_buffered_prediction_is_unknown_elsewhere_until_writt
         server.start()
         wait_until(lambda: b.get("/healthz")["status"] == "ok", 15, "b to see the database again")
         assert b.post("/feedback", {"id": first, "actual": 900.0}) == (200, {"accepted": 0, "unknown": [first]})
-        # The client resends after a moment; meanwhile the serving replica wrote its buffer (here,
-        # with the label sent to it, in the same transaction).
-        assert a.post("/feedback", {"id": second, "actual": 800.0}) == (200, {"accepted": 1, "unknown": []})
-        assert b.post("/feedback", {"id": first, "actual": 900.0}) == (200, {"accepted": 1, "unknown": []})
+        status, answer = a.post("/feedback", {"id": second, "actual": 800.0})
+        assert status == 503 and "again" in answer["error"]    # not 'unknown': nothing is lost
+        a.stop()                                               # writes its buffer on the way out
+        assert a.proc.returncode == 0
+        # The client resends after a moment: now both join, whichever replica takes them.
+        assert b.post("/feedback", [{"id": first, "actual": 900.0}, {"id": second, "actual": 800.0}]) == (
+            200, {"accepted": 2, "unknown": []})
         assert sorted(sql(db, "SELECT actual FROM predictions")) == [(800.0,), (900.0,)]
     finally:
         for r in replicas:
