@@ -247,6 +247,7 @@ class PgStore(QueuedWriter):
 
     shared = True   # several processes write it: the fleet's store
     ping_on_flush = True   # the maintenance loop's flush shows an outage even without traffic
+    reconnect_backoff = 5.0   # a stopped server costs connect_timeout per connect: not every write's
 
     def __init__(self, url: str, *, retention_seconds: float | None = 30 * 86400,
                  max_rows: int | None = 5_000_000, max_pending: int = 50_000, replica: str = "",
@@ -269,6 +270,7 @@ class PgStore(QueuedWriter):
         self._checker_lock = threading.Lock()
         self._watch: psycopg.Connection | None = None   # latest_report's
         self._watch_lock = threading.Lock()
+        self._connect_failed: dict[str, tuple[float, Exception]] = {}   # role: (when, error)
 
         try:
             self._writer = self._connect_writer()
@@ -524,7 +526,7 @@ class PgStore(QueuedWriter):
         {feature: values}, oldest first, as `windows()` gives them, checked_at the database's time of
         the check (unix seconds, the report's time); store the report. Returns the
         stored report. Raises StoreError if the database fails (nothing is stored then)."""
-        with self._checker_lock:
+        with self._held(self._checker_lock, "another fleet check on this replica"):
             try:
                 conn = self._checker_conn()
                 with self._watchdog.bound(conn, self._block_bound), conn.transaction():
@@ -558,12 +560,39 @@ class PgStore(QueuedWriter):
                     self._checker = None
                 raise StoreError(f"fleet drift check failed: {_describe(exc)}") from exc
 
+    @contextlib.contextmanager
+    def _held(self, lock: threading.Lock, holder: str) -> Iterator[None]:
+        """`lock`, waited for no longer than a call on the database may last: its holder may be
+        stuck on a server that does not answer, and this caller is then told so in time."""
+        if not lock.acquire(timeout=self._block_bound):
+            raise StoreError(f"the database did not answer within {self._block_bound:g} s ({holder} waits on it)")
+        try:
+            yield
+        finally:
+            lock.release()
+
     def _checker_conn(self) -> psycopg.Connection:
         if self._closed:
             raise StoreError("the store is closed")
         if self._checker is None or self._checker.closed:
-            self._checker = self._connect("checker")
+            self._checker = self._connect_again("checker")
         return self._checker
+
+    def _connect_again(self, role: str) -> psycopg.Connection:
+        """A connection for a read that keeps one (checks, the latest report); within
+        reconnect_backoff of this role's last failed connect, and while the writer has not seen
+        the database back (not healthy), fails at once as that one did: a server that hangs would
+        cost every scheduled check and GET /drift a connect timeout."""
+        failed = self._connect_failed.get(role)
+        if failed is not None and time.monotonic() - failed[0] < self.reconnect_backoff and not self.healthy:
+            raise failed[1]
+        try:
+            conn = self._connect(role)
+        except (psycopg.Error, OSError) as exc:
+            self._connect_failed[role] = (time.monotonic(), exc)
+            raise
+        self._connect_failed.pop(role, None)
+        return conn
 
     def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, tuple]:
         """The fleet's windows by columns, oldest first: ({feature: values} of the newest `window`
@@ -576,12 +605,12 @@ class PgStore(QueuedWriter):
     def latest_report(self, newer_than: int = 0) -> FleetReport | None:
         """The fleet's latest stored drift report, if its id is above `newer_than` (only then is
         the report itself sent). On a connection kept for it: every replica asks after every check."""
-        with self._watch_lock:
+        with self._held(self._watch_lock, "another read of the latest report"):
             if self._closed:
                 raise StoreError("the store is closed")
             try:
                 if self._watch is None or self._watch.closed:
-                    self._watch = self._connect("watch")
+                    self._watch = self._connect_again("watch")
                 with self._watchdog.bound(self._watch, self._call_bound):
                     row = self._watch.execute(
                         "SELECT id, extract(epoch FROM checked_at), checked_by, model_version, "

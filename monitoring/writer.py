@@ -28,8 +28,7 @@ catch-up and "send again" for labels of buffered predictions).
 A backend subclass provides: `_connect_writer()` (a writer connection, schema checked),
 `_write_transaction(work)` (run work(conn) in one transaction on the writer connection),
 `_insert(conn, rows)`, `_join_labels(conn, labels)`, `_row(record)`, `_label_entries(labels)`,
-`_refused_record(exc)`, `_keeps_connection(exc)`, `_describe(exc)`, and optionally `_do_other(job)`
-and `_closing()`.
+`_refused_record(exc)`, `_keeps_connection(exc)`, `_describe(exc)`, and optionally `_do_other(job)`.
 """
 from __future__ import annotations
 
@@ -66,10 +65,14 @@ class _RefusedRecord(Exception):
     """A group commit failed on a record rather than on the database: commit its jobs one by one."""
 
 
+class _NotReconnecting(Exception):
+    """A write during reconnect_backoff: fails at once, as the last connect did."""
+
+
 class Job:
     """One caller's request to the writer thread. `done` is taken at birth; the writer releases it
     once the job is finished, which wakes the caller waiting on it."""
-    __slots__ = ("kind", "rows", "labels", "args", "error", "result", "done")
+    __slots__ = ("kind", "rows", "labels", "args", "error", "result", "done", "queued")
 
     def __init__(self, kind: str = WRITE, rows=None, labels=None, args=None):
         self.kind = kind
@@ -82,6 +85,7 @@ class Job:
         self.result = None
         self.done = threading.Lock()
         self.done.acquire()
+        self.queued = time.monotonic()
 
 
 class QueuedWriter:
@@ -90,6 +94,10 @@ class QueuedWriter:
 
     answer_within: float | None = None   # seconds a caller waits for its commit (None: until done)
     ping_on_flush = False                # flush() touches the database even when nothing waits
+    # After a failed connect, writes do not connect again for this long (flush and close always
+    # try): a server that hangs instead of refusing costs a connect timeout per attempt, and the
+    # rows of the writes in between go to the retry buffer at once instead of waiting for it.
+    reconnect_backoff = 0.0
 
     def _init_writer(self, max_pending: int) -> None:
         self.max_pending = int(max_pending)
@@ -103,6 +111,8 @@ class QueuedWriter:
         # Owned by the writer thread:
         self._pending: deque[tuple] = deque()
         self._writer = None
+        self._reconnect_not_before = 0.0   # monotonic time; see reconnect_backoff
+        self._flushing = False             # flush or close in progress: connect whatever the backoff
 
     def _start_writer(self) -> None:
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -139,9 +149,6 @@ class QueuedWriter:
 
     def _do_other(self, job: Job) -> None:
         raise AssertionError(f"unknown job {job.kind!r}")
-
-    def _closing(self) -> None:
-        """Called by the writer thread at close, after the last flush (other connections)."""
 
     # ---------------------------------------------------------------- the writer thread
 
@@ -192,8 +199,9 @@ class QueuedWriter:
                 else:
                     other = job
             try:
-                with self._mutex:
-                    self._busy_since = time.monotonic()
+                with self._mutex:   # busy without a pause since then: see _submit's "stuck"
+                    if self._busy_since is None:
+                        self._busy_since = time.monotonic()
                 buffered = len(self._pending)
                 self._commit_group(writes)
                 if other is not None:
@@ -202,7 +210,8 @@ class QueuedWriter:
                 self._fail(exc, "the store's writer failed")
             finally:
                 with self._mutex:
-                    self._busy_since = None
+                    if self._queue.empty():
+                        self._busy_since = None
                 for job in writes:
                     job.done.release()
                 if other is not None:
@@ -213,7 +222,19 @@ class QueuedWriter:
     def _do(self, job: Job, buffered: int) -> None:
         """A flush, close or backend job, once the writes queued before it are committed (along
         with the `buffered` rows of the retry buffer, if they could be)."""
-        if job.kind == FLUSH:
+        self._flushing = job.kind in (FLUSH, CLOSE)
+        try:
+            self._do_job(job, buffered)
+        finally:
+            self._flushing = False
+
+    def _do_job(self, job: Job, buffered: int) -> None:
+        if job.kind == FLUSH and self.answer_within is not None and \
+                time.monotonic() - job.queued > self.answer_within:
+            # Its caller gave up waiting (the maintenance loop, while the database hangs): a
+            # later flush is queued already, and each try may cost a connect timeout.
+            job.error = StoreError("flush abandoned: the database did not answer in time")
+        elif job.kind == FLUSH:
             try:
                 written = buffered - len(self._pending) + self._flush_chunks()
                 if not written and (self.ping_on_flush or self._last_error is not None):
@@ -228,16 +249,21 @@ class QueuedWriter:
                 with contextlib.suppress(Exception):
                     self._writer.close()
                 self._writer = None
-            with contextlib.suppress(Exception):
-                self._closing()
             job.error = None
         else:
             self._do_other(job)
 
     def _writer_conn(self):
-        """The writer connection, reopened after a failure dropped it."""
+        """The writer connection, reopened after a failure dropped it (by a write only once
+        reconnect_backoff has passed since the last failed connect)."""
         if self._writer is None:
-            self._writer = self._connect_writer()
+            if not self._flushing and time.monotonic() < self._reconnect_not_before:
+                raise _NotReconnecting()
+            try:
+                self._writer = self._connect_writer()
+            except BaseException:
+                self._reconnect_not_before = time.monotonic() + self.reconnect_backoff
+                raise
         return self._writer
 
     def _drop_writer(self) -> None:
@@ -248,6 +274,12 @@ class QueuedWriter:
 
     def _fail(self, exc: BaseException, what: str) -> StoreError:
         """Record a write failure; drop the writer connection unless the error is one it outlives."""
+        if isinstance(exc, _NotReconnecting):   # the last error still stands: neither count nor wrap it
+            with self._mutex:
+                message = self._last_error or "the database failed; waiting to reconnect"
+            error = StoreError(message + " (kept for retry)")
+            error.__cause__ = exc
+            return error
         if not self._keeps_connection(exc):
             self._drop_writer()
         message = f"{what}: {self._describe(exc)}"

@@ -12,6 +12,7 @@ it), and an SQLite file that a second process may not write.
 Every wait is bounded; every test takes well under a minute."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -446,6 +447,85 @@ def test_database_stopped_and_started_loses_nothing_acknowledged(small_artifact_
     finally:
         for r in replicas:
             r.stop()
+        server.destroy()
+
+
+def _freeze(server: PostgresServer) -> list[int]:
+    """SIGSTOP the whole server: the postmaster and every process it forked (each backend is a
+    session leader of its own, so the postmaster's process group alone would leave them running).
+    Its kernel still accepts connections and acknowledges packets: nobody answers."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True).stdout.split()
+    stopped = []
+    for pid in [postmaster, *map(int, children)]:
+        os.kill(pid, signal.SIGSTOP)
+        stopped.append(pid)
+    return stopped
+
+
+def _thaw(stopped: list[int]) -> None:
+    for pid in stopped:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
+
+
+def _timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+def test_a_sigstopped_database_server_is_bounded_on_the_client_side(small_artifact_path, heldout):
+    """README, "The database hangs": with the server's processes stopped, requests that need the
+    database answer (503, 500, degraded) within their bounds instead of hanging; predictions keep
+    answering and are buffered; woken up, the server gets every acknowledged prediction."""
+    server = PostgresServer.create()
+    replica, stopped = None, []
+    try:
+        db = server.new_database()
+        replica = Replica(small_artifact_path, db, "a").wait_serving()
+        rows = heldout.iloc[:60]
+        status, answer = replica.post("/predict", as_payload(rows.iloc[:10]))
+        assert status == 200
+        acknowledged = list(answer["ids"])
+        wait_until(lambda: reports(db), 10, "a first fleet check")     # the checker connection is open
+
+        stopped = _freeze(server)
+        # The first prediction waits for its commit at most --db-timeout + 4 s (README); the
+        # others go straight to the retry buffer.
+        (status, answer), first = _timed(lambda: replica.post("/predict", as_payload(rows.iloc[10:20])))
+        assert status == 200 and first < DB_TIMEOUT + 4 + 1, first
+        acknowledged += answer["ids"]
+        for k in range(2, 6):
+            (status, answer), took = _timed(lambda: replica.post("/predict", as_payload(rows.iloc[10 * k:10 * k + 10])))
+            assert status == 200 and took < 1.0, took
+            acknowledged += answer["ids"]
+        (status, answer), took = _timed(lambda: replica.post("/feedback", {"id": acknowledged[0], "actual": 1.0}))
+        assert status == 503 and took < DB_TIMEOUT + 4 + 1, took
+        (status, answer), took = _timed(lambda: replica.post("/drift/check"))
+        assert status == 500 and took < 2 * DB_TIMEOUT + 2 + 1, took     # a check's transaction bound
+        (status, _, answer), took = _timed(lambda: request(replica.url, "GET", "/drift", timeout=30))
+        assert status == 200 and answer["scope"] == "fleet" and took < DB_TIMEOUT + 2 + 1, took
+        (status, _, answer), took = _timed(lambda: request(replica.url, "GET", "/drift", timeout=30))
+        assert status == 200 and took < 0.5, took                        # the last report, at once
+        health = replica.get("/healthz")
+        assert health["status"] == "degraded" and health["store"]["pending"] == 50, health
+        assert server.password not in json.dumps(health)
+        # Nothing waits on the frozen server for ever: the replica still answers its own pages.
+        (status, _, _), took = _timed(lambda: request(replica.url, "GET", "/metrics", timeout=30))
+        assert status == 200 and took < 0.5, took
+    finally:
+        _thaw(stopped)
+    try:
+        wait_until(lambda: replica.get("/healthz")["status"] == "ok" and replica.get("/healthz")["store"]["pending"] == 0,
+                   30, "the replica to recover by itself")
+        stored = {row[0] for row in sql(db, "SELECT id FROM predictions")}
+        assert set(acknowledged) <= stored and len(acknowledged) == 60
+        assert replica.post("/feedback", {"id": acknowledged[0], "actual": 1.0}) == (200, {"accepted": 1, "unknown": []})
+        assert replica.post("/drift/check")[0] == 200
+    finally:
+        if replica is not None:
+            replica.stop()
         server.destroy()
 
 

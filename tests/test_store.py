@@ -94,6 +94,9 @@ def cut_off(s, monkeypatch) -> None:
         raise error
 
     monkeypatch.setattr(type(s), "_connect", refuse)
+    # Writes reconnect as soon as the database is back (PostgreSQL's 5 s pause between a failed
+    # connect and the next one from a write is for servers that hang: test_fleet.py's SIGSTOP).
+    monkeypatch.setattr(s, "reconnect_backoff", 0.0, raising=False)
     s._writer.close()
     s._writer = None
 
