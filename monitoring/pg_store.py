@@ -321,7 +321,8 @@ class PgStore(QueuedWriter):
                              "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
             current = conn.execute("SELECT COALESCE(max(version), 0) FROM schema_version").fetchone()[0]
             if current > SCHEMA_VERSION:
-                raise psycopg.DataError(f"schema version {current}, this code knows up to {SCHEMA_VERSION}")
+                # not DataError: that would read as a refused record, not as a database to refuse
+                raise psycopg.NotSupportedError(f"schema version {current}, this code knows up to {SCHEMA_VERSION}")
             for version, description, statements in MIGRATIONS:
                 if version <= current:
                     continue
@@ -369,11 +370,17 @@ class PgStore(QueuedWriter):
             raise
         return conn
 
-    def _write_transaction(self, work):
+    def _write_transaction(self, work, single_statement: bool = False):
         for attempt in (1, 2):
             reused = self._writer is not None and not self._writer.closed
             conn = self._writer_conn()
             try:
+                if single_statement:
+                    # One statement in autocommit is its own transaction, as atomic and durable
+                    # (synchronous_commit) as with BEGIN and COMMIT around it, in one round trip
+                    # instead of three: most group commits hold predictions only.
+                    with self._watchdog.bound(conn, self._call_bound):
+                        return work(conn)
                 with self._watchdog.bound(conn, self._block_bound), conn.transaction():
                     return work(conn)
             except psycopg.OperationalError:
@@ -386,6 +393,10 @@ class PgStore(QueuedWriter):
                     raise
                 self._drop_writer()
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _touch(conn: psycopg.Connection) -> None:
+        conn.execute("SELECT 1")
 
     def _cut_by_watchdog(self, conn: psycopg.Connection) -> bool:
         return self._watchdog.was_cut(conn)

@@ -274,7 +274,8 @@ class Store(QueuedWriter):
             raise
         return conn
 
-    def _write_transaction(self, work):
+    def _write_transaction(self, work, single_statement: bool = False):
+        # Always BEGIN IMMEDIATE: executemany in autocommit would commit (and sync) row by row.
         conn = self._writer_conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -286,6 +287,10 @@ class Store(QueuedWriter):
                     conn.execute("ROLLBACK")
             raise
         return result
+
+    @staticmethod
+    def _touch(conn: sqlite3.Connection) -> None:
+        """Nothing: BEGIN IMMEDIATE itself takes the write lock, which is what a ping checks."""
 
     def _keeps_connection(self, exc: BaseException) -> bool:
         # busy, locked, full: the same connection works again once the condition clears

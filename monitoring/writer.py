@@ -26,7 +26,9 @@ catch-up and "send again" for labels of buffered predictions).
   its job stays queued and is written (or buffered) when the database answers.
 
 A backend subclass provides: `_connect_writer()` (a writer connection, schema checked),
-`_write_transaction(work)` (run work(conn) in one transaction on the writer connection),
+`_write_transaction(work, single_statement)` (run work(conn) in one transaction on the writer
+connection; `single_statement`: work runs one statement, which a backend may run as its own
+implicit transaction, saving the round trips of BEGIN and COMMIT), `_touch(conn)` (a ping's statement),
 `_insert(conn, rows)`, `_join_labels(conn, labels)`, `_row(record)`, `_label_entries(labels)`,
 `_refused_record(exc)`, `_keeps_connection(exc)`, `_describe(exc)`, and optionally `_do_other(job)`.
 """
@@ -123,7 +125,10 @@ class QueuedWriter:
     def _connect_writer(self):
         raise NotImplementedError
 
-    def _write_transaction(self, work):
+    def _write_transaction(self, work, single_statement: bool = False):
+        raise NotImplementedError
+
+    def _touch(self, conn) -> None:
         raise NotImplementedError
 
     def _insert(self, conn, rows: list[tuple]) -> int:
@@ -159,16 +164,18 @@ class QueuedWriter:
             if self._closed:
                 raise StoreError("the store is closed")
             bound = self.answer_within
+            # Stuck: the writer has been on one job for longer than the bound, or is busy while
+            # the database is failing (each try may then cost a connect timeout).
             stuck = (bound is not None and self._busy_since is not None
-                     and time.monotonic() - self._busy_since > bound)
+                     and (time.monotonic() - self._busy_since > bound or self._last_error is not None))
             self._queue.put(job)
         if bound is None:
             job.done.acquire()   # released by the writer thread
         else:
             if stuck and job.kind == WRITE and job.labels is None:
-                # The writer has waited on the database for longer than the bound: do not hold
-                # the caller (the batcher, hence every prediction). The rows are queued all the
-                # same and go into the next commit, or into the retry buffer if it fails.
+                # Do not hold the caller (the batcher, hence every prediction) behind a writer
+                # that waits on a failing database: the rows are queued all the same and go into
+                # the next commit, or into the retry buffer if it fails.
                 raise StoreError(self.last_error or f"the database has not answered for {bound:g} s; "
                                                     "predictions kept for retry")
             if not job.done.acquire(timeout=bound):
@@ -199,9 +206,8 @@ class QueuedWriter:
                 else:
                     other = job
             try:
-                with self._mutex:   # busy without a pause since then: see _submit's "stuck"
-                    if self._busy_since is None:
-                        self._busy_since = time.monotonic()
+                with self._mutex:
+                    self._busy_since = time.monotonic()
                 buffered = len(self._pending)
                 self._commit_group(writes)
                 if other is not None:
@@ -210,8 +216,7 @@ class QueuedWriter:
                 self._fail(exc, "the store's writer failed")
             finally:
                 with self._mutex:
-                    if self._queue.empty():
-                        self._busy_since = None
+                    self._busy_since = None
                 for job in writes:
                     job.done.release()
                 if other is not None:
@@ -293,7 +298,7 @@ class QueuedWriter:
     def _ping(self) -> None:
         """An empty transaction: notices an outage, and a recovery (which clears the error)."""
         try:
-            self._write_transaction(lambda conn: None)
+            self._write_transaction(self._touch, single_statement=True)
         except Exception as exc:
             raise self._fail(exc, "the store does not answer") from exc
         with self._mutex:
@@ -339,7 +344,7 @@ class QueuedWriter:
 
         started = time.perf_counter()
         try:
-            inserted, new_labels, labels_written = self._write_transaction(work)
+            inserted, new_labels, labels_written = self._write_transaction(work, single_statement=not label_jobs)
         except Exception as exc:  # a database error, OSError, or anything unforeseen: never lose rows
             if self._refused_record(exc):
                 if not refuse:
@@ -405,7 +410,8 @@ class QueuedWriter:
         while self._pending:
             chunk = [self._pending[i] for i in range(min(FLUSH_CHUNK, len(self._pending)))]
             try:
-                inserted = self._write_transaction(lambda conn, chunk=chunk: self._insert(conn, chunk))
+                inserted = self._write_transaction(lambda conn, chunk=chunk: self._insert(conn, chunk),
+                                                   single_statement=True)
             except Exception as exc:
                 raise self._fail(exc, "cannot write the retry buffer") from exc
             for _ in chunk:
