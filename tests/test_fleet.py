@@ -480,10 +480,20 @@ def test_a_sigstopped_database_server_is_bounded_on_the_client_side(small_artifa
     database answer (503, 500, degraded) within their bounds instead of hanging; predictions keep
     answering and are buffered; woken up, the server gets every acknowledged prediction."""
     server = PostgresServer.create()
-    replica, stopped = None, []
+    replica = None
     try:
         db = server.new_database()
         replica = Replica(small_artifact_path, db, "a").wait_serving()
+        _frozen_then_thawed(server, replica, db, heldout)
+    finally:
+        if replica is not None:
+            replica.stop()
+        server.destroy()
+
+
+def _frozen_then_thawed(server: PostgresServer, replica: Replica, db: str, heldout) -> None:
+    stopped = []
+    try:
         rows = heldout.iloc[:60]
         status, answer = replica.post("/predict", as_payload(rows.iloc[:10]))
         assert status == 200
@@ -516,17 +526,12 @@ def test_a_sigstopped_database_server_is_bounded_on_the_client_side(small_artifa
         assert status == 200 and took < 0.5, took
     finally:
         _thaw(stopped)
-    try:
-        wait_until(lambda: replica.get("/healthz")["status"] == "ok" and replica.get("/healthz")["store"]["pending"] == 0,
-                   30, "the replica to recover by itself")
-        stored = {row[0] for row in sql(db, "SELECT id FROM predictions")}
-        assert set(acknowledged) <= stored and len(acknowledged) == 60
-        assert replica.post("/feedback", {"id": acknowledged[0], "actual": 1.0}) == (200, {"accepted": 1, "unknown": []})
-        assert replica.post("/drift/check")[0] == 200
-    finally:
-        if replica is not None:
-            replica.stop()
-        server.destroy()
+    wait_until(lambda: replica.get("/healthz")["status"] == "ok" and replica.get("/healthz")["store"]["pending"] == 0,
+               30, "the replica to recover by itself")
+    stored = {row[0] for row in sql(db, "SELECT id FROM predictions")}
+    assert set(acknowledged) <= stored and len(acknowledged) == 60
+    assert replica.post("/feedback", {"id": acknowledged[0], "actual": 1.0}) == (200, {"accepted": 1, "unknown": []})
+    assert replica.post("/drift/check")[0] == 200
 
 
 def test_a_label_racing_its_buffered_prediction_is_unknown_elsewhere_until_written(small_artifact_path, heldout):
