@@ -57,7 +57,9 @@ import weakref
 from typing import Callable, Iterator, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import psycopg
+from psycopg.adapt import Loader
 
 from monitoring.store import FEATURE_COLUMNS, PRUNE_CHUNK, _check_features, _IS_TEXT, _num, _SQL_NAMES
 from monitoring.writer import Job, QueuedWriter, StoreError
@@ -608,8 +610,9 @@ class PgStore(QueuedWriter):
     def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, tuple]:
         """The fleet's windows by columns, oldest first: ({feature: values} of the newest `window`
         predictions, (actuals, predictions) of the newest `label_window` labelled ones), as of
-        `until` (unix seconds, the database's clock) if given. Read column-wise, in binary: at
-        10,000 rows, building a tuple per row cost more than the query."""
+        `until` (unix seconds, the database's clock) if given: numbers as float64 arrays, grades as
+        lists of text. Read as one row of arrays, in binary, numbers straight into numpy: at 10,000
+        rows, building a tuple per row cost more than the query."""
         with self._reader("read the fleet's windows") as conn:
             return _window_columns(conn, window, until), _label_columns(conn, label_window, until)
 
@@ -721,21 +724,59 @@ def labelled_rows(url: str, chunk: int = 100_000) -> Iterator[list[tuple]]:
         conn.close()
 
 
-def _window_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> dict[str, list]:
+class _Float8Array(Loader):
+    """float8[] in PostgreSQL's binary array format straight into a numpy array (NULL as NaN):
+    a fleet check reads 10,000 values per column, and a Python float per value cost more than
+    the query (README, "Running several replicas")."""
+    format = psycopg.pq.Format.BINARY
+    _ELEMENT = np.dtype([("length", ">i4"), ("value", ">f8")])   # each element: its length, then it
+
+    def load(self, data) -> np.ndarray:
+        buf = memoryview(data)
+        if int.from_bytes(buf[0:4], "big") == 0:   # no dimension: an empty array
+            return np.empty(0)
+        n = int.from_bytes(buf[12:16], "big")     # one dimension: its size, then its lower bound
+        body = buf[20:]
+        if len(body) == 12 * n:   # no NULL: fixed-size elements
+            return np.frombuffer(body, dtype=self._ELEMENT)["value"].astype(np.float64)
+        values, at = np.empty(n), 0
+        for i in range(n):        # some NULL (length -1, no bytes)
+            length = int.from_bytes(body[at:at + 4], "big", signed=True)
+            at += 4
+            values[i] = np.nan if length < 0 else np.frombuffer(body[at:at + 8], dtype=">f8")[0]
+            at += max(length, 0)
+        return values
+
+
+_FLOAT8_ARRAY_OID = psycopg.postgres.types["float8"].array_oid
+
+
+def _columns_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
+    cursor = conn.cursor(binary=True)
+    cursor.adapters.register_loader(_FLOAT8_ARRAY_OID, _Float8Array)
+    return cursor
+
+
+def _window_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> dict[str, object]:
+    """The fleet's newest n inputs by columns, oldest first: numbers as float64 arrays, grades as
+    lists of text. One row of arrays (array_agg), not n rows: building a tuple per row cost more
+    than the query."""
     where, args = ("WHERE ts <= %s", (until,)) if until is not None else ("", ())
-    rows = conn.cursor(binary=True).execute(
-        f"SELECT {_FEATURES_SQL} FROM predictions {where} ORDER BY ts DESC, seq DESC LIMIT %s",
-        (*args, max(0, int(n)))).fetchall()
-    rows.reverse()
-    columns = list(zip(*rows)) if rows else [()] * len(FEATURE_COLUMNS)
-    return {name: list(values) for name, values in zip(FEATURE_COLUMNS, columns)}
+    aggregates = ", ".join(f"array_agg({c} ORDER BY ts, seq)" for c in _COLS)
+    row = _columns_cursor(conn).execute(
+        f"SELECT {aggregates} FROM (SELECT ts, seq, {_FEATURES_SQL} FROM predictions {where} "
+        f"ORDER BY ts DESC, seq DESC LIMIT %s) w", (*args, max(0, int(n)))).fetchone()
+    return {name: (values if values is not None else (np.empty(0) if not text else []))
+            for name, text, values in zip(FEATURE_COLUMNS, _IS_TEXT, row)}
 
 
-def _label_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> tuple[list, list]:
+def _label_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> tuple:
+    """(actuals, predictions) of the fleet's newest n labelled predictions, oldest label first,
+    as float64 arrays."""
     where = "AND label_ts <= %s" if until is not None else ""
     args = (until,) if until is not None else ()
-    rows = conn.cursor(binary=True).execute(
-        f"SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL {where} "
-        f"ORDER BY label_ts DESC, label_seq DESC LIMIT %s", (*args, max(0, int(n)))).fetchall()
-    rows.reverse()
-    return ([_num(a) for a, _ in rows], [_num(p) for _, p in rows])
+    row = _columns_cursor(conn).execute(
+        f"SELECT array_agg(actual ORDER BY label_ts, label_seq), array_agg(prediction ORDER BY label_ts, label_seq) "
+        f"FROM (SELECT actual, prediction, label_ts, label_seq FROM predictions WHERE label_ts IS NOT NULL {where} "
+        f"ORDER BY label_ts DESC, label_seq DESC LIMIT %s) w", (*args, max(0, int(n)))).fetchone()
+    return tuple(values if values is not None else np.empty(0) for values in row)

@@ -746,6 +746,23 @@ def test_postgresql_records_without_a_time_get_the_database_clock(pg_url):
     assert abs(served1 - ts1) < 60                 # the replica's own clock, kept beside
 
 
+def test_postgresql_float_arrays_load_into_numpy_with_nulls_and_specials(pg_url):
+    import math
+
+    import psycopg
+
+    from monitoring.pg_store import _columns_cursor
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        cursor = _columns_cursor(conn)
+        plain, holes, empty = cursor.execute(
+            "SELECT ARRAY[1.5, -2.25e300, 'Infinity', 'NaN']::float8[], ARRAY[NULL, 3, NULL]::float8[], "
+            "'{}'::float8[]").fetchone()
+    assert plain.dtype == "float64" and plain[:3].tolist() == [1.5, -2.25e300, math.inf] and math.isnan(plain[3])
+    assert math.isnan(holes[0]) and holes[1] == 3.0 and math.isnan(holes[2]) and len(holes) == 3
+    assert len(empty) == 0
+
+
 def test_postgresql_export_refuses_a_database_without_a_store(pg_url, tmp_path):
     with pytest.raises(StoreError, match="holds no prediction store"):
         export_labelled(pg_url, tmp_path / "x.csv")
