@@ -24,6 +24,7 @@ import pytest
 from monitoring import export as export_module
 from monitoring import store as store_module
 from monitoring import writer as writer_module
+from monitoring.diamonds import CATEGORICAL_FEATURES
 from monitoring.export import EXPORT_COLUMNS, export_labelled
 from bench.store_bench import bench_store
 from monitoring.pg_store import PgStore
@@ -761,6 +762,32 @@ def test_postgresql_float_arrays_load_into_numpy_with_nulls_and_specials(pg_url)
     assert plain.dtype == "float64" and plain[:3].tolist() == [1.5, -2.25e300, math.inf] and math.isnan(plain[3])
     assert math.isnan(holes[0]) and holes[1] == 3.0 and math.isnan(holes[2]) and len(holes) == 3
     assert len(empty) == 0
+
+
+def test_postgresql_windows_read_as_arrays_keep_the_row_order(pg_url):
+    """PgStore.windows reads each window as one row of aggregates in the order of a sorted,
+    limited subquery: the same values, in the same order, as the rows read one by one (ties in
+    ts broken by the order stored; `until` cuts by time)."""
+    import numpy as np
+
+    with PgStore(pg_url) as s:
+        records = [record(i, ts=1_000.0 + i // 3) for i in range(3_000)]      # three rows per ts
+        for k in range(0, len(records), 500):
+            s.add_predictions(records[k:k + 500])
+        s.add_labels([(r.id, 10.0 + i, 5_000.0 + i // 2) for i, r in enumerate(records[::7])])
+        for n, until in ((2_500, None), (5_000, None), (100, 1_500.0), (0, None)):
+            columns, (actual, predicted) = s.windows(n, n, until)
+            where = "" if until is None else f"WHERE ts <= {until}"
+            rows = query(pg_url, f"SELECT {store_module.FEATURES_SQL} FROM predictions {where} "
+                                 f"ORDER BY ts DESC, seq DESC LIMIT {n}")[::-1]
+            for j, name in enumerate(store_module.FEATURE_COLUMNS):
+                assert list(columns[name]) == [row[j] for row in rows], (name, n, until)
+                assert isinstance(columns[name], list if name in CATEGORICAL_FEATURES else np.ndarray)
+            label_where = "" if until is None else f"AND label_ts <= {until}"
+            labelled = query(pg_url, f"SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL "
+                                     f"{label_where} ORDER BY label_ts DESC, label_seq DESC LIMIT {n}")[::-1]
+            assert actual.tolist() == [a for a, _ in labelled] and predicted.tolist() == [p for _, p in labelled]
+        assert len(s.windows(2_500, 2_500)[1][0]) == len(records[::7])
 
 
 def test_postgresql_export_refuses_a_database_without_a_store(pg_url, tmp_path):
