@@ -117,8 +117,8 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 _INSERT = (f"INSERT INTO predictions (id, ts, {_FEATURES_SQL}, prediction, model_version, replica, served_at) "
            f"SELECT r.id, COALESCE(r.ts, {_EPOCH_NOW}), {', '.join('r.' + c for c in _COLS)}, r.prediction, "
            f"r.model_version, %s, r.served_at "
-           f"FROM unnest(%s::text[], %s::float8[], {', '.join(f'%s::{t}[]' for t in _PG_TYPES)}, %s::float8[], "
-           f"%s::text[], %s::float8[]) AS r(id, ts, {_FEATURES_SQL}, prediction, model_version, served_at) "
+           f"FROM unnest(%b::text[], %b::float8[], {', '.join(f'%b::{t}[]' for t in _PG_TYPES)}, %b::float8[], "
+           f"%b::text[], %b::float8[]) AS r(id, ts, {_FEATURES_SQL}, prediction, model_version, served_at) "
            f"ON CONFLICT (id) DO NOTHING")
 # One statement joins a whole list of labels: lock the known rows in id order (two replicas joining
 # overlapping lists cannot deadlock), note which had no label yet, update them, return them.
@@ -543,6 +543,9 @@ class PgStore(QueuedWriter):
             try:
                 conn = self._checker_conn()
                 with self._watchdog.bound(conn, self._block_bound), conn.transaction():
+                    # A report can be computed again: its commit need not wait for a WAL flush
+                    # (a crash may lose the latest report, never a prediction or a label).
+                    conn.execute("SET LOCAL synchronous_commit = off")
                     if force:
                         conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECK_LOCK,))
                     elif not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CHECK_LOCK,)).fetchone()[0]:
