@@ -545,10 +545,12 @@ class PgStore(QueuedWriter):
                 with self._watchdog.bound(conn, self._block_bound), conn.transaction():
                     # A report can be computed again: its commit need not wait for a WAL flush
                     # (a crash may lose the latest report, never a prediction or a label).
-                    conn.execute("SET LOCAL synchronous_commit = off")
-                    if force:
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECK_LOCK,))
-                    elif not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CHECK_LOCK,)).fetchone()[0]:
+                    # (in the lock's statement: each round trip waits for the server's turn on
+                    # a busy machine; the slot is read after it, in a snapshot taken once locked)
+                    take = "pg_advisory_xact_lock" if force else "pg_try_advisory_xact_lock"
+                    _, locked = conn.execute(f"SELECT set_config('synchronous_commit', 'off', true), {take}(%s)",
+                                             (CHECK_LOCK,)).fetchone()
+                    if not force and not locked:
                         return None
                     now, slot, last_slot = conn.execute(
                         "SELECT extract(epoch FROM now()), floor(extract(epoch FROM now()) / %s)::bigint, "
@@ -556,8 +558,7 @@ class PgStore(QueuedWriter):
                         (max(float(interval), 1e-3),)).fetchone()
                     if not force and last_slot is not None and last_slot >= slot:
                         return None
-                    columns = _window_columns(conn, window)
-                    labelled = _label_columns(conn, label_window)
+                    columns, labelled = _window_and_label_columns(conn, window, label_window)
                     report, model_version = score(columns, labelled, float(now))
                     by = checked_by or self.replica
                     stored = conn.execute(
@@ -617,7 +618,7 @@ class PgStore(QueuedWriter):
         lists of text. Read as one row of arrays, in binary, numbers straight into numpy: at 10,000
         rows, building a tuple per row cost more than the query."""
         with self._reader("read the fleet's windows") as conn:
-            return _window_columns(conn, window, until), _label_columns(conn, label_window, until)
+            return _window_and_label_columns(conn, window, label_window, until)
 
     def latest_report(self, newer_than: int = 0) -> FleetReport | None:
         """The fleet's latest stored drift report, if its id is above `newer_than` (only then is
@@ -763,36 +764,31 @@ def _columns_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
 _SEPARATOR = "\x1f"   # ASCII unit separator: no grade contains it (the schema's categories)
 
 
-def _window_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> dict[str, object]:
-    """The fleet's newest n inputs by columns, oldest first: numbers as float64 arrays, grades as
-    lists of text. One row (numbers as arrays, grades as one separated string each), not n rows:
-    building a tuple per row cost more than the query, and so did decoding a text[] element by
-    element. No ORDER BY inside the aggregates (one sort per column cost 6 times the query):
-    they take the rows in the order the sorted, limited subquery gives them (newest first, which
-    PostgreSQL documents as what "usually works" and tests/test_store.py checks against the
-    rows read one by one), reversed here."""
+def _window_and_label_columns(conn: psycopg.Connection, n: int, m: int, until: float | None = None) -> tuple:
+    """({feature: values} of the fleet's newest n inputs, (actuals, predictions) of its newest m
+    labelled predictions), oldest first, as of `until` if given: numbers as float64 arrays,
+    grades as lists of text. One statement, one row: numbers as arrays, grades as one separated
+    string each. Building a tuple per row cost more than the query, decoding a text[] element by
+    element too, and each round trip waits for the server's turn on a busy machine. No ORDER BY
+    inside the aggregates (one sort per column cost 6 times the query): they take the rows in the
+    order the sorted, limited subqueries give them (newest first, which PostgreSQL documents as
+    what "usually works" and tests/test_store.py checks against the rows read one by one),
+    reversed here."""
     where, args = ("WHERE ts <= %s", (until,)) if until is not None else ("", ())
+    label_where = "AND label_ts <= %s" if until is not None else ""
     aggregates = ", ".join(f"string_agg(COALESCE({c}, ''), E'\\x1f')" if text else f"array_agg({c})"
                            for c, text in zip(_COLS, _IS_TEXT))
     row = _columns_cursor(conn).execute(
-        f"SELECT {aggregates} FROM (SELECT {_FEATURES_SQL} FROM predictions {where} "
-        f"ORDER BY ts DESC, seq DESC LIMIT %s) w", (*args, max(0, int(n)))).fetchone()
+        f"SELECT w.*, l.* FROM (SELECT {aggregates} FROM (SELECT {_FEATURES_SQL} FROM predictions {where} "
+        f"ORDER BY ts DESC, seq DESC LIMIT %s) i) w, "
+        f"(SELECT array_agg(actual), array_agg(prediction) FROM (SELECT actual, prediction FROM predictions "
+        f"WHERE label_ts IS NOT NULL {label_where} ORDER BY label_ts DESC, label_seq DESC LIMIT %s) j) l",
+        (*args, max(0, int(n)), *args, max(0, int(m)))).fetchone()
     columns = {}
     for name, text, values in zip(FEATURE_COLUMNS, _IS_TEXT, row):
         if text:
             columns[name] = values.split(_SEPARATOR)[::-1] if values is not None else []
         else:
             columns[name] = values[::-1].copy() if values is not None else np.empty(0)
-    return columns
-
-
-def _label_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> tuple:
-    """(actuals, predictions) of the fleet's newest n labelled predictions, oldest label first,
-    as float64 arrays (read as _window_columns reads its numbers)."""
-    where = "AND label_ts <= %s" if until is not None else ""
-    args = (until,) if until is not None else ()
-    row = _columns_cursor(conn).execute(
-        f"SELECT array_agg(actual), array_agg(prediction) FROM (SELECT actual, prediction FROM predictions "
-        f"WHERE label_ts IS NOT NULL {where} ORDER BY label_ts DESC, label_seq DESC LIMIT %s) w",
-        (*args, max(0, int(n)))).fetchone()
-    return tuple(values[::-1].copy() if values is not None else np.empty(0) for values in row)
+    labelled = tuple(values[::-1].copy() if values is not None else np.empty(0) for values in row[len(_COLS):])
+    return columns, labelled
