@@ -23,7 +23,10 @@ catch-up and "send again" for labels of buffered predictions).
   a prediction still in the buffer is refused with "send the labels again", not answered "unknown".
   Labels themselves are never buffered: a failed `add_labels` raises and the sender retries.
 * Bounded waits (`answer_within`, PostgreSQL's): a caller waits at most that long for its commit;
-  its job stays queued and is written (or buffered) when the database answers.
+  its job stays queued and is written (or buffered) when the database answers. While the writer is
+  on one job past that bound, or busy while the database fails, a prediction does not wait at all.
+  After a failed connect, writes do not connect again for `reconnect_backoff` (flush does), and a
+  flush whose caller gave up is skipped: a server that hangs costs a connect timeout per try.
 
 A backend subclass provides: `_connect_writer()` (a writer connection, schema checked),
 `_write_transaction(work, single_statement)` (run work(conn) in one transaction on the writer
