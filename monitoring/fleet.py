@@ -27,9 +27,11 @@ def snapshot_from_columns(schema, columns: dict[str, list], labelled: tuple[list
         values = columns[feature.name]
         if feature.kind == "categorical":
             codes = {v: schema.code(feature.name, v) for v in set(values)}
-            inputs[feature.name] = np.fromiter((codes[v] for v in values), dtype=np.int64, count=len(values))
+            # map() with the dict's own lookup: half the time of a generator per value
+            inputs[feature.name] = np.fromiter(map(codes.__getitem__, values), dtype=np.int64, count=len(values))
         else:
-            inputs[feature.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            inputs[feature.name] = (values.astype(np.float64) if isinstance(values, np.ndarray) else
+                                    np.array([np.nan if v is None else v for v in values], dtype=np.float64))
     actual, predicted = labelled
     return DriftSnapshot(inputs, np.asarray(actual, dtype=np.float64), np.asarray(predicted, dtype=np.float64))
 
