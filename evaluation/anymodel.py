@@ -12,8 +12,9 @@ for that model (monitor.Monitor's choice: ClassificationConceptDetector for a cl
 ConceptDriftDetector for a regression). Delays are in drifted samples (inputs for data scenarios,
 labels for concept ones), multiples of check_every.
 
-    python -m evaluation.anymodel --model classifier       # trains the model first (100 trees)
-    python -m evaluation.anymodel --model friedman --seeds 10
+    python -m evaluation.evaluate_drift --example classifier        # trains the model first (100 trees)
+    python -m evaluation.evaluate_drift --example friedman --seeds 10
+    python -m evaluation.anymodel --model classifier                 # the same
 """
 from __future__ import annotations
 

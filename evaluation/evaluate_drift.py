@@ -33,6 +33,8 @@ same code:
     python -m evaluation.evaluate_drift                    # about a minute on 2 cores; prints a markdown table
     python -m evaluation.evaluate_drift --through-api      # 4 seeds through the HTTP API, about a minute
     python -m evaluation.evaluate_drift --seeds 5 --scenarios large_stones price_up_20
+    python -m evaluation.evaluate_drift --example classifier   # the diamonds cut classifier (evaluation/anymodel.py)
+    python -m evaluation.evaluate_drift --example friedman     # the regression whose targets may be negative
 """
 from __future__ import annotations
 
@@ -384,6 +386,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--example" in argv:  # another shipped model than the diamond regressor: evaluation/anymodel.py
+        from evaluation import anymodel
+
+        return anymodel.main([a if a != "--example" else "--model" for a in argv])
     args = parse_args(argv)
     result = run_evaluation(args)
     print(render(result, args))

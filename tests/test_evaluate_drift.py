@@ -68,3 +68,16 @@ def test_payload_is_json_objects_with_grades_as_strings(small_artifact):
         assert all(type(row[k]) is str and row[k] == str(expected[k]) for k in ("cut", "color", "clarity"))
         assert all(type(row[k]) is float and row[k] == float(expected[k]) for k in ("carat", "depth", "table"))
     assert json.loads(json.dumps(payload)) == payload
+
+
+def test_the_classifier_example_reports_false_alarms_and_delays(capsys):
+    """evaluate_drift --example classifier: the class-mix shift is data drift, one class's labels
+    flipped is concept drift (a small forest, two seeds, a window of 300)."""
+    assert evaluate_drift.main(["--example", "classifier", "--seeds", "2", "--n-estimators", "10", "--jobs", "1",
+                                "--window", "300", "--check-every", "50"]) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("Model classifier: held-out accuracy 0.")
+    assert "False alarms on clean traffic: data drift" in table
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| data | worse cuts more common" in rows["class_mix"]
+    assert "| concept | labels flipped for one class: Premium labelled Ideal | 100% |" in rows["premium_as_ideal"]
