@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import hmac
 import json
@@ -35,8 +36,8 @@ try:
     import numpy as np
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    from monitoring.drift import (DEFAULT_ALPHA, ConceptDriftDetector, ConceptDriftReport, DataDriftDetector,
-                                  DataDriftReport)
+    from monitoring.drift import (DEFAULT_ALPHA, DEFAULT_SCALES, ConceptDriftDetector, ConceptDriftReport,
+                                  DataDriftDetector, DataDriftReport, Detection)
     from monitoring.metrics import MonitorMetrics
     from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
                                   describe_json, load_artifact, parse_label, release_freed_memory)
@@ -46,7 +47,7 @@ except ModuleNotFoundError as missing:  # e.g. the system Python, with the libra
     from monitoring.environment import run_in_project_environment
 
     run_in_project_environment(missing)
-from monitoring.options import add_options, config_from, option, optional_path, optional_text
+from monitoring.options import add_options, config_from, option, optional_path, optional_text, scale_list
 
 log = logging.getLogger("monitor")
 
@@ -65,6 +66,9 @@ class MonitorConfig:
     window: int = option(1000, "recent served inputs compared with the training data")
     label_window: int = option(500, "recent labelled predictions compared with held-out errors")
     alpha: float = option(DEFAULT_ALPHA, "false-alarm probability of one drift check (data and concept each)")
+    scales: tuple = option(DEFAULT_SCALES, "newest-sample counts tested besides the whole window, comma-separated; "
+                                           "'' for the whole window only", parse=scale_list,
+                           shown=",".join(map(str, DEFAULT_SCALES)))
     max_body_bytes: int = option(4 * 1024 * 1024, "larger request bodies get 413")
     max_rows: int = option(10_000, "most rows in one /predict list or labels in one /feedback list; more get 413")
     max_tracked_predictions: int = option(200_000, "without a store (--db ''): predictions kept in memory "
@@ -98,16 +102,20 @@ class Monitor:
         self.schema = Schema(artifact["schema"])
         reference = artifact["reference_features"]
         self.predictor = FastPredictor(artifact["pipeline"], self.schema, check_rows=reference.iloc[:256])
-        self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha)
+        self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha, scales=config.scales)
         errors = artifact["reference_errors"]
-        self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
+        grades = {f.name: f.categories for f in self.schema.features if f.kind == "categorical"}
+        self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha,
+                                                     scales=config.scales, grades=grades)
         self.inputs = InputWindow(self.schema, config.window)
-        self.labelled = LabelledWindow(config.label_window)
+        self.labelled = LabelledWindow(config.label_window, grades=tuple(grades))
+        self._grade_columns = [(self.schema.names.index(name), name) for name in grades]
         self.store = self._open_store(config)
         # Without a store, late labels are joined to predictions kept in memory.
         self._predictions = _RecentPredictions(config.max_tracked_predictions) if self.store is None else None
 
-        self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()})
+        self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()},
+                                      self.concept_detector.segment_names())
         self.metrics.watch_windows(self.inputs, self.labelled)
         self.metrics.describe_model(self.info, self.model_metrics)
         self.metrics.data_drift_alpha.set(config.alpha)
@@ -171,7 +179,7 @@ class Monitor:
         predictions = self.predictor.predict(rows)
         ids = _new_ids(len(rows))
         if self.store is None:
-            self._predictions.add(ids, predictions)
+            self._predictions.add(ids, predictions, [self._grade_codes(row) for row in rows])
         else:
             now, version = time.time(), self.info["model_version"]
             records = [PredictionRecord(i, now, row, p, version) for i, row, p in zip(ids, rows, predictions.tolist())]
@@ -194,14 +202,28 @@ class Monitor:
         else:
             now = time.time()
             joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
-            known = [(actual, predicted, first) for _, actual, predicted, _, first in joined]
+            known = [(actual, predicted, first, self._grade_codes(features))
+                     for _, actual, predicted, features, first in joined]
         # A prediction enters the labelled window once: a corrected or resent label updates the
         # record, but counting it twice would make the window look more certain than it is.
-        self.labelled.extend([(actual, predicted) for actual, predicted, first in known if first])
+        new = [k for k in known if k[2]]
+        self.labelled.extend([(actual, predicted) for actual, predicted, _, _ in new],
+                             grades=[codes for *_, codes in new])
         self.metrics.labels_received.inc(len(known))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))
         return len(known), unknown
+
+    def _grade_codes(self, row) -> tuple[float, ...]:
+        """The schema codes of a row's grades (features in schema order, grades as strings); NaN
+        for a grade that is missing or not in the schema."""
+        codes = []
+        for j, name in self._grade_columns:
+            try:
+                codes.append(self.schema.code(name, row[j]))
+            except (KeyError, IndexError, TypeError):
+                codes.append(float("nan"))
+        return tuple(codes)
 
     # drift
     def check_drift(self) -> DriftCheck:
@@ -211,8 +233,12 @@ class Monitor:
             self.metrics.checks.inc()
             try:
                 # Copies of the windows: serving goes on while the statistics run.
-                data = self.data_detector.score(self.inputs.snapshot())
-                concept = self.concept_detector.score(*self.labelled.snapshot())
+                inputs, input_times = self.inputs.snapshot_with_times()
+                actual, predicted, grades, label_times = self.labelled.snapshot_all()
+                data = self.data_detector.score(inputs)
+                concept = self.concept_detector.score(actual, predicted, grades=grades)
+                data.detections = {name: _dated(d, input_times) for name, d in data.detections.items()}
+                concept.detection = _dated(concept.detection, label_times[np.isfinite(actual) & np.isfinite(predicted)])
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
@@ -233,7 +259,8 @@ class Monitor:
             log.warning("data drift detected in %s (largest distance %.3f, window %d)", ", ".join(drifted),
                         data.max_distance, data.window_size)
         if concept.detected:
-            log.warning("concept drift detected: MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)",
+            where = concept.detection.segment if concept.detection is not None else "all"
+            log.warning("concept drift detected (%s): MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)", where,
                         100 * concept.mse_increase, concept.bias_pct or 0.0, concept.labelled_size)
 
     @property
@@ -256,6 +283,13 @@ class DriftCheck:
                 "duration_seconds": self.duration_seconds}
 
 
+def _dated(detection: Detection | None, times: np.ndarray) -> Detection | None:
+    """The detection with `since` set to the arrival time of the sample its change began at."""
+    if detection is None or not 0 < detection.since_samples <= len(times):
+        return detection
+    return dataclasses.replace(detection, since=float(times[-detection.since_samples]))
+
+
 def _new_ids(n: int) -> list[str]:
     """n random (version 4) UUIDs as 32 hex digits, like uuid4().hex, from one urandom call: making
     them one by one costs a big batch more than predicting it."""
@@ -272,29 +306,30 @@ class _RecentPredictions:
 
     def __init__(self, capacity: int):
         self._capacity = capacity
-        self._by_id: dict[str, float] = {}  # dicts keep insertion order: the first key is the oldest
+        # (prediction, grade codes) by id; dicts keep insertion order: the first key is the oldest
+        self._by_id: dict[str, tuple[float, tuple]] = {}
         self._labelled: set[str] = set()
         self._lock = threading.Lock()
 
-    def add(self, ids: list[str], predictions: np.ndarray) -> None:
+    def add(self, ids: list[str], predictions: np.ndarray, grades: list[tuple]) -> None:
         with self._lock:
-            self._by_id.update(zip(ids, predictions.tolist()))
+            self._by_id.update(zip(ids, zip(predictions.tolist(), grades)))
             excess = len(self._by_id) - self._capacity
             if excess > 0:
                 for stale in list(self._by_id)[:excess]:
                     del self._by_id[stale]
                     self._labelled.discard(stale)
 
-    def join(self, labels: list[tuple[str, float]]) -> tuple[list[tuple[float, float, bool]], list[str]]:
-        """(actual, predicted, first label for this id?) for known ids, and the unknown ids."""
+    def join(self, labels: list[tuple[str, float]]) -> tuple[list[tuple[float, float, bool, tuple]], list[str]]:
+        """(actual, predicted, first label for this id?, grade codes) for known ids, and the unknown ids."""
         known, unknown = [], []
         with self._lock:
             for label_id, actual in labels:
-                predicted = self._by_id.get(label_id)
-                if predicted is None:
+                found = self._by_id.get(label_id)
+                if found is None:
                     unknown.append(label_id)
                     continue
-                known.append((actual, predicted, label_id not in self._labelled))
+                known.append((actual, found[0], label_id not in self._labelled, found[1]))
                 self._labelled.add(label_id)
         return known, unknown
 

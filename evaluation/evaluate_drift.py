@@ -101,7 +101,8 @@ def in_process_sink(data_detector: drift.DataDriftDetector, concept_detector: dr
             new = values[start:stop]
             state[key] = new if old is None else np.concatenate((old, new))[-window:]
         data = data_detector.score(state)
-        concept = concept_detector.score(state["actual"], state["predicted"])
+        concept = concept_detector.score(state["actual"], state["predicted"],
+                                         grades={name: state[name] for name in concept_detector.grades})
         return data.detected, concept.detected
 
     return serve_and_check
@@ -160,7 +161,8 @@ def monitor_sink(artifact: dict, args: argparse.Namespace) -> Iterator[Sink]:
     from monitor import MonitorConfig, start_monitor
 
     config = MonitorConfig(model_path=args.model, port=0, host="127.0.0.1", check_interval=0,
-                           window=args.window, label_window=args.window, db_path=None, alpha=args.alpha)
+                           window=args.window, label_window=args.window, db_path=None, alpha=args.alpha,
+                           scales=tuple(args.scales))
     handle = start_monitor(config, artifact=artifact, registry=CollectorRegistry())
     try:
         with http_sink(handle.url) as sink:
@@ -197,11 +199,13 @@ def build_context(args: argparse.Namespace) -> Context:
         sys.exit(f"--warmup and --drift-rows must fit in the {len(stream)} streamed held-out rows")
     reference_errors = {"actual": reference["price"].to_numpy(dtype=np.float64),
                         "predicted": reference["predicted"].to_numpy(dtype=np.float64)}
+    grades = {f["name"]: f["categories"] for f in artifact["schema"]["features"] if f["kind"] == "categorical"}
     return Context(
         pipeline=pipeline,
-        data_detector=drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha),
+        data_detector=drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha,
+                                              scales=args.scales),
         concept_detector=drift.ConceptDriftDetector(reference_errors["actual"], reference_errors["predicted"],
-                                                    alpha=args.alpha),
+                                                    alpha=args.alpha, scales=args.scales, grades=grades),
         stream_rows=stream, reference_rows=len(reference),
         monitor_artifact={**artifact, "reference_errors": reference_errors})
 
@@ -362,6 +366,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="stream each seed through a real monitor's HTTP API instead of scoring in process")
     parser.add_argument("--alpha", type=float, default=drift.DEFAULT_ALPHA,
                         help="family-wise false-alarm level of a check")
+    parser.add_argument("--scales", type=int, nargs="*", default=list(drift.DEFAULT_SCALES),
+                        help="newest-sample counts tested besides the whole window (none: the whole window only)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="clean rows before each switch; None means 4 x --window")
     parser.add_argument("--drift-rows", type=int, default=None, help="drifted rows per run; None means 3 x --window")

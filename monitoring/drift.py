@@ -794,6 +794,9 @@ class ConceptDriftDetector:
         bounds = np.concatenate(([0.0], self.edges))
         self.bin_names = [f"price {_dollars(lo)}-{_dollars(hi)}" for lo, hi in zip(bounds[:-1], self.edges)]
         self.bin_names.append(f"price {_dollars(bounds[-1])}+")
+        if len(set(self.bin_names)) < len(self.bin_names):  # edges too close for two figures
+            self.bin_names = [f"price {lo:,.0f}-{hi:,.0f}" for lo, hi in zip(bounds[:-1], self.edges)]
+            self.bin_names.append(f"price {bounds[-1]:,.0f}+")
 
     def segment_names(self) -> list[str]:
         """Every segment a check may report: the predicted-price bins, then each grade."""
