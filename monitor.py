@@ -105,8 +105,10 @@ class Monitor:
         self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha, scales=config.scales)
         errors = artifact["reference_errors"]
         grades = {f.name: f.categories for f in self.schema.features if f.kind == "categorical"}
+        # grade segments need the held-out rows' grades: artifacts from before they were saved have none
         self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha,
-                                                     scales=config.scales, grades=grades)
+                                                     scales=config.scales, grades=grades,
+                                                     reference_grades=errors.get("grades"))
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window, grades=tuple(grades))
         self._grade_columns = [(self.schema.names.index(name), name) for name in grades]

@@ -4,7 +4,8 @@ The artifact is one joblib file holding a dict:
   pipeline            the fitted scikit-learn Pipeline (ColumnTransformer + RandomForestRegressor)
   schema              feature names, kinds and ordered category lists, target name
   reference_features  the training features (data-drift reference)
-  reference_errors    held-out actual prices and predictions (concept-drift reference)
+  reference_errors    held-out actual prices and predictions (concept-drift reference), and the
+                      held-out rows' grades as schema codes (concept drift per grade)
   metrics             held-out MSE, RMSE, MAE, R2 (and training-set MSE, for contrast)
   info                model version, training date and time taken, data hash, parameters, library versions
 
@@ -55,6 +56,16 @@ def feature_schema(diamonds: pd.DataFrame) -> dict:
         else:
             features.append({"name": name, "kind": "numeric"})
     return {"features": features, "target": TARGET}
+
+
+def grade_codes(frame: pd.DataFrame, schema: dict) -> dict[str, np.ndarray]:
+    """Each categorical feature of `frame` as schema codes (worst grade = 0; -1 if unknown)."""
+    out = {}
+    for f in schema["features"]:
+        if f["kind"] == "categorical":
+            lookup = {c: i for i, c in enumerate(f["categories"])}
+            out[f["name"]] = frame[f["name"]].astype(str).map(lambda g: lookup.get(g, -1)).to_numpy(dtype=np.int64)
+    return out
 
 
 def build_pipeline(schema: dict, n_estimators: int = 100, min_samples_leaf: int = 4,
@@ -120,6 +131,7 @@ def train(n_estimators: int = 100, min_samples_leaf: int = 4, max_features: floa
         "reference_errors": {
             "actual": y_test.to_numpy(dtype=np.float64),
             "predicted": np.asarray(test_pred, dtype=np.float64),
+            "grades": grade_codes(X_test, schema),
         },
         "metrics": metrics,
         "info": {

@@ -197,15 +197,19 @@ def build_context(args: argparse.Namespace) -> Context:
     stream = heldout.iloc[order[len(order) // 2:]].reset_index(drop=True)
     if args.warmup > len(stream) or args.drift_rows > len(stream) - args.window:
         sys.exit(f"--warmup and --drift-rows must fit in the {len(stream)} streamed held-out rows")
+    import train  # the artifact's own encoding of the held-out rows' grades
+
     reference_errors = {"actual": reference["price"].to_numpy(dtype=np.float64),
-                        "predicted": reference["predicted"].to_numpy(dtype=np.float64)}
+                        "predicted": reference["predicted"].to_numpy(dtype=np.float64),
+                        "grades": train.grade_codes(reference, artifact["schema"])}
     grades = {f["name"]: f["categories"] for f in artifact["schema"]["features"] if f["kind"] == "categorical"}
     return Context(
         pipeline=pipeline,
         data_detector=drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha,
                                               scales=args.scales),
         concept_detector=drift.ConceptDriftDetector(reference_errors["actual"], reference_errors["predicted"],
-                                                    alpha=args.alpha, scales=args.scales, grades=grades),
+                                                    alpha=args.alpha, scales=args.scales, grades=grades,
+                                                    reference_grades=reference_errors["grades"]),
         stream_rows=stream, reference_rows=len(reference),
         monitor_artifact={**artifact, "reference_errors": reference_errors})
 

@@ -748,11 +748,17 @@ class ConceptDriftDetector:
     Their effective sample size accounts for the reference's own sampling noise:
     1/n_eff = 1/m + sum_b (m_b/m)^2 / n_b, which for a window spread like the reference is the usual
     two-sample n*m/(n+m) and grows the p-values when the window crowds into few bins. Each test runs
-    on the whole window and on its newest `scales` labels; bias and spread also run within each
-    segment of the whole window: each predicted-price bin ("price 950-1,400") and, when `score` is
-    given the labels' grades, each grade ("cut=Fair"), with at least `min_segment` labels. All of
-    these hypotheses go through one Holm-Bonferroni correction at `alpha`; `segments` reports each
-    segment, `detection` the rejected hypothesis with the smallest p and when the change began.
+    on the whole window and on its newest `scales` labels. Bias and spread also run within each
+    segment of the whole window with at least `min_segment` labels: each predicted-price bin
+    ("price 950-1,400") and, when the reference's grades (`reference_grades`, codes into `grades`)
+    and the window's are known, each grade ("cut=Fair"). A segment is compared with the same
+    segment of the reference, whose own PIT values (each reference error ranked in its bin) need not
+    be uniform: the forest over-prices J colours by ~4% at any price, so color=J's reference scores
+    sit above 0. Two-sample z-test of the mean score; for the spread, the sum of squared scores in a
+    Welch-Satterthwaite gamma approximation from the reference segment's mean and variance of z^2;
+    both with 1/k_eff = 1/k + 1/n_segment. All of these hypotheses go through one Holm-Bonferroni
+    correction at `alpha`; `segments` reports each segment, `detection` the rejected hypothesis with
+    the smallest p and when the change began.
 
     `mse_increase` keeps the lab's meaning (relative MSE increase over the reference), which a covariate
     shift moves as much as a concept change; `detected` comes from the tests only. `bias_pct` is the
@@ -769,9 +775,11 @@ class ConceptDriftDetector:
     def __init__(self, reference_actual: np.ndarray, reference_predicted: np.ndarray, alpha: float = DEFAULT_ALPHA,
                  min_samples: int = 30, n_bins: int = 10, price_floor: float = 1.0,
                  scales: Sequence[int] = DEFAULT_SCALES, grades: Mapping[str, Sequence[str]] | None = None,
-                 min_segment: int = 20):
+                 reference_grades: Mapping[str, np.ndarray] | None = None, min_segment: int = 20):
         if not 0 < alpha < 1:
             raise ValueError("alpha must be in (0, 1)")
+        raw_actual = np.asarray(reference_actual, dtype=np.float64).ravel()
+        raw_ok = np.isfinite(raw_actual) & np.isfinite(np.asarray(reference_predicted, dtype=np.float64).ravel())
         actual, predicted = _finite_pairs(reference_actual, reference_predicted, "reference actual and predicted")
         if actual.size < 2 * n_bins:
             raise ValueError(f"ConceptDriftDetector needs at least {2 * n_bins} reference errors")
@@ -779,7 +787,9 @@ class ConceptDriftDetector:
         self.min_samples = int(min_samples)
         self.min_segment = int(min_segment)
         self.scales = tuple(int(s) for s in scales)
-        self.grades = {name: [str(c) for c in categories] for name, categories in (grades or {}).items()}
+        # grade segments need the reference's grades, to compare each grade with itself
+        self.grades = {name: [str(c) for c in categories] for name, categories in (grades or {}).items()
+                       if reference_grades is not None and name in reference_grades}
         self.price_floor = float(price_floor)
         self.reference_mse = float(np.mean((actual - predicted) ** 2))
         self.n = int(actual.size)
@@ -797,10 +807,27 @@ class ConceptDriftDetector:
         if len(set(self.bin_names)) < len(self.bin_names):  # edges too close for two figures
             self.bin_names = [f"price {lo:,.0f}-{hi:,.0f}" for lo, hi in zip(bounds[:-1], self.edges)]
             self.bin_names.append(f"price {bounds[-1]:,.0f}+")
+        # Each segment's reference: (n, mean z, var z, mean z^2, var z^2) of the reference's own scores.
+        u, _ = self._pit(q, predicted)
+        z = special.ndtri(u)
+        masks = {name: bins == b for b, name in enumerate(self.bin_names)}
+        for feature, categories in self.grades.items():
+            codes = np.asarray(reference_grades[feature], dtype=np.float64).ravel()
+            if codes.size != raw_ok.size:
+                raise ValueError(f"reference_grades[{feature!r}] differs in length from the reference errors")
+            codes = codes[raw_ok]
+            masks.update({f"{feature}={c}": codes == i for i, c in enumerate(categories)})
+        self._segment_reference = {}
+        for name, mask in masks.items():
+            if mask.sum() >= self.min_segment:
+                zs = z[mask]
+                self._segment_reference[name] = (int(mask.sum()), float(zs.mean()), float(zs.var()),
+                                                 float((zs ** 2).mean()), float((zs ** 2).var()))
 
     def segment_names(self) -> list[str]:
-        """Every segment a check may report: the predicted-price bins, then each grade."""
-        return self.bin_names + [f"{name}={c}" for name, categories in self.grades.items() for c in categories]
+        """Every segment a check may report: the predicted-price bins, then each grade (those with
+        enough reference errors to compare with)."""
+        return list(self._segment_reference)
 
     def _log_ratio(self, actual: np.ndarray, predicted: np.ndarray) -> np.ndarray:
         return np.log(np.maximum(actual, self.price_floor) / np.maximum(predicted, self.price_floor))
@@ -846,6 +873,20 @@ class ConceptDriftDetector:
         stat = float((z ** 2).mean())
         return TestResult("spread", stat, float(special.chdtrc(n_eff, n_eff * stat)), None, z.size)
 
+    @staticmethod
+    def _segment_tests(z: np.ndarray, reference: tuple) -> tuple[TestResult, TestResult]:
+        """Bias and spread of a segment's scores against the same segment of the reference."""
+        n, mean, var, mean_sq, var_sq = reference
+        k = z.size
+        k_eff = 1.0 / (1.0 / k + 1.0 / n)
+        stat = float((z.mean() - mean) / np.sqrt(max(var, 1e-12) / k_eff))
+        bias = TestResult("bias", stat, float(2.0 * special.ndtr(-abs(stat))), None, k)
+        dof = 2.0 * k_eff * mean_sq ** 2 / max(var_sq, 1e-12)  # sum of k_eff squares ~ c * chi2(dof)
+        scale = max(var_sq, 1e-12) / (2.0 * mean_sq)
+        ratio = float((z ** 2).mean() / mean_sq)
+        spread = TestResult("spread", ratio, float(special.chdtrc(dof, k_eff * float((z ** 2).mean()) / scale)), None, k)
+        return bias, spread
+
     def score(self, actual: np.ndarray, predicted: np.ndarray,
               grades: Mapping[str, np.ndarray] | None = None) -> ConceptDriftReport:
         """`grades`: optional codes of the labels' grades, by feature (as in the constructor's
@@ -889,10 +930,9 @@ class ConceptDriftDetector:
         segment_rows: dict[str, tuple[int, float | None]] = {}
         for name, mask in segment_masks.items():
             k = int(mask.sum())
-            if k < self.min_segment:
+            if k < self.min_segment or name not in self._segment_reference:
                 continue
-            n_eff = self._n_eff(bins[mask])
-            family += [(name, m, self._bias(z[mask], n_eff), mask), (name, m, self._spread(z[mask], n_eff), mask)]
+            family += [(name, m, result, mask) for result in self._segment_tests(z[mask], self._segment_reference[name])]
             segment_rows[name] = (k, 100.0 * float(np.expm1(shift[mask].mean())))
         rejected = holm_bonferroni([r.p_value for _, _, r, _ in family], self.alpha)
 
