@@ -39,6 +39,7 @@ try:
     from monitoring.drift import (DEFAULT_ALPHA, DEFAULT_SCALES, ConceptDriftDetector, ConceptDriftReport,
                                   DataDriftDetector, DataDriftReport, Detection)
     from monitoring.metrics import MonitorMetrics
+    from monitoring.performance import ErrorModel, PerformanceEstimate, PerformanceEstimator
     from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
                                   describe_json, load_artifact, parse_label, release_freed_memory)
     from monitoring.store import PredictionRecord, Store, StoreError
@@ -109,6 +110,9 @@ class Monitor:
         self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha,
                                                      scales=config.scales, grades=grades,
                                                      reference_grades=errors.get("grades"))
+        # Direct loss estimation: the model's error on served traffic before labels arrive
+        self.performance = (PerformanceEstimator(ErrorModel.from_dict(artifact["error_model"]), errors["predicted"],
+                                                 alpha=config.alpha) if "error_model" in artifact else None)
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window, grades=tuple(grades))
         self._grade_columns = [(self.schema.names.index(name), name) for name in grades]
@@ -139,7 +143,8 @@ class Monitor:
             return None
         store = Store(config.db_path, retention_seconds=config.retention_days * 86400,
                       max_rows=config.max_stored_rows)
-        self.inputs.extend(store.recent_inputs(config.window))
+        recent = store.recent_inputs(config.window)
+        self.inputs.extend(recent, predictions=self.predictor.predict(recent) if recent else None)
         self.labelled.extend(store.recent_labelled(config.label_window))
         counts = store.counts()
         log.info("prediction store %s: %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
@@ -191,7 +196,7 @@ class Monitor:
                 # The store keeps these rows and writes them when it can; the client still gets
                 # its answer. /healthz and store_healthy show the failure.
                 log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
-        self.inputs.extend(rows)
+        self.inputs.extend(rows, predictions=predictions)
         self.metrics.predictions.inc(len(rows))
         self.metrics.predicted_price.observe_many(predictions)
         return predictions, ids
@@ -235,10 +240,11 @@ class Monitor:
             self.metrics.checks.inc()
             try:
                 # Copies of the windows: serving goes on while the statistics run.
-                inputs, input_times = self.inputs.snapshot_with_times()
+                inputs, served_predictions, input_times = self.inputs.snapshot_all()
                 actual, predicted, grades, label_times = self.labelled.snapshot_all()
                 data = self.data_detector.score(inputs)
                 concept = self.concept_detector.score(actual, predicted, grades=grades)
+                performance = None if self.performance is None else self.performance.score(served_predictions)
                 data.detections = {name: _dated(d, input_times) for name, d in data.detections.items()}
                 concept.detection = _dated(concept.detection, label_times[np.isfinite(actual) & np.isfinite(predicted)])
             except Exception:
@@ -246,9 +252,9 @@ class Monitor:
                 raise
             duration = time.perf_counter() - started
             check = DriftCheck(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               self.info["model_version"], data, concept, round(duration, 6))
+                               self.info["model_version"], data, concept, round(duration, 6), performance)
             self.metrics.check_duration.observe(duration)
-            self.metrics.record_drift(data, concept)
+            self.metrics.record_drift(data, concept, performance)
             self.metrics.last_check.set(time.time())
             self._latest_check = check
             return check
@@ -278,10 +284,12 @@ class DriftCheck:
     data: DataDriftReport
     concept: ConceptDriftReport
     duration_seconds: float
+    performance: PerformanceEstimate | None = None  # None for an artifact without an error model
 
     def to_dict(self) -> dict:
         return {"checked_at": self.checked_at, "model_version": self.model_version,
                 "data_drift": self.data.to_dict(), "concept_drift": self.concept.to_dict(),
+                "performance_estimate": None if self.performance is None else self.performance.to_dict(),
                 "duration_seconds": self.duration_seconds}
 
 

@@ -14,6 +14,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from monitoring.drift import ConceptDriftReport, DataDriftReport
+from monitoring.performance import PerformanceEstimate
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PRICE_BUCKETS = (500, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000, 12500, 15000, 20000)
@@ -101,6 +102,15 @@ class MonitorMetrics:
                                   ["segment"], registry=registry)
         self.reference_mse = Gauge("concept_drift_reference_mse", "Held-out MSE the window is compared "
                                    "with", registry=registry)
+        self.estimated_mse = Gauge("performance_estimated_mse", "MSE the served predictions are expected "
+                                   "to have, estimated from them before labels arrive (direct loss estimation)",
+                                   registry=registry)
+        self.estimate_reference = Gauge("performance_estimate_reference_mse", "The estimate's mean on clean "
+                                        "traffic (the held-out predictions)", registry=registry)
+        self.estimate_band = Gauge("performance_estimate_band_mse", "The range the estimate keeps on clean "
+                                   "windows of this size", ["bound"], registry=registry)
+        self.estimate_detected = Gauge("performance_estimate_detected", "1 if the estimated MSE left its "
+                                       "band, else 0", registry=registry)
         self.window_samples = Gauge("drift_window_samples", "Samples in a drift window now", ["window"],
                                     registry=registry)
         self.checks = Counter("drift_checks", "Drift checks run", registry=registry)
@@ -128,11 +138,15 @@ class MonitorMetrics:
         for segment in self._segments:
             self.segment_detected.labels(segment).set(0)
             self.segment_bias.labels(segment).set(math.nan)
-        for gauge in (self.data_drift, self.concept_drift, self.concept_drift_p_value,
+        for bound in ("lower", "upper"):
+            self.estimate_band.labels(bound).set(math.nan)
+        for gauge in (self.estimated_mse, self.estimate_reference, self.data_drift, self.concept_drift,
+                      self.concept_drift_p_value,
                       self.concept_drift_bias, self.window_mse, self.multivariate_statistic,
                       self.multivariate_p_value, self.concept_drift_scale, self.concept_drift_since):
             gauge.set(math.nan)
         self.multivariate_detected.set(0)
+        self.estimate_detected.set(0)
 
     def watch_windows(self, inputs, labelled) -> None:
         """Publish the windows' sizes as they are at each scrape (refilled at start, not only at checks)."""
@@ -150,8 +164,15 @@ class MonitorMetrics:
         self.reference_mse.set(metrics["mse"])
         self.model_trained.set(dt.datetime.fromisoformat(info["trained_at"]).timestamp())
 
-    def record_drift(self, data: DataDriftReport, concept: ConceptDriftReport) -> None:
+    def record_drift(self, data: DataDriftReport, concept: ConceptDriftReport,
+                     performance: PerformanceEstimate | None = None) -> None:
         """Publish one check's reports; a figure the check could not compute reads NaN."""
+        if performance is not None:
+            self.estimated_mse.set(_number(performance.estimated))
+            self.estimate_reference.set(performance.reference)
+            self.estimate_band.labels("lower").set(_number(performance.lower))
+            self.estimate_band.labels("upper").set(_number(performance.upper))
+            self.estimate_detected.set(1 if performance.detected else 0)
         self.data_drift_alpha.set(data.alpha)
         self.data_drift.set(_number(data.max_distance))
         self.data_drift_detected.set(1 if data.detected else 0)

@@ -47,12 +47,13 @@ class RingBuffer:
 
 
 class InputWindow:
-    """Served inputs, per feature: numbers as they came, grades as their schema codes; and when each
-    arrived (unix time), so that a check can say when a change began."""
+    """Served inputs, per feature: numbers as they came, grades as their schema codes; the model's
+    prediction for each (for the performance estimate) and when each arrived (unix time), so that a
+    check can say when a change began."""
 
     def __init__(self, schema, capacity: int):
         self._schema = schema
-        self._buffer = RingBuffer(capacity, len(schema.names) + 1)  # the arrival time last
+        self._buffer = RingBuffer(capacity, len(schema.names) + 2)  # the prediction, then the arrival time
         self._categorical = [i for i, f in enumerate(schema.features) if f.kind == "categorical"]
 
     def __len__(self) -> int:
@@ -62,27 +63,28 @@ class InputWindow:
     def capacity(self) -> int:
         return self._buffer.capacity
 
-    def extend(self, rows, now: float | None = None) -> None:
+    def extend(self, rows, now: float | None = None, predictions=None) -> None:
         """rows: feature tuples in schema order, grades as strings; `now`: their arrival time
-        (default: the current time)."""
+        (default: the current time); `predictions`: the model's, one per row (NaN if not given)."""
         names = self._schema.names
-        matrix = np.empty((len(rows), len(names) + 1), dtype=np.float64)
+        matrix = np.empty((len(rows), len(names) + 2), dtype=np.float64)
         for i, row in enumerate(rows):
             row_codes = list(row)
             for j in self._categorical:
                 row_codes[j] = self._schema.code(names[j], row[j])
-            matrix[i, :-1] = row_codes
+            matrix[i, :-2] = row_codes
+        matrix[:, -2] = np.nan if predictions is None else np.asarray(predictions, dtype=np.float64)
         matrix[:, -1] = time.time() if now is None else now
         self._buffer.extend(matrix)
 
     def snapshot(self) -> dict[str, np.ndarray]:
-        return self.snapshot_with_times()[0]
+        return self.snapshot_all()[0]
 
-    def snapshot_with_times(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """(features as `snapshot` gives them, arrival times), from one copy of the window."""
+    def snapshot_all(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """(features as `snapshot` gives them, predictions, arrival times), from one copy of the window."""
         matrix = self._buffer.snapshot()
         return ({f.name: (matrix[:, j].astype(np.int64) if f.kind == "categorical" else matrix[:, j].copy())
-                 for j, f in enumerate(self._schema.features)}, matrix[:, -1].copy())
+                 for j, f in enumerate(self._schema.features)}, matrix[:, -2].copy(), matrix[:, -1].copy())
 
 
 class LabelledWindow:

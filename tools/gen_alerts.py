@@ -178,6 +178,26 @@ ALERTS: list[Alert] = [
                     "as before. Check what changed upstream.",
     ),
     Alert(
+        name="PerformanceEstimate",
+        # No labels needed: the MSE the served predictions are expected to have left the range it
+        # keeps on clean traffic (at most --alpha of clean checks).
+        query=f"max by (job, instance) (performance_estimate_detected{{{S}}})",
+        by=INSTANCE, op=">", threshold=0,
+        for_="2m", severity="warning", panel="model-error",
+        details=(
+            Detail("estimated", f"sqrt(performance_estimated_mse{{{S}}})", INSTANCE),
+            Detail("reference", f"sqrt(performance_estimate_reference_mse{{{S}}})", INSTANCE),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', INSTANCE),
+        ),
+        summary="Estimated model error out of its band: RMSE about {estimated:%.0f} dollars expected on the "
+                "last {window:%.0f} predictions against {reference:%.0f} on clean traffic, before any label "
+                "({instance})",
+        description="The served predictions are of a kind on which the model errs more (or less) than on "
+                    "clean traffic: the estimate (direct loss estimation, fitted on held-out errors by "
+                    "predicted price) left the range it keeps on clean windows. It cannot see changed "
+                    "prices for the same stones; the concept-drift tests do, once labels arrive.",
+    ),
+    Alert(
         name="MonitorDown",
         query=f"max by (job, instance) (up{{{S}}})",
         by=INSTANCE, op="<", threshold=1,

@@ -271,11 +271,23 @@ def _panels():
                 (f"sum(rate({sel('labels_unknown_total')}[$__rate_interval]))", "unknown id")),
         unit="reqps"))
     yield ("model-error", 8, 8, timeseries(
-        "Model error: labelled window vs held-out",
-        "Root of the labelled window's MSE, and of the held-out MSE it is compared with, in dollars.",
+        "Model error: labelled window, estimate before labels, held-out",
+        "Root of the labelled window's MSE (realised: needs the labels), of the MSE estimated from the "
+        "served predictions alone (performance_estimated_mse, direct loss estimation: the held-out "
+        "squared error by predicted-price band; it sees more expensive stones, not changed prices), "
+        "the band that estimate keeps on clean traffic (dotted), and the held-out MSE, in dollars. Red "
+        "band: the estimate left its band (the PerformanceEstimate alert's condition).",
         targets((f"sqrt(max by (instance) ({sel('concept_drift_window_mse')}))", "window RMSE {{instance}}"),
-                (f"sqrt(max by (instance) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{instance}}")),
-        unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE)]))
+                (f"sqrt(max by (instance) ({sel('performance_estimated_mse')}))", "estimated RMSE {{instance}}"),
+                (f"sqrt(max by (instance, bound) ({sel('performance_estimate_band_mse')}))",
+                 "estimate band {{bound}} {{instance}}"),
+                (f"sqrt(max by (instance) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{instance}}"),
+                (f"max by (instance) ({sel('performance_estimate_detected')})", "estimate out of band {{instance}}")),
+        unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE),
+                                       _override("estimate band.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
+                                                                     "custom.lineWidth": 1,
+                                                                     "color": {"mode": "fixed", "fixedColor": "purple"}}),
+                                       _override("estimate out of band.*", DETECTED_BAND)]))
 
     yield ("row", 24, 1, {"type": "row", "title": "Traffic", "collapsed": False, "panels": []})
     yield ("prediction-rate", 8, 8, timeseries(
