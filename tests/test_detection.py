@@ -289,3 +289,38 @@ def test_concept_report_lists_segments_and_what_fired(concept_detector, halves):
     for seg in d["segments"].values():
         assert set(seg) == {"samples", "bias_pct", "p_value", "detected"}
     assert d["tests"] == report.tests > 3 * len(report.scales)
+
+
+# --------------------------------------------------------------------------------------------------
+# through a monitor: the labels' grades reach the concept segments, with a store and without
+
+
+@pytest.mark.parametrize("with_store", [True, False])
+def test_monitor_names_the_drifted_grade_segment(small_artifact, halves, tmp_path, with_store):
+    from prometheus_client import CollectorRegistry
+
+    from monitor import MonitorConfig, start_monitor
+    from tests.helpers import as_payload, metric_value, request
+
+    config = MonitorConfig(port=0, check_interval=0, window=WINDOW, label_window=WINDOW,
+                           db_path=tmp_path / "monitor.db" if with_store else None)
+    handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
+    try:
+        _, b = halves
+        rows = b.sample(WINDOW, random_state=21).reset_index(drop=True)
+        status, _, served = request(handle.url, "POST", "/predict", as_payload(rows))
+        assert status == 200
+        prices = rows["price"].astype(float) * np.where(rows["clarity"].astype(str) == "SI2", 1.3, 1.0)
+        status, _, _ = request(handle.url, "POST", "/feedback",
+                               [{"id": i, "actual": p} for i, p in zip(served["ids"], prices)])
+        assert status == 200
+        status, _, report = request(handle.url, "POST", "/drift/check")
+        concept = report["concept_drift"]
+        assert concept["detected"] and concept["segments"]["clarity=SI2"]["detected"]
+        assert concept["segments"]["clarity=SI2"]["bias_pct"] > 15
+        assert concept["detection"]["since"] is not None
+        _, _, text = request(handle.url, "GET", "/metrics")
+        assert metric_value(text, "concept_drift_segment_detected", {"segment": "clarity=SI2"}) == 1
+        assert metric_value(text, "concept_drift_segment_detected", {"segment": "clarity=IF"}) == 0
+    finally:
+        handle.stop()
