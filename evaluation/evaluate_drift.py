@@ -380,7 +380,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="artifact written by train.py")
     parser.add_argument("--data-dir", type=Path, default=diamonds.DATA_DIR, help="folder holding diamonds.csv")
     parser.add_argument("--window", type=int, default=500, help="inputs (and labels) in the drift windows")
-    parser.add_argument("--check-every", type=int, default=25, help="rows streamed between drift checks")
+    parser.add_argument("--check-every", type=int, default=50,
+                        help="rows streamed between drift checks (issue #11 compares with other tools at 50)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="runs per scenario; None means 20, or 4 with --through-api")
     parser.add_argument("--through-api", action="store_true",
