@@ -324,3 +324,12 @@ def test_monitor_names_the_drifted_grade_segment(small_artifact, halves, tmp_pat
         assert metric_value(text, "concept_drift_segment_detected", {"segment": "clarity=IF"}) == 0
     finally:
         handle.stop()
+
+
+def test_ks_p_value_large_samples_use_the_corrected_limit_within_a_few_percent():
+    from scipy import stats
+
+    for n in (5000, 30000):
+        for c in (1.2, 1.6, 2.0):  # p from about 0.1 down to 1e-3
+            d = c / np.sqrt(n)
+            assert drift.ks_p_value(d, n) == pytest.approx(stats.kstwo.sf(d, n), rel=0.04)
