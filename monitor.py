@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import hmac
 import io
@@ -41,10 +42,11 @@ try:
     import numpy as np
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    from monitoring.drift import (DEFAULT_ALPHA, ConceptDriftDetector, ConceptDriftReport, DataDriftDetector,
-                                  DataDriftReport)
+    from monitoring.drift import (DEFAULT_ALPHA, DEFAULT_SCALES, ConceptDriftDetector, ConceptDriftReport,
+                                  DataDriftDetector, DataDriftReport, Detection)
     from monitoring.export import export_labelled
     from monitoring.metrics import MonitorMetrics
+    from monitoring.performance import ErrorModel, PerformanceEstimate, PerformanceEstimator
     from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
     from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
                                   describe_json, load_artifact, parse_label, release_freed_memory)
@@ -54,7 +56,7 @@ except ModuleNotFoundError as missing:  # e.g. the system Python, with the libra
     from monitoring.environment import run_in_project_environment
 
     run_in_project_environment(missing)
-from monitoring.options import add_options, config_from, option, optional_path, optional_text
+from monitoring.options import add_options, config_from, option, optional_path, optional_text, scale_list
 
 log = logging.getLogger("monitor")
 
@@ -81,6 +83,9 @@ class MonitorConfig:
     window: int = option(1000, "recent served inputs compared with the training data")
     label_window: int = option(500, "recent labelled predictions compared with held-out errors")
     alpha: float = option(DEFAULT_ALPHA, "false-alarm probability of one drift check (data and concept each)")
+    scales: tuple = option(DEFAULT_SCALES, "newest-sample counts tested besides the whole window, comma-separated; "
+                                           "'' for the whole window only", parse=scale_list,
+                           shown=",".join(map(str, DEFAULT_SCALES)))
     max_body_bytes: int = option(4 * 1024 * 1024, "larger request bodies get 413")
     max_rows: int = option(10_000, "most rows in one /predict list or labels in one /feedback list; more get 413")
     max_tracked_predictions: int = option(200_000, "without a store (--db ''): predictions kept in memory "
@@ -119,18 +124,27 @@ class Monitor:
         self.schema = Schema(artifact["schema"])
         reference = artifact["reference_features"]
         self.predictor = FastPredictor(artifact["pipeline"], self.schema, check_rows=reference.iloc[:256])
-        self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha)
+        self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha, scales=config.scales)
         errors = artifact["reference_errors"]
-        self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
+        grades = {f.name: f.categories for f in self.schema.features if f.kind == "categorical"}
+        # grade segments need the held-out rows' grades: artifacts from before they were saved have none
+        self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha,
+                                                     scales=config.scales, grades=grades,
+                                                     reference_grades=errors.get("grades"))
+        # Direct loss estimation: the model's error on served traffic before labels arrive
+        self.performance = (PerformanceEstimator(ErrorModel.from_dict(artifact["error_model"]), errors["predicted"],
+                                                 alpha=config.alpha) if "error_model" in artifact else None)
         # GET /drift/report: the latest check drawn, rendered at most once per check (monitoring/report.py)
         self.report_page = ReportPage(
             Reference(reference, self.data_detector, errors["actual"], errors["predicted"], self.concept_detector),
             public_url=config.public_url, check_interval=config.check_interval, token_required=bool(config.token))
         self.inputs = InputWindow(self.schema, config.window)
-        self.labelled = LabelledWindow(config.label_window)
+        self.labelled = LabelledWindow(config.label_window, grades=tuple(grades))
+        self._grade_columns = [(self.schema.names.index(name), name) for name in grades]
         self.store = self._open_store(config)
 
-        self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()})
+        self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()},
+                                      self.concept_detector.segment_names())
         self.metrics.watch_windows(self.inputs, self.labelled)
         self.metrics.describe_model(self.info, self.model_metrics)
         self.metrics.data_drift_alpha.set(config.alpha)
@@ -157,7 +171,7 @@ class Monitor:
         if len(fitting) < len(stored):  # rows of another model's schema, or damaged: not served by this one
             log.warning("%d stored inputs do not fit this model's schema (unknown category, missing or "
                         "non-finite value); left out of the drift window", len(stored) - len(fitting))
-        self.inputs.extend(fitting)
+        self.inputs.extend(fitting, predictions=self.predictor.predict(fitting) if fitting else None)
         self.labelled.extend([(actual, predicted) for actual, predicted in store.recent_labelled(config.label_window)
                               if _finite(actual) and _finite(predicted)])
         counts = store.counts()
@@ -206,7 +220,7 @@ class Monitor:
             # The store keeps these rows and writes them when it can; the client still gets
             # its answer. /healthz and store_healthy show the failure.
             log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
-        self.inputs.extend(rows)
+        self.inputs.extend(rows, predictions=predictions)
         self.metrics.predictions.inc(len(rows))
         self.metrics.predicted_price.observe_many(predictions)
         return predictions, ids
@@ -216,14 +230,28 @@ class Monitor:
         Raises StoreError if they could not be recorded: nothing is acknowledged then."""
         now = time.time()
         joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
-        known = [(actual, predicted, first) for _, actual, predicted, _, first in joined]
+        known = [(actual, predicted, first, self._grade_codes(features))
+                 for _, actual, predicted, features, first in joined]
         # A prediction enters the labelled window once: a corrected or resent label updates the
         # record, but counting it twice would make the window look more certain than it is.
-        self.labelled.extend([(actual, predicted) for actual, predicted, first in known if first])
+        new = [k for k in known if k[2]]
+        self.labelled.extend([(actual, predicted) for actual, predicted, _, _ in new],
+                             grades=[codes for *_, codes in new])
         self.metrics.labels_received.inc(len(known))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))
         return len(known), unknown
+
+    def _grade_codes(self, row) -> tuple[float, ...]:
+        """The schema codes of a row's grades (features in schema order, grades as strings); NaN
+        for a grade that is missing or not in the schema."""
+        codes = []
+        for j, name in self._grade_columns:
+            try:
+                codes.append(self.schema.code(name, row[j]))
+            except (KeyError, IndexError, TypeError):
+                codes.append(float("nan"))
+        return tuple(codes)
 
     # drift
     def check_drift(self) -> DriftCheck:
@@ -233,17 +261,22 @@ class Monitor:
             self.metrics.checks.inc()
             try:
                 # Copies of the windows: serving goes on while the statistics run.
-                snapshot = DriftSnapshot(self.inputs.snapshot(), *self.labelled.snapshot())
-                data = self.data_detector.score(snapshot.inputs)
-                concept = self.concept_detector.score(snapshot.actual, snapshot.predicted)
+                inputs, served_predictions, input_times = self.inputs.snapshot_all()
+                actual, predicted, grades, label_times = self.labelled.snapshot_all()
+                snapshot = DriftSnapshot(inputs, actual, predicted)  # for the report page
+                data = self.data_detector.score(inputs)
+                concept = self.concept_detector.score(actual, predicted, grades=grades)
+                performance = None if self.performance is None else self.performance.score(served_predictions)
+                data.detections = {name: _dated(d, input_times) for name, d in data.detections.items()}
+                concept.detection = _dated(concept.detection, label_times[np.isfinite(actual) & np.isfinite(predicted)])
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
             duration = time.perf_counter() - started
             check = DriftCheck(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               self.info["model_version"], data, concept, round(duration, 6))
+                               self.info["model_version"], data, concept, round(duration, 6), performance)
             self.metrics.check_duration.observe(duration)
-            self.metrics.record_drift(data, concept)
+            self.metrics.record_drift(data, concept, performance)
             self.metrics.last_check.set(time.time())
             self._latest_check = check
             self.report_page.publish(check.to_dict(), snapshot)  # drawn on its first view, not here
@@ -257,7 +290,8 @@ class Monitor:
             log.warning("data drift detected in %s (largest distance %.3f, window %d)", ", ".join(drifted),
                         data.max_distance, data.window_size)
         if concept.detected:
-            log.warning("concept drift detected: MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)",
+            where = concept.detection.segment if concept.detection is not None else "all"
+            log.warning("concept drift detected (%s): MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)", where,
                         100 * concept.mse_increase, concept.bias_pct or 0.0, concept.labelled_size)
 
     @property
@@ -273,11 +307,20 @@ class DriftCheck:
     data: DataDriftReport
     concept: ConceptDriftReport
     duration_seconds: float
+    performance: PerformanceEstimate | None = None  # None for an artifact without an error model
 
     def to_dict(self) -> dict:
         return {"checked_at": self.checked_at, "model_version": self.model_version,
                 "data_drift": self.data.to_dict(), "concept_drift": self.concept.to_dict(),
+                "performance_estimate": None if self.performance is None else self.performance.to_dict(),
                 "duration_seconds": self.duration_seconds}
+
+
+def _dated(detection: Detection | None, times: np.ndarray) -> Detection | None:
+    """The detection with `since` set to the arrival time of the sample its change began at."""
+    if detection is None or not 0 < detection.since_samples <= len(times):
+        return detection
+    return dataclasses.replace(detection, since=float(times[-detection.since_samples]))
 
 
 def _finite(value) -> bool:

@@ -4,7 +4,10 @@ The artifact is one joblib file holding a dict:
   pipeline            the fitted scikit-learn Pipeline (ColumnTransformer + RandomForestRegressor)
   schema              feature names, kinds and ordered category lists, target name
   reference_features  the training features (data-drift reference)
-  reference_errors    held-out actual prices and predictions (concept-drift reference)
+  reference_errors    held-out actual prices and predictions (concept-drift reference), and the
+                      held-out rows' grades as schema codes (concept drift per grade)
+  error_model         the expected squared error by predicted-price band, fitted on the held-out rows
+                      (the performance estimate before labels: monitoring/performance.py)
   metrics             held-out MSE, RMSE, MAE, R2 (and training-set MSE, for contrast)
   info                model version, training date and time taken, data hash, parameters, library versions
 
@@ -39,6 +42,7 @@ try:
     from monitoring.diamonds import (CATEGORICAL_FEATURES, DATA_DIR, FEATURES, NUMERIC_FEATURES,
                                      SPLIT_RANDOM_STATE, TARGET, TEST_SIZE, data_sha256, load_diamonds, split)
     from monitoring.model import DEFAULT_MODEL_PATH, SUPPORTED_FORMAT as ARTIFACT_FORMAT
+    from monitoring.performance import ErrorModel
 except ModuleNotFoundError as missing:  # e.g. the system Python, with the libraries in .venv
     from monitoring.environment import run_in_project_environment
 
@@ -55,6 +59,16 @@ def feature_schema(diamonds: pd.DataFrame) -> dict:
         else:
             features.append({"name": name, "kind": "numeric"})
     return {"features": features, "target": TARGET}
+
+
+def grade_codes(frame: pd.DataFrame, schema: dict) -> dict[str, np.ndarray]:
+    """Each categorical feature of `frame` as schema codes (worst grade = 0; -1 if unknown)."""
+    out = {}
+    for f in schema["features"]:
+        if f["kind"] == "categorical":
+            lookup = {c: i for i, c in enumerate(f["categories"])}
+            out[f["name"]] = frame[f["name"]].astype(str).map(lambda g: lookup.get(g, -1)).to_numpy(dtype=np.int64)
+    return out
 
 
 def build_pipeline(schema: dict, n_estimators: int = 100, min_samples_leaf: int = 4,
@@ -120,7 +134,9 @@ def train(n_estimators: int = 100, min_samples_leaf: int = 4, max_features: floa
         "reference_errors": {
             "actual": y_test.to_numpy(dtype=np.float64),
             "predicted": np.asarray(test_pred, dtype=np.float64),
+            "grades": grade_codes(X_test, schema),
         },
+        "error_model": ErrorModel.fit(y_test.to_numpy(dtype=np.float64), test_pred).to_dict(),
         "metrics": metrics,
         "info": {
             "model_version": f"rf-{trained_at:%Y%m%dT%H%M%SZ}-{digest[:8]}",

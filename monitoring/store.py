@@ -62,6 +62,7 @@ import logging
 import math
 import queue
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -716,8 +717,9 @@ class MemoryStore:
     label answered with first=False, the latest value of an id within one call, the first record of
     an id kept). Beyond capacity the oldest prediction is forgotten (counted as pruned_rows).
 
-    Only what the join needs is kept: the prediction, not the features, so add_labels answers
-    features=None (the features of 200,000 rows as Python tuples would take ~65 MB more). Nothing
+    Only what the join and the concept-drift segments need is kept: the prediction and the grades
+    (interned, so each row costs one small tuple); add_labels answers the features with None for the
+    numbers. Nothing
     survives a restart, so recent_inputs and recent_labelled are empty; there is nothing to flush,
     prune or retry, and it is always healthy until closed. Thread-safe; no I/O."""
 
@@ -728,7 +730,7 @@ class MemoryStore:
             raise ValueError("capacity must be at least 1")
         self.capacity = int(capacity)
         self._lock = threading.Lock()
-        self._by_id: OrderedDict[str, float] = OrderedDict()   # id -> prediction, oldest first
+        self._by_id: OrderedDict[str, tuple[float, tuple]] = OrderedDict()  # id -> (prediction, grades), oldest first
         self._labelled: set[str] = set()
         self._closed = False
         self._stats = _new_stats()
@@ -748,7 +750,8 @@ class MemoryStore:
             by_id, added = self._by_id, 0
             for r in records:
                 if r.id not in by_id:
-                    by_id[r.id] = float(r.prediction)
+                    grades = tuple(sys.intern(v) if text else None for v, text in zip(r.features, _IS_TEXT))
+                    by_id[r.id] = (float(r.prediction), grades)
                     added += 1
             evicted = 0
             while len(by_id) > self.capacity:
@@ -763,11 +766,11 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             for id_, (actual, _) in joined.items():
-                prediction = self._by_id.get(id_)
-                if prediction is None:
+                found = self._by_id.get(id_)
+                if found is None:
                     unknown.append(id_)
                     continue
-                known.append((id_, actual, prediction, None, id_ not in self._labelled))
+                known.append((id_, actual, found[0], found[1], id_ not in self._labelled))
                 self._labelled.add(id_)
             self._stats["labels_written"] += len(known)
         return known, unknown

@@ -102,6 +102,7 @@ class Alert:
 
 
 FEATURE = ("job", "instance", "feature")
+SEGMENT = ("job", "instance", "segment")
 INSTANCE = ("job", "instance")
 
 ALERTS: list[Alert] = [
@@ -144,6 +145,63 @@ ALERTS: list[Alert] = [
         description="The prices coming back for recent predictions depart from the model's held-out "
                     "errors (a calibrated test on the errors, not a fixed threshold on the MSE). The "
                     "model is now wrong in a way it was not at training: retrain it with recent labels.",
+    ),
+    Alert(
+        name="ConceptDriftSegment",
+        # One alert instance per segment whose own errors departed: where the model went wrong (a
+        # band of predicted prices, or a grade). Global changes flag many segments and ConceptDrift.
+        query=f"max by (job, instance, segment) (concept_drift_segment_detected{{{S}}})",
+        by=SEGMENT, op=">", threshold=0,
+        for_="2m", severity="warning", panel="concept-segments",
+        details=(
+            Detail("bias", f"concept_drift_segment_bias_percent{{{S}}}", SEGMENT),
+            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', INSTANCE),
+        ),
+        summary="Concept drift in segment {segment}: actual prices {bias:%+.1f}% against predictions there, "
+                "over the last {labelled:%.0f} labelled predictions ({instance})",
+        description="The labelled errors of {segment} depart from the model's held-out errors at the same "
+                    "predicted price (bias or spread of their PIT values, Holm-corrected with every other "
+                    "concept test). The model is wrong there: check what changed for these stones, and "
+                    "retrain with recent labels.",
+    ),
+    Alert(
+        name="JointDataDrift",
+        # The joint test can reject while no feature's own test does: no DataDrift instance then.
+        query=f"max by (job, instance) (data_drift_multivariate_detected{{{S}}})",
+        by=INSTANCE, op=">", threshold=0,
+        for_="2m", severity="warning", panel="joint-drift",
+        details=(
+            Detail("ratio", f"data_drift_multivariate_statistic{{{S}}}", INSTANCE),
+            Detail("p_value", f"data_drift_multivariate_p_value{{{S}}}", INSTANCE),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', INSTANCE),
+        ),
+        summary="Joint data drift: the features no longer go together as in training (reconstruction error "
+                "{ratio:%.2f}x the reference's, p-value {p_value:%.2g}) over the last {window:%.0f} inputs "
+                "({instance})",
+        description="The recent inputs leave the training data's principal components (PCA reconstruction "
+                    "error of the features' normal scores, Holm-corrected with the per-feature tests): "
+                    "combinations of features the model rarely saw, even where each feature alone looks "
+                    "as before. Check what changed upstream.",
+    ),
+    Alert(
+        name="PerformanceEstimate",
+        # No labels needed: the MSE the served predictions are expected to have left the range it
+        # keeps on clean traffic (at most --alpha of clean checks).
+        query=f"max by (job, instance) (performance_estimate_detected{{{S}}})",
+        by=INSTANCE, op=">", threshold=0,
+        for_="2m", severity="warning", panel="model-error",
+        details=(
+            Detail("estimated", f"sqrt(performance_estimated_mse{{{S}}})", INSTANCE),
+            Detail("reference", f"sqrt(performance_estimate_reference_mse{{{S}}})", INSTANCE),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', INSTANCE),
+        ),
+        summary="Estimated model error out of its band: RMSE about {estimated:%.0f} dollars expected on the "
+                "last {window:%.0f} predictions against {reference:%.0f} on clean traffic, before any label "
+                "({instance})",
+        description="The served predictions are of a kind on which the model errs more (or less) than on "
+                    "clean traffic: the estimate (direct loss estimation, fitted on held-out errors by "
+                    "predicted price) left the range it keeps on clean windows. It cannot see changed "
+                    "prices for the same stones; the concept-drift tests do, once labels arrive.",
     ),
     Alert(
         name="MonitorDown",

@@ -135,7 +135,7 @@ def _override(regex: str, props: dict) -> dict:
 # names panels that alert rules link to (tools/gen_alerts.py), through PANEL_IDS.
 
 def _panels():
-    n_features = f"count by (instance) ({sel('data_drift_feature_p_value')})"
+    n_tests = f"max by (instance) ({sel('data_drift_tests')})"  # the Holm family: features x tests x scales
     alpha = f"max by (instance) ({sel('data_drift_alpha')})"
     inputs = sel("drift_window_samples", 'window="inputs"')
     input_window = f"max by (instance) ({inputs})"
@@ -171,14 +171,16 @@ def _panels():
     yield ("data-drift", 12, 9, timeseries(
         "Data drift: largest per-feature distance",
         "data_drift: the largest per-feature distance between the recent inputs and the training data "
-        "(KS D for numeric features, total variation for grades), in [0, 1]. Dashed: the distance a "
-        "numeric feature needs for the first Holm step to reject, c(alpha/6) * sqrt(1/window) with "
-        "c(a) = sqrt(-ln(a/2)/2) (asymptotic KS, ignoring the large reference); grades are tested with "
-        "chi-square, whose boundary in total variation depends on the category mix. Red band: "
+        "(KS D for numeric features, total variation for grades), in [0, 1], over the whole window. "
+        "Dashed: the whole-window KS distance a numeric feature needs for the first Holm step to reject, "
+        "c(alpha/k) * sqrt(1/window) with c(a) = sqrt(-ln(a/2)/2) (asymptotic KS, ignoring the large "
+        "reference) and k = data_drift_tests, the hypotheses of a check (every feature's tests on the "
+        "whole window and on its newest 50/100/250 inputs, and the joint test): a change can be flagged "
+        "below the line by a test on the newest inputs or by another test. Red band: "
         "data_drift_detected, the alert's condition (it fires when the band lasts 2 minutes).",
         targets(
             (f"max by (instance) ({sel('data_drift')})", "data drift {{instance}}"),
-            (f"sqrt(-ln({alpha} / (2 * {n_features})) / 2) * sqrt(1 / {input_window})",
+            (f"sqrt(-ln({alpha} / (2 * {n_tests})) / 2) * sqrt(1 / {input_window})",
              "KS detection boundary {{instance}}"),
             (f"max by (instance) ({sel('data_drift_detected')})", "detected {{instance}}"),
         ),
@@ -207,37 +209,46 @@ def _panels():
         minimum=0, custom={"fillOpacity": 0}, data_links=[FEATURE_REPORT_LINK]))
     yield ("feature-p-value", 12, 8, timeseries(
         "Per-feature p-value (log scale) and the corrected significance",
-        "data_drift_feature_p_value per feature (KS or chi-square), clamped at 1e-20 for the log axis. "
-        "Holm's correction compares the smallest p-value with alpha/6 (dashed), the next with alpha/5, "
-        "... and the largest with alpha (dotted): a feature under the dashed line is drifted.",
+        "data_drift_feature_p_value per feature: its main test (KS or chi-square) on the whole window, "
+        "clamped at 1e-20 for the log axis. Holm's correction compares the smallest p-value of a check's "
+        "k hypotheses (data_drift_tests: each feature's tests on the whole window and its newest inputs, "
+        "and the joint test) with alpha/k (dashed), the next with alpha/(k-1), ... and the largest with "
+        "alpha (dotted): a feature under the dashed line is drifted; one above it may still be flagged "
+        "by another of its tests (see the table's scale column).",
         targets(
             (f"clamp_min(max by (feature) ({sel('data_drift_feature_p_value')}), 1e-20)", "{{feature}}"),
-            (f"{alpha} / {n_features}", "alpha / 6 (Holm, first step)"),
+            (f"{alpha} / {n_tests}", "alpha / k (Holm, first step)"),
             (alpha, "alpha (family-wise)"),
         ),
         custom={"scaleDistribution": {"type": "log", "log": 10}, "fillOpacity": 0, "axisSoftMin": None},
         data_links=[FEATURE_REPORT_LINK],
-        overrides=[_override("alpha / 6.*", {**DASHED_LINE, "links": []}),
+        overrides=[_override("alpha / k.*", {**DASHED_LINE, "links": []}),
                    _override("alpha \\(family.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
                                                    "color": {"mode": "fixed", "fixedColor": "yellow"}, "links": []})]))
 
     yield ("feature-table", 12, 8, {
         "type": "table", "title": "Per-feature drift now",
-        "description": "The latest check, per feature: test (ks or chi2), its statistic and p-value, the "
-                       "distance in [0, 1], and whether the feature drifted after the Holm correction.",
+        "description": "The latest check, per feature: its main test (ks or chi2) on the whole window, its "
+                       "statistic and p-value, the distance in [0, 1], whether the feature drifted after the "
+                       "Holm correction, and if so how many of the newest inputs the test that flagged it "
+                       "looked at (scale) and when the change began (since, estimated from the window).",
         "targets": [
             target(f"max by (feature, test) ({sel('data_drift_feature_statistic')})", ref="A", instant=True, fmt="table"),
             target(f"max by (feature) ({sel('data_drift_feature_p_value')})", ref="B", instant=True, fmt="table"),
             target(f"max by (feature) ({sel('data_drift_feature_distance')})", ref="C", instant=True, fmt="table"),
             target(f"max by (feature) ({sel('data_drift_feature_detected')})", ref="D", instant=True, fmt="table"),
+            target(f"max by (feature) ({sel('data_drift_feature_scale')})", ref="E", instant=True, fmt="table"),
+            target(f"max by (feature) ({sel('data_drift_feature_since_timestamp_seconds')}) * 1000", ref="F",
+                   instant=True, fmt="table"),
         ],
         "transformations": [
             {"id": "merge", "options": {}},
             {"id": "organize", "options": {
                 "excludeByName": {"Time": True},
-                "indexByName": {"feature": 0, "test": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4, "Value #D": 5},
+                "indexByName": {"feature": 0, "test": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4, "Value #D": 5,
+                                "Value #E": 6, "Value #F": 7},
                 "renameByName": {"Value #A": "statistic", "Value #B": "p-value", "Value #C": "distance",
-                                 "Value #D": "drifted"}}},
+                                 "Value #D": "drifted", "Value #E": "scale", "Value #F": "since"}}},
         ],
         "fieldConfig": {"defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}},
                                      "thresholds": thresholds(("green", None)),
@@ -249,6 +260,10 @@ def _panels():
                                             {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
                             {"matcher": {"id": "byName", "options": "p-value"},
                              "properties": [{"id": "decimals", "value": 4}]},
+                            {"matcher": {"id": "byName", "options": "scale"},
+                             "properties": [{"id": "decimals", "value": 0}, {"id": "unit", "value": "none"}]},
+                            {"matcher": {"id": "byName", "options": "since"},
+                             "properties": [{"id": "unit", "value": "dateTimeFromNow"}]},
                             {"matcher": {"id": "byName", "options": "distance"},
                              "properties": [{"id": "decimals", "value": 3},
                                             {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}},
@@ -286,11 +301,23 @@ def _panels():
                 (f"sum(rate({sel('labels_unknown_total')}[$__rate_interval]))", "unknown id")),
         unit="reqps"))
     yield ("model-error", 8, 8, timeseries(
-        "Model error: labelled window vs held-out",
-        "Root of the labelled window's MSE, and of the held-out MSE it is compared with, in dollars.",
+        "Model error: labelled window, estimate before labels, held-out",
+        "Root of the labelled window's MSE (realised: needs the labels), of the MSE estimated from the "
+        "served predictions alone (performance_estimated_mse, direct loss estimation: the held-out "
+        "squared error by predicted-price band; it sees more expensive stones, not changed prices), "
+        "the band that estimate keeps on clean traffic (dotted), and the held-out MSE, in dollars. Red "
+        "band: the estimate left its band (the PerformanceEstimate alert's condition).",
         targets((f"sqrt(max by (instance) ({sel('concept_drift_window_mse')}))", "window RMSE {{instance}}"),
-                (f"sqrt(max by (instance) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{instance}}")),
-        unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE)]))
+                (f"sqrt(max by (instance) ({sel('performance_estimated_mse')}))", "estimated RMSE {{instance}}"),
+                (f"sqrt(max by (instance, bound) ({sel('performance_estimate_band_mse')}))",
+                 "estimate band {{bound}} {{instance}}"),
+                (f"sqrt(max by (instance) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{instance}}"),
+                (f"max by (instance) ({sel('performance_estimate_detected')})", "estimate out of band {{instance}}")),
+        unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE),
+                                       _override("estimate band.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
+                                                                     "custom.lineWidth": 1,
+                                                                     "color": {"mode": "fixed", "fixedColor": "purple"}}),
+                                       _override("estimate out of band.*", DETECTED_BAND)]))
 
     yield ("row", 24, 1, {"type": "row", "title": "Traffic", "collapsed": False, "panels": []})
     yield ("prediction-rate", 8, 8, timeseries(
@@ -371,6 +398,51 @@ def _panels():
         "Drift checks in range", "Drift checks run over the dashboard's time range (drift_checks_total).",
         targets((f"sum(increase({sel('drift_checks_total')}[$__range]))", "")), decimals=0,
         steps=thresholds(("blue", None))))
+
+    yield ("row", 24, 1, {"type": "row", "title": "Detection: joint drift, concept segments, when it began",
+                          "collapsed": False, "panels": []})
+    yield ("joint-drift", 12, 8, timeseries(
+        "Joint drift: PCA reconstruction error",
+        "data_drift_multivariate_statistic: the window's mean reconstruction error of the features' "
+        "normal scores on the reference's main principal components, over the reference's own (1 = as "
+        "in training). It rises when features stop going together as they did (better clarity on larger "
+        "stones) even if no feature's own distribution moved. Red band: data_drift_multivariate_detected "
+        "(the joint test rejected at some scale, in the same Holm family as the per-feature tests).",
+        targets(
+            (f"max by (instance) ({sel('data_drift_multivariate_statistic')})", "reconstruction error ratio {{instance}}"),
+            (f"max by (instance) ({sel('data_drift_multivariate_detected')})", "detected {{instance}}"),
+        ),
+        overrides=[_override("detected.*", DETECTED_BAND)]))
+    yield ("concept-segments", 12, 8, {
+        "type": "state-timeline", "title": "Concept drift by segment",
+        "description": "concept_drift_segment_detected: the labelled errors of each predicted-price band and "
+                       "each grade tested on their own (bias and spread of the PIT values, in concept drift's "
+                       "Holm family): where the model went wrong. The ConceptDriftSegment alert names them.",
+        "targets": targets((f"max by (segment) ({sel('concept_drift_segment_detected')})", "{{segment}}")),
+        "fieldConfig": {"defaults": {"mappings": OK_DRIFT, "thresholds": thresholds(("green", None), ("red", 1)),
+                                     "color": {"mode": "thresholds"},
+                                     "custom": {"fillOpacity": 80, "lineWidth": 0}},
+                        "overrides": []},
+        "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8, "alignValue": "left",
+                    "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
+                    "tooltip": {"mode": "single", "sort": "none"}},
+    })
+    yield ("segment-bias", 12, 8, timeseries(
+        "Concept drift: price bias by segment",
+        "concept_drift_segment_bias_percent: how far actual prices sit above predictions within each "
+        "segment, against the held-out reference at the same predicted price, in percent.",
+        targets((f"max by (segment) ({sel('concept_drift_segment_bias_percent')}) / 100", "{{segment}}")),
+        unit="percentunit", custom={"axisSoftMin": None, "fillOpacity": 0}))
+    yield ("concept-detection", 12, 8, stat(
+        "Concept drift: scale and start",
+        "concept_drift_scale: how many of the newest labels the test that flagged concept drift looked "
+        "at; concept_drift_since_timestamp_seconds: when the change began, estimated from the labelled "
+        "window. Empty while nothing is flagged.",
+        targets((f"max({sel('concept_drift_scale')})", "scale (labels)"),
+                (f"max({sel('concept_drift_since_timestamp_seconds')}) * 1000", "began")),
+        text_mode="value_and_name") | {"fieldConfig": {"defaults": {
+            "unit": "none", "mappings": [], "thresholds": thresholds(("blue", None)), "color": {"mode": "thresholds"},
+            "decimals": 0}, "overrides": [_override("began", {"unit": "dateTimeFromNow"})]}})
 
 
 def build() -> tuple[dict, dict[str, int]]:
