@@ -797,9 +797,9 @@ class ConceptDriftDetector:
                  reference_grades: Mapping[str, np.ndarray] | None = None, min_segment: int = 20):
         if not 0 < alpha < 1:
             raise ValueError("alpha must be in (0, 1)")
+        actual, predicted = _finite_pairs(reference_actual, reference_predicted, "reference actual and predicted")
         raw_actual = np.asarray(reference_actual, dtype=np.float64).ravel()
         raw_ok = np.isfinite(raw_actual) & np.isfinite(np.asarray(reference_predicted, dtype=np.float64).ravel())
-        actual, predicted = _finite_pairs(reference_actual, reference_predicted, "reference actual and predicted")
         if actual.size < 2 * n_bins:
             raise ValueError(f"ConceptDriftDetector needs at least {2 * n_bins} reference errors")
         self.alpha = float(alpha)

@@ -155,15 +155,48 @@ def test_ks_statistic_at_hand_computed_values(window, expected_d):
     assert result.p_value == drift.ks_p_value(result.statistic, 4 * len(window) / (4 + len(window)))
 
 
+def _two_sided_ks_p(statistic: float, n: int) -> float:
+    """ks_p_value's three regimes at an integer size n, from scipy's own distributions: twice the
+    exact one-sided tail below 150 (capped at 1), Kolmogorov's exact distribution up to 4,999,
+    Stephens' (1970) corrected limit from 5,000."""
+    if n < 150:
+        return min(1.0, float(2.0 * stats.ksone.sf(statistic, n)))
+    if n < 5000:
+        return float(stats.kstwo.sf(statistic, n))
+    return float(stats.kstwobign.sf((np.sqrt(n) + 0.12 + 0.11 / np.sqrt(n)) * statistic))
+
+
 @pytest.mark.parametrize("statistic, n_effective, n", [
     (0.1, 100.0, 100), (0.1, 99.6, 100), (0.1, 100.4, 100), (0.3, 10.6, 11), (0.3, 10.4, 10),
     (0.7, 1.0, 1), (0.7, 1.4, 1), (0.7, 1.6, 2), (0.8, 0.3, 1), (0.8, 0.0, 1), (0.05, 2000.0, 2000),
+    (0.1, 149.0, 149), (0.1, 149.4, 149), (0.1, 149.6, 150), (0.1, 150.0, 150),
+    (0.02, 4999.0, 4999), (0.02, 4999.4, 4999), (0.02, 4999.6, 5000), (0.02, 5000.0, 5000), (0.01, 30000.0, 30000),
 ])
-def test_ks_p_value_is_kolmogorovs_distribution_at_the_rounded_size(statistic, n_effective, n):
+def test_ks_p_value_at_the_rounded_size_in_each_regime(statistic, n_effective, n):
+    """Below 150 samples the p-value is twice the exact one-sided tail (special.smirnov), not kstwo's
+    exact two-sided one (a8044ca's cost fix: milliseconds to microseconds); from 5,000 Stephens'
+    limit. Each regime's value is scipy's exactly, at round(n_effective), and the regimes meet at
+    149 | 150 and 4,999 | 5,000 (the params straddle both)."""
     p = drift.ks_p_value(statistic, n_effective)
     assert type(p) is float
-    assert p == float(stats.kstwo.sf(statistic, n))
+    assert p == _two_sided_ks_p(statistic, n)
     assert 0.0 < p < 1.0
+    if n < 150:  # an upper bound of the exact two-sided p, within 1e-6 of it where p < 0.05
+        assert p >= float(stats.kstwo.sf(statistic, n))
+    if n < 5000:
+        assert p == pytest.approx(float(stats.kstwo.sf(statistic, n)), abs=1e-6 if p < 0.05 else 1e-3)
+    else:  # Stephens' limit: within 3% of kstwo in the tail
+        assert p == pytest.approx(float(stats.kstwo.sf(statistic, n)), rel=0.03)
+
+
+@pytest.mark.parametrize("statistic, n_effective, expected", [
+    (0.2, 3.0, 1.0),                      # 2 * P(D+ >= 0.2) = 1.424 at n = 3: capped at 1
+    (0.5, 1.0, 1.0),                      # 2 * (1 - 0.5) at n = 1: exactly 1
+    (0.6, 1.0, 0.8),                      # 2 * (1 - 0.6) at n = 1
+])
+def test_ks_p_value_small_sizes_by_hand(statistic, n_effective, expected):
+    assert drift.ks_p_value(statistic, n_effective) == pytest.approx(expected, abs=1e-15)
+    assert type(drift.ks_p_value(statistic, n_effective)) is float
 
 
 def test_ks_p_value_bounds():
@@ -447,16 +480,28 @@ def test_data_detector_is_the_per_feature_tests_with_holm(small_reference):
 
 
 def test_data_detection_at_exactly_alpha(small_reference):
-    """Holm's thresholds include alpha itself: a family whose smallest p-value is exactly alpha/k is drifted."""
+    """Holm's thresholds include alpha itself: a family whose smallest p-value is exactly alpha/k is
+    drifted. The family is every test of every feature at every scale plus the joint test: a window
+    of 150 is tested at 50, 100 and 150, x and y by KS, normal scores and binned chi-square, g by
+    chi-square, all three jointly: k = 3 * (3 + 1 + 3 + 1) = 24."""
     window = _small_window(150, seed=22, x_shift=0.3)
-    p_min = min(f.p_value for f in drift.DataDriftDetector(small_reference, SMALL_SCHEMA).score(window)
-                .features.values())
-    alpha = next(a for a in (3 * p_min, np.nextafter(3 * p_min, 1), np.nextafter(3 * p_min, 0)) if a / 3 == p_min)
+    report = drift.DataDriftDetector(small_reference, SMALL_SCHEMA).score(window)
+    assert report.tests == 24 and report.scales == [50, 100, 150]
+    # the family's smallest p-value: x's normal-score test on the whole window (x moved 0.3 sd)
+    p_min = drift.NormalScoreDetector(small_reference["x"].to_numpy(float)).score(window["x"]).p_value
+    # since when: the change point of x's bins (the binned test's), over the whole window it was tested on
+    binned = drift.BinnedChiSquareDetector(small_reference["x"].to_numpy(float))
+    since = drift.change_start(binned.codes(window["x"]), binned.reference_freq, 150)
+    assert report.detections == {"x": drift.Detection("normal-score", 150, p_min, since)}
+    k = report.tests
+    alpha = next(a for a in (k * p_min, np.nextafter(k * p_min, 1), np.nextafter(k * p_min, 0)) if a / k == p_min)
     assert 0 < alpha < 1
     at = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha).score(window)
-    assert at.detected and sum(f.detected for f in at.features.values()) >= 1
+    assert at.detected is True and [n for n, f in at.features.items() if f.detected] == ["x"]
+    assert at.detections["x"].p_value == p_min and at.detections["x"].test == "normal-score"
     below = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha * 0.999).score(window)
-    assert not below.detected
+    assert below.detected is False and below.detections == {}
+    assert not any(f.detected for f in below.features.values())
 
 
 def test_data_window_size_boundary_and_reason(small_reference):
@@ -542,13 +587,41 @@ def test_report_to_dict_values():
                                    alpha=0.01, features={"x": feature})
     d = report.to_dict()
     assert d == {"score": 0.25, "detected": True, "window_size": 60, "alpha": 0.01,
-                 "features": {"x": feature.to_dict()}, "reason": None}
+                 "features": {"x": feature.to_dict()}, "reason": None,
+                 "multivariate": None, "tests": 0, "scales": [], "detections": {}}
     assert type(d["detected"]) is bool and type(d["window_size"]) is int and type(d["alpha"]) is float
     short = drift.DataDriftReport(max_distance=float("nan"), detected=None, window_size=3, alpha=0.5,
                                   reason="not enough data").to_dict()
     assert short == {"score": None, "detected": False, "window_size": 3, "alpha": 0.5, "features": {},
-                     "reason": "not enough data"}
+                     "reason": "not enough data", "multivariate": None, "tests": 0, "scales": [],
+                     "detections": {}}
     assert short["detected"] is False
+    # the multi-scale fields: the joint test, the family's size, the scales, what fired and since when
+    joint = drift.MultivariateDrift("pca-reconstruction", np.float64(1.5), float("nan"), np.bool_(True),
+                                    np.int64(3))
+    assert joint.to_dict() == {"test": "pca-reconstruction", "statistic": 1.5, "p_value": None, "detected": True,
+                               "components": 3}
+    assert type(joint.to_dict()["detected"]) is bool and type(joint.to_dict()["components"]) is int
+    fired = drift.Detection("normal-score", np.int64(50), np.float64(1e-7), np.int64(42), since=1700000000.5)
+    assert fired.to_dict() == {"test": "normal-score", "scale": 50, "p_value": 1e-7, "since_samples": 42,
+                               "since": 1700000000.5}
+    assert [type(v) for v in fired.to_dict().values()] == [str, int, float, int, float]
+    assert drift.Detection("chi2", 100, 0.001, 7).to_dict() == {"test": "chi2", "scale": 100, "p_value": 0.001,
+                                                                "since_samples": 7, "since": None}
+    full = drift.DataDriftReport(max_distance=0.25, detected=True, window_size=500, alpha=0.005,
+                                 features={"x": feature}, multivariate=joint, tests=np.int64(52),
+                                 scales=[np.int64(50), 100, 250, 500],
+                                 detections={"x": fired, "multivariate": drift.Detection("pca-reconstruction", 500,
+                                                                                         0.002, 480)}).to_dict()
+    assert full == {"score": 0.25, "detected": True, "window_size": 500, "alpha": 0.005,
+                    "features": {"x": feature.to_dict()}, "reason": None, "multivariate": joint.to_dict(),
+                    "tests": 52, "scales": [50, 100, 250, 500],
+                    "detections": {"x": fired.to_dict(),
+                                   "multivariate": {"test": "pca-reconstruction", "scale": 500, "p_value": 0.002,
+                                                    "since_samples": 480, "since": None}}}
+    assert type(full["tests"]) is int and [type(s) for s in full["scales"]] == [int] * 4
+    assert list(full) == ["score", "detected", "window_size", "alpha", "features", "reason", "multivariate",
+                          "tests", "scales", "detections"]
     concept = drift.ConceptDriftReport(
         mse_increase=0.5, detected=np.bool_(True), labelled_size=40, mse=150.0, reference_mse=100.0,
         statistic=0.3, p_value=float("nan"), alpha=0.005, test="pit-ks", mean_log_ratio=-float("inf"),
@@ -557,11 +630,35 @@ def test_report_to_dict_values():
     assert list(c)[0] == "score" and "mse_increase" not in c
     assert c == {"score": 0.5, "detected": True, "labelled_size": 40, "mse": 150.0, "reference_mse": 100.0,
                  "statistic": 0.3, "p_value": None, "alpha": 0.005, "test": "pit-ks", "mean_log_ratio": None,
-                 "bias_pct": 12.5, "reason": None}
+                 "bias_pct": 12.5, "reason": None, "tests": 0, "scales": [], "detection": None, "segments": {}}
     assert c["detected"] is True
     empty = drift.ConceptDriftReport(None, None, 0, None, 100.0, None, None, 0.005, "pit-ks", None, None,
                                      reason="not enough data").to_dict()
-    assert empty["score"] is None and empty["detected"] is False and empty["reason"] == "not enough data"
+    assert empty == {"score": None, "detected": False, "labelled_size": 0, "mse": None, "reference_mse": 100.0,
+                     "statistic": None, "p_value": None, "alpha": 0.005, "test": "pit-ks", "mean_log_ratio": None,
+                     "bias_pct": None, "reason": "not enough data", "tests": 0, "scales": [], "detection": None,
+                     "segments": {}}
+    assert empty["detected"] is False
+    # segments and what fired: a Detection with its segment, SegmentDrift's values and types
+    segment = drift.SegmentDrift(np.int64(25), float("nan"), np.float64(0.01), np.bool_(False))
+    assert segment.to_dict() == {"samples": 25, "bias_pct": None, "p_value": 0.01, "detected": False}
+    assert type(segment.to_dict()["samples"]) is int and segment.to_dict()["detected"] is False
+    assert drift.SegmentDrift(30, 4.5, None, True).to_dict() == {"samples": 30, "bias_pct": 4.5, "p_value": None,
+                                                                 "detected": True}
+    fired = drift.Detection("bias", 50, 1e-4, 12, segment="color=J")
+    assert fired.to_dict() == {"test": "bias", "scale": 50, "p_value": 1e-4, "since_samples": 12, "since": None,
+                               "segment": "color=J"}
+    full = drift.ConceptDriftReport(
+        mse_increase=0.5, detected=True, labelled_size=500, mse=150.0, reference_mse=100.0, statistic=0.1,
+        p_value=0.2, alpha=0.005, test="pit-ks", mean_log_ratio=0.01, bias_pct=1.0, tests=30,
+        scales=[np.int64(50), 100, 250, 500], detection=fired,
+        segments={"color=J": segment, "price 0-950": drift.SegmentDrift(40, -1.5, 0.3, False)}).to_dict()
+    assert {k: full[k] for k in ("tests", "scales", "detection", "segments")} == {
+        "tests": 30, "scales": [50, 100, 250, 500], "detection": fired.to_dict(),
+        "segments": {"color=J": segment.to_dict(),
+                     "price 0-950": {"samples": 40, "bias_pct": -1.5, "p_value": 0.3, "detected": False}}}
+    assert [type(s) for s in full["scales"]] == [int] * 4
+    assert list(full)[-4:] == ["tests", "scales", "detection", "segments"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -733,8 +830,9 @@ def test_concept_score_of_a_tiny_window_by_hand():
     u = np.sort([4 / 9, 7 / 9, 0.5 / 9, 8.5 / 9, 5.5 / 9])
     d = stats.kstest(u, "uniform").statistic
     assert report.statistic == pytest.approx(d, abs=1e-12)
-    # n_eff = 1 / (1/m + (m_b/m)^2 / n_b) = 1 / (1/5 + 1/8) = 40/13, rounded to 3
-    assert report.p_value == pytest.approx(float(stats.kstwo.sf(d, 3)), rel=1e-9)
+    # n_eff = 1 / (1/m + (m_b/m)^2 / n_b) = 1 / (1/5 + 1/8) = 40/13, rounded to 3; below 150 the KS p is
+    # twice the one-sided tail, 2 * 0.712 here, capped at 1 (kstwo's two-sided value would be 0.977)
+    assert 2 * stats.ksone.sf(d, 3) > 1 and report.p_value == 1.0
     assert report.mse == (0 + 2500 + 8100 + 810000 + 100) / 5
     assert report.mse_increase == pytest.approx((report.mse - det.reference_mse) / det.reference_mse, rel=1e-12)
     assert report.mean_log_ratio == pytest.approx(q.mean(), rel=1e-12)
@@ -742,18 +840,44 @@ def test_concept_score_of_a_tiny_window_by_hand():
     assert report.bias_pct == pytest.approx(100 * np.expm1(q.mean() - reference_mean), rel=1e-12)
     assert (report.labelled_size, report.alpha, report.test, report.reason) == (5, 0.05, "pit-ks", None)
     assert report.reference_mse == det.reference_mse
-    assert report.detected == (report.p_value <= 0.05)
+    # the family: KS, bias and spread on the whole window (5 labels: no scale below it), no segment
+    # (the reference's 8 errors are fewer than min_segment = 20); nothing is rejected at 0.05
+    assert (report.tests, report.scales, report.segments, report.detection) == (3, [5], {}, None)
+    assert det.segment_names() == [] and det.bin_names == ["price 0+"]
+    z = stats.norm.ppf(u)
+    n_eff = 40 / 13
+    p_bias = 2 * stats.norm.sf(abs(z.mean()) * np.sqrt(n_eff))  # 0.750
+    p_spread = stats.chi2.sf(n_eff * np.mean(z ** 2), n_eff)  # 0.327
+    assert drift.holm_bonferroni([1.0, p_bias, p_spread], 0.05).tolist() == [False, False, False]
+    assert report.detected is False
+
+
+def _spread_of_the_tiny_window() -> float:
+    """The tiny window's spread test by hand: mean z^2 = 1.152 against chi2(n_eff) / n_eff, n_eff = 40/13."""
+    z = stats.norm.ppf([4 / 9, 7 / 9, 0.5 / 9, 8.5 / 9, 5.5 / 9])
+    return float(stats.chi2.sf(40 / 13 * np.mean(z ** 2), 40 / 13))
 
 
 def test_concept_detection_at_exactly_alpha():
+    """Holm's thresholds include alpha: the tiny window's family is KS (p = 1), bias (0.750) and
+    spread (0.327); at alpha = 3 * p_spread the spread test is rejected, just below it nothing."""
     actual, predicted = np.array([100.0, 150.0, 10.0, 1000.0, 110.0]), np.full(5, 100.0)
-    p = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=3).score(
-        actual, predicted).p_value
-    assert 0 < p < 1
-    at = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=p, n_bins=1, min_samples=3)
-    assert at.score(actual, predicted).detected is True
-    below = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=p * 0.999, n_bins=1, min_samples=3)
-    assert below.score(actual, predicted).detected is False
+    loose = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=0.99, n_bins=1, min_samples=3)
+    fired = loose.score(actual, predicted).detection
+    # every sample's PIT decile is one of the newest five's: each adds log(1.5 / 1) > 0, the change is 5 old
+    assert fired == drift.Detection("spread", 5, fired.p_value, 5, segment="all")
+    p = fired.p_value
+    assert p == pytest.approx(_spread_of_the_tiny_window(), rel=1e-12)
+    alpha = next(a for a in (3 * p, np.nextafter(3 * p, 1), np.nextafter(3 * p, 0)) if a / 3 == p)
+    assert 0 < alpha < 1
+    at = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=alpha, n_bins=1, min_samples=3)
+    report = at.score(actual, predicted)
+    assert report.detected is True and report.detection == fired
+    assert report.to_dict()["detection"] == {"test": "spread", "scale": 5, "p_value": p, "since_samples": 5,
+                                             "since": None, "segment": "all"}
+    below = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=alpha * 0.999, n_bins=1, min_samples=3)
+    report = below.score(actual, predicted)
+    assert report.detected is False and report.detection is None
 
 
 def test_concept_bins_and_effective_sample_size():
@@ -776,7 +900,8 @@ def test_concept_bins_and_effective_sample_size():
     d = stats.kstest(u, "uniform").statistic
     n_eff = 1 / (1 / 100 + (0.3 ** 2 + 0.7 ** 2) / 200)
     assert report.statistic == pytest.approx(d, abs=1e-12)
-    assert report.p_value == pytest.approx(float(stats.kstwo.sf(d, round(n_eff))), rel=1e-9)
+    assert round(n_eff) == 78  # below 150: twice the exact one-sided tail
+    assert report.p_value == pytest.approx(float(2 * stats.ksone.sf(d, 78)), rel=1e-9)
     q = np.log(w_actual / w_pred)
     shift = np.mean(q - np.where(bins == 0, q_ref[:200].mean(), q_ref[200:].mean()))
     assert report.bias_pct == pytest.approx(100 * np.expm1(shift), rel=1e-9)
