@@ -426,7 +426,8 @@ class ReconstructionDetector:
         eigenvalues, vectors = np.linalg.eigh(np.cov(z, rowvar=False))
         order = np.argsort(eigenvalues)[::-1]
         explained = np.cumsum(eigenvalues[order]) / eigenvalues.sum()
-        self.components = int(np.searchsorted(explained, variance) + 1)
+        # at least one direction is left out: with every component kept each error is rounding noise
+        self.components = min(int(np.searchsorted(explained, variance) + 1), len(self.names) - 1)
         self._basis = vectors[:, order[:self.components]]
         errors = self.errors(z)
         self.error_deciles = np.quantile(errors, np.arange(1, 10) / 10)

@@ -1010,6 +1010,370 @@ def test_none_is_a_missing_value():
 
 
 # --------------------------------------------------------------------------------------------------
+# The detect branch's additions, by hand and against scipy: scales, the change point, the added
+# per-feature tests, the joint test, the whole data family, concept segments
+
+
+def test_window_scales_by_hand():
+    assert drift.window_scales(500, (50, 100, 250)) == [50, 100, 250, 500]
+    assert drift.window_scales(120, (250, 50, 100, 50)) == [50, 100, 120]
+    assert drift.window_scales(100, (100, 0, -5)) == [100]
+    assert drift.window_scales(101, (100,)) == [100, 101]
+    assert drift.window_scales(2, (1,)) == [1, 2]
+    assert drift.window_scales(1, (1, 2)) == [1]
+    assert drift.window_scales(60, (50.7,)) == [50, 60]
+    assert drift.window_scales(80, ()) == [80]
+    assert drift.window_scales(0, (50,)) == [] and drift.window_scales(0, ()) == []
+
+
+def _change_start_by_hand(codes, freq, suffix, mask=None):
+    """The docstring's estimate, one sample at a time: each sample's log(p_after / p_before), the
+    newest suffix's frequencies after (half a count added), the reference's before (floored at half
+    a count); the answer is the length of the newest run with the largest sum (the shortest if tied)."""
+    codes = [int(c) for c in codes]
+    m, k = len(codes), len(freq)
+    if m == 0:
+        return 0
+    recent = [codes[i] for i in range(max(0, m - suffix), m) if mask is None or mask[i]]
+    after = np.array([(recent.count(c) + 0.5) / (len(recent) + 0.5 * k) for c in range(k)])
+    before = np.array([max(f, 0.5 / (len(recent) + 0.5 * k)) for f in freq])
+    ratio = np.log(after / before)
+    total, best, answer = 0.0, -np.inf, 0
+    for j in range(1, m + 1):
+        i = m - j
+        total += ratio[codes[i]] if mask is None or mask[i] else 0.0
+        if total > best:
+            best, answer = total, j
+    return answer
+
+
+def test_change_start_by_hand():
+    # the newest two samples read 1 where the reference is even: they are the change
+    assert drift.change_start(np.array([0, 0, 1, 1]), np.array([0.5, 0.5]), 2) == 2
+    # within a segment (mask), every masked-in sample reads 1: the change spans the whole window
+    mask = np.array([True, False, True, False, True])
+    assert drift.change_start(np.array([1, 0, 1, 0, 1]), np.array([0.5, 0.5]), 5, mask) == 5
+    assert drift.change_start(np.array([1, 0, 1, 0, 1]), np.array([0.5, 0.5]), 5) == 1
+    # a reference frequency of 0 is floored, not divided by
+    assert drift.change_start(np.array([0, 0, 0, 1, 1]), np.array([1.0, 0.0]), 2) == 2
+    assert drift.change_start(np.array([], dtype=np.int64), np.array([0.5, 0.5]), 5) == 0
+    assert type(drift.change_start(np.array([0, 1]), np.array([0.5, 0.5]), 1)) is int
+    rng = np.random.default_rng(42)
+    for trial in range(40):
+        k = int(rng.integers(2, 6))
+        freq = rng.dirichlet(np.ones(k))
+        m = int(rng.integers(1, 80))
+        codes = rng.integers(0, k, m)
+        suffix = int(rng.integers(1, m + 10))
+        mask = None if trial % 2 else rng.random(m) < 0.6
+        assert drift.change_start(codes, freq, suffix, mask) == _change_start_by_hand(codes, freq, suffix, mask), trial
+
+
+def _normal_scores_by_hand(ref, x):
+    """van der Waerden scores: Phi^-1 of the reference mid-CDF (#ref < x + #ref <= x) / 2n, clipped
+    to [1/2n, 1 - 1/2n]."""
+    ref, x = np.asarray(ref, dtype=float), np.asarray(x, dtype=float)
+    n = ref.size
+    u = ((ref[None, :] < x[:, None]).sum(axis=1) + (ref[None, :] <= x[:, None]).sum(axis=1)) / (2 * n)
+    return stats.norm.ppf(np.clip(u, 0.5 / n, 1 - 0.5 / n))
+
+
+def test_normal_score_detector_by_hand():
+    ref = np.array([1.0, 2.0, 2.0, 3.0, 5.0, 5.0, 5.0, 8.0])
+    det = drift.NormalScoreDetector(np.r_[ref, np.nan, np.inf])
+    assert det.test == "normal-score" and det.n == 8 and det.values.tolist() == [1.0, 2.0, 3.0, 5.0, 8.0]
+    x = np.array([0.0, 1.0, 1.5, 2.0, 2.5, 5.0, 6.0, 8.0, 9.0])
+    np.testing.assert_allclose(det.scores(x), _normal_scores_by_hand(ref, x), rtol=1e-13, atol=1e-15)
+    z_ref = _normal_scores_by_hand(ref, ref)
+    assert det.mean == pytest.approx(z_ref.mean(), abs=1e-15)
+    assert det.sd == pytest.approx(z_ref.std(), rel=1e-13)
+    window = np.array([5.0, 8.0, 9.0, np.nan, 2.0, 6.0])
+    result = det.score(window)
+    z = _normal_scores_by_hand(ref, window[np.isfinite(window)])
+    stat = (z.mean() - z_ref.mean()) / (z_ref.std() * np.sqrt(1 / 5 + 1 / 8))
+    assert (result.test, result.distance, result.window_size) == ("normal-score", None, 5)
+    assert result.statistic == pytest.approx(stat, rel=1e-12) and stat > 0
+    assert result.p_value == pytest.approx(2 * stats.norm.sf(abs(stat)), rel=1e-12)
+    assert type(result.statistic) is float and type(result.p_value) is float
+    low = det.score(np.array([1.0, 1.0, 2.0]))
+    z = _normal_scores_by_hand(ref, [1.0, 1.0, 2.0])
+    assert low.statistic == pytest.approx((z.mean() - z_ref.mean()) / (z_ref.std() * np.sqrt(1 / 3 + 1 / 8)), rel=1e-12)
+    assert low.statistic < 0 and low.p_value == pytest.approx(2 * stats.norm.cdf(low.statistic), rel=1e-12)
+    # suffixes count their finite values; a suffix with none has no result
+    by_suffix = det.score_suffixes(np.array([5.0, 2.0, 8.0, np.nan]), [1, 2, 4])
+    assert by_suffix[0] == drift.TestResult("normal-score", None, None, None, 0)
+    assert by_suffix[1].window_size == 1 and by_suffix[1].statistic == pytest.approx(det.score([8.0]).statistic)
+    assert by_suffix[2].window_size == 3 and by_suffix[2].p_value == pytest.approx(det.score([5.0, 2.0, 8.0]).p_value)
+    # scores given by the caller are the ones used
+    given = det.score_suffixes(window, [6], scores=np.zeros(6))[0]
+    assert given.statistic == pytest.approx(-det.mean / (det.sd * np.sqrt(1 / 5 + 1 / 8)), abs=1e-15)
+    assert det.score_suffixes(window, [6], scores=det.scores(window))[0] == result
+    # a reference of one value has no spread: nothing to test
+    flat = drift.NormalScoreDetector(np.array([4.0, 4.0, 4.0]))
+    assert flat.sd == 0.0 and flat.score([4.0, 5.0]) == drift.TestResult("normal-score", None, None, None, 2)
+    with pytest.raises(ValueError, match=r"^NormalScoreDetector needs a non-empty finite reference$"):
+        drift.NormalScoreDetector([np.nan])
+
+
+def test_binned_chi2_is_the_chi2_test_on_reference_quantile_bins():
+    rng = np.random.default_rng(40)
+    ref = rng.normal(size=4000)
+    det = drift.BinnedChiSquareDetector(np.r_[ref, np.nan], n_bins=4)
+    edges = np.quantile(ref, [0.25, 0.5, 0.75])
+    assert det.test == "binned-chi2" and det.edges.tolist() == edges.tolist() and det.n_bins == 4
+    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=4)
+    assert det.reference_freq.tolist() == (ref_counts / 4000).tolist()
+    window = np.r_[rng.normal(0.3, 1.0, 400), np.nan, np.inf]
+    codes = det.codes(window)
+    assert codes[:400].tolist() == np.searchsorted(edges, window[:400], side="right").tolist()
+    assert codes[400:].tolist() == [-1, -1] and det.codes([edges[1]]).tolist() == [2]  # an edge: the upper bin
+    win_counts = np.bincount(codes[:400], minlength=4)
+    expected = stats.chi2_contingency(np.array([ref_counts, win_counts]), correction=False)
+    result = det.score(window)
+    assert (result.test, result.window_size) == ("binned-chi2", 400)
+    assert result.statistic == pytest.approx(expected.statistic, rel=1e-12)
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9) and result.p_value < 1e-3
+    assert result.distance == pytest.approx(0.5 * np.abs(win_counts / 400 - ref_counts / 4000).sum(), abs=1e-15)
+    newest = det.score_suffixes(window, [102, 402])
+    assert newest[0] == det.score(window[-102:]) and newest[0].window_size == 100 and newest[1] == result
+    # equal quantiles merge: a point mass stays in one bin
+    bunched = drift.BinnedChiSquareDetector(np.repeat([1.0, 2.0, 3.0], [10, 80, 10]), n_bins=10)
+    assert bunched.edges.tolist() == pytest.approx([1.9, 2.0, 2.1]) and bunched.n_bins == 4
+    assert bunched.reference_freq.tolist() == [0.1, 0.0, 0.8, 0.1]
+    default = drift.BinnedChiSquareDetector(ref)
+    assert default.edges.tolist() == np.quantile(ref, np.arange(1, 20) / 20).tolist() and default.n_bins == 20
+    with pytest.raises(ValueError, match=r"^BinnedChiSquareDetector needs a non-empty finite reference$"):
+        drift.BinnedChiSquareDetector([np.inf, np.nan])
+
+
+def _reconstruction_by_hand(reference: dict, window: dict, variance: float = 0.65):
+    """PCA reconstruction error of standardised normal scores, from scratch (SVD for the basis)."""
+    def standardised(columns):
+        out = []
+        for name, ref in reference.items():
+            ref = np.asarray(ref, dtype=float)
+            ref = ref[np.isfinite(ref)]
+            z_ref = _normal_scores_by_hand(ref, ref)
+            values = np.asarray(columns[name], dtype=float)
+            z = (_normal_scores_by_hand(ref, np.where(np.isfinite(values), values, 0.0)) - z_ref.mean()) / z_ref.std()
+            out.append(np.where(np.isfinite(values), z, np.nan))
+        return np.column_stack(out)
+
+    z = standardised(reference)
+    z = z[np.isfinite(z).all(axis=1)]
+    eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(z, rowvar=False)))[::-1]
+    components = int(np.argmax(np.cumsum(eigenvalues) / eigenvalues.sum() >= variance)) + 1
+    vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)[2][:components]
+    errors = ((z - z @ vt.T @ vt) ** 2).sum(axis=1)
+    w = standardised(window)
+    w = w[np.isfinite(w).all(axis=1)]
+    window_errors = ((w - w @ vt.T @ vt) ** 2).sum(axis=1)
+    n, m = len(z), len(w)
+    scale, dof = errors.var() / (2 * errors.mean()), 2 * errors.mean() ** 2 / errors.var()
+    m_eff = 1 / (1 / m + 1 / n)
+    p = stats.chi2.sf(m_eff * window_errors.mean() / scale, m_eff * dof)
+    return components, n, errors, window_errors.mean() / errors.mean(), p, m
+
+
+def test_reconstruction_detector_by_hand():
+    rng = np.random.default_rng(41)
+    a = rng.normal(size=600)
+    reference = {"a": a, "b": a + rng.normal(0, 0.5, 600), "c": rng.normal(size=600),
+                 "d": np.round(rng.normal(size=600))}
+    reference["c"][:5] = np.nan  # rows left out of the reference
+    det = drift.ReconstructionDetector(reference)
+    assert det.test == "pca-reconstruction" and det.names == ["a", "b", "c", "d"]
+    w = rng.normal(size=200)
+    window = {"a": w, "b": -w + rng.normal(0, 0.5, 200), "c": rng.normal(size=200), "d": np.round(rng.normal(size=200))}
+    window["d"][3] = np.inf
+    components, n, errors, statistic, p, m = _reconstruction_by_hand(reference, window)
+    assert (det.components, det.n) == (components, 595) and components == 2
+    assert det.mean_error == pytest.approx(errors.mean(), rel=1e-9)
+    np.testing.assert_allclose(det.error_deciles, np.quantile(errors, np.arange(1, 10) / 10), rtol=1e-9)
+    result = det.score(window)
+    assert (result.test, result.distance, result.window_size) == ("pca-reconstruction", None, m) and m == 199
+    assert result.statistic == pytest.approx(statistic, rel=1e-9) and statistic > 1.5  # a and b turned against each other
+    assert result.p_value == pytest.approx(p, rel=1e-6) and p < 1e-10
+    assert np.isnan(det.row_errors(window)[3]) and np.isfinite(np.delete(det.row_errors(window), 3)).all()
+    clean = {k: np.asarray(v)[300:] for k, v in reference.items()}
+    _, _, _, statistic, p, _ = _reconstruction_by_hand(reference, clean)
+    assert det.score(clean).statistic == pytest.approx(statistic, rel=1e-9)
+    assert det.score(clean).p_value == pytest.approx(p, rel=1e-9) and p > 0.01
+    newest = det.score_suffixes(window, [50, 200])
+    assert newest[0] == det.score({k: v[-50:] for k, v in window.items()}) and newest[1] == result
+    assert det.score({k: np.full(3, np.nan) for k in det.names}) == drift.TestResult("pca-reconstruction", None, None,
+                                                                                      None, 0)
+    # never every component: the errors would be rounding noise (and a division by a zero mean error)
+    assert drift.ReconstructionDetector(reference, variance=0.99).components == 3
+    two = drift.ReconstructionDetector({"x": rng.normal(size=500), "y": rng.normal(size=500)})
+    assert two.components == 1 and two.mean_error > 0.5  # independent: the first explains ~50% < 65%
+    assert drift.ReconstructionDetector(reference, variance=0.1).components == 1
+    # a scorer given is used as it is
+    scorer = drift.NormalScoreDetector(reference["a"])
+    assert drift.ReconstructionDetector(reference, scorers={"a": scorer}).scorers["a"] is scorer
+    # two features need at least four complete rows
+    assert drift.ReconstructionDetector({"x": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 3.0, 2.0, 4.0]}).n == 4
+    with pytest.raises(ValueError, match=r"^ReconstructionDetector needs more reference rows than features$"):
+        drift.ReconstructionDetector({"x": [1.0, 2.0, 3.0, 4.0], "y": [2.0, 1.0, 4.0, np.nan]})
+
+
+def test_data_detector_family_is_every_test_at_every_scale_with_holm(small_reference):
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=0.01, min_samples=20, scales=(40, 100, 500))
+    window = _small_window(150, seed=26, x_shift=0.35)
+    window["g"][-30:] = 2  # the newest 30 are all "c" (20% in the reference)
+    x, y = small_reference["x"].to_numpy(float), small_reference["y"].to_numpy(float)
+    g = det.encode_column("g", small_reference["g"])
+    tests = {"x": [drift.KSDetector(x), drift.NormalScoreDetector(x), drift.BinnedChiSquareDetector(x)],
+             "g": [drift.ChiSquareDetector(g, ["a", "b", "c"])],
+             "y": [drift.KSDetector(y), drift.NormalScoreDetector(y), drift.BinnedChiSquareDetector(y)]}
+    joint = drift.ReconstructionDetector({"x": x, "g": g.astype(float), "y": y})
+    scales = [40, 100, 150]
+    family = [(name, t.test, s, t.score(np.asarray(window[name])[150 - s:]))
+              for name, ts in tests.items() for t in ts for s in scales]
+    family += [("multivariate", joint.test, s, joint.score({k: np.asarray(v, dtype=float)[150 - s:]
+                                                            for k, v in window.items()})) for s in scales]
+    rejected = drift.holm_bonferroni([r.p_value for *_, r in family], 0.01)
+    report = det.score(window)
+    assert report.tests == len(family) == 24 and report.scales == scales
+    assert (report.window_size, report.alpha, report.reason) == (150, 0.01, None)
+    for name in ("x", "g", "y"):
+        main = next(r for n, _, s, r in family if n == name and s == 150)
+        f = report.features[name]
+        assert (f.feature, f.test, f.distance) == (name, main.test, main.distance)
+        assert f.statistic == pytest.approx(main.statistic, rel=1e-12)
+        assert f.p_value == pytest.approx(main.p_value, rel=1e-9)
+        fired = [(r.p_value, t, s) for (n, t, s, r), rej in zip(family, rejected) if rej and n == name]
+        assert f.detected is bool(fired)
+        if fired:
+            p, t, s = min(fired)
+            d = report.detections[name]
+            assert (d.test, d.scale, d.segment, d.since) == (t, s, None, None)
+            assert d.p_value == pytest.approx(p, rel=1e-9)
+        else:
+            assert name not in report.detections
+    assert [n for n, f in report.features.items() if f.detected] == ["x", "g"]
+    # g's change point, on its cells: the newest 30 "c"s, found from the newest 40
+    cells = tests["g"][0].cells(window["g"])
+    assert report.detections["g"].scale == 40
+    assert report.detections["g"].since_samples == drift.change_start(cells, tests["g"][0].reference_counts / 2000, 40)
+    whole = family[-1][3]
+    joint_fired = [rej for (n, *_), rej in zip(family, rejected) if n == "multivariate"]
+    assert report.multivariate == drift.MultivariateDrift("pca-reconstruction", pytest.approx(whole.statistic, rel=1e-9),
+                                                          pytest.approx(whole.p_value, rel=1e-9), any(joint_fired),
+                                                          joint.components)
+    assert report.detected is bool(rejected.any()) is True
+    assert report.max_distance == max(r.distance for n, t, s, r in family if s == 150 and r.distance is not None
+                                      and t in ("ks", "chi2"))
+    # the joint test leaves out rows with an unseen, negative or fractional grade code
+    odd = {k: np.asarray(v, dtype=float).copy() for k, v in window.items()}
+    odd["g"][:3] = [7, -1, 1.5]
+    expected = joint.score({k: v[3:] for k, v in odd.items()})
+    assert det.score(odd).multivariate.p_value == pytest.approx(expected.p_value, rel=1e-9)
+    # too short a window: the joint test reports nothing, with its components; the family is empty
+    short = det.score({k: np.asarray(v)[:19] for k, v in window.items()})
+    assert short.multivariate == drift.MultivariateDrift("pca-reconstruction", None, None, False, joint.components)
+    assert (short.tests, short.scales, short.detections) == (0, [], {})
+    single = drift.DataDriftDetector(small_reference, {"features": SMALL_SCHEMA["features"][:1]})
+    assert single.multivariate is None and single.score({"x": window["x"]}).multivariate is None
+    assert drift.DataDriftDetector(small_reference, SMALL_SCHEMA, multivariate=False).multivariate is None
+    assert det.scales == (40, 100, 500) and drift.DataDriftDetector(small_reference, SMALL_SCHEMA).scales == (50, 100, 250)
+
+
+def test_concept_family_segments_and_detection_by_hand():
+    """Two price bands and a grade; the family is KS, bias and spread at each scale, then each
+    segment's Welch t-test and F-test against the same segment of the reference, Holm over all."""
+    rng = np.random.default_rng(50)
+    pred = np.repeat([1000.0, 8000.0], 200)
+    act = pred * np.exp(rng.normal(0, 0.1, 400))
+    ref_cut = rng.choice(3, 400, p=[0.08, 0.32, 0.6])
+    det = drift.ConceptDriftDetector(act, pred, alpha=0.01, min_samples=10, n_bins=2, scales=(50,),
+                                     grades={"cut": ["Fair", "Good", "Ideal"], "color": ["D"]},
+                                     reference_grades={"cut": ref_cut}, min_segment=20)
+    assert det.grades == {"cut": ["Fair", "Good", "Ideal"]}  # color has no reference grades: no segment
+    assert det.bin_names == ["price 0-4,500", "price 4,500+"] and det.scales == (50,) and det.min_segment == 20
+    assert det.segment_names() == ["price 0-4,500", "price 4,500+", "cut=Fair", "cut=Good", "cut=Ideal"]
+    w_pred = np.repeat([1000.0, 8000.0], 60)
+    w_act = w_pred * np.exp(rng.normal(0, 0.1, 120)) * np.where(w_pred > 5000, 1.15, 1.0)  # dearer stones 15% up
+    w_act[5] = np.nan  # this label and its grade are left out
+    w_cut = rng.choice(3, 120, p=[0.08, 0.32, 0.6]).astype(float)
+    w_cut[:4] = [-1, 5, np.nan, 1.5]  # unknown grades: in no grade segment
+    report = det.score(w_act, w_pred, grades={"cut": w_cut})
+
+    ok = np.isfinite(w_act)
+    a, p_, cut = w_act[ok], w_pred[ok], w_cut[ok]
+    m = 119
+    u, bins = det.pit(a, p_)
+    z = stats.norm.ppf(u)
+    family = []  # (segment, scale, test, p, mask)
+    for s in (50, 119):
+        counts = np.bincount(bins[m - s:], minlength=2)
+        n_eff = 1 / (1 / s + np.sum((counts / s) ** 2 / 200))
+        d = stats.kstest(u[m - s:], "uniform").statistic
+        zs = z[m - s:]
+        family += [("all", s, "pit-ks", _two_sided_ks_p(d, round(n_eff)), None),
+                   ("all", s, "bias", 2 * stats.norm.sf(abs(zs.mean()) * np.sqrt(n_eff)), None),
+                   ("all", s, "spread", stats.chi2.sf(n_eff * np.mean(zs ** 2), n_eff), None)]
+        if s == 119:
+            whole_ks = (d, family[-3][3])
+    u_ref, ref_bins = det.pit(act, pred)
+    z_ref = stats.norm.ppf(u_ref)
+    q_ref, q = np.log(act / pred), np.log(a / p_)
+    shift = q - np.array([q_ref[ref_bins == 0].mean(), q_ref[ref_bins == 1].mean()])[bins]
+    segments = {"price 0-4,500": (bins == 0, ref_bins == 0), "price 4,500+": (bins == 1, ref_bins == 1),
+                "cut=Good": (cut == 1, ref_cut == 1), "cut=Ideal": (cut == 2, ref_cut == 2)}
+    assert (cut == 0).sum() < 20 <= (ref_cut == 0).sum()  # Fair: too few labels in this window
+    for name, (mask, ref_mask) in segments.items():
+        zw, zr = z[mask], z_ref[ref_mask]
+        family += [(name, m, "bias", stats.ttest_ind(zw, zr, equal_var=False).pvalue, mask),
+                   (name, m, "spread", stats.f.sf(zw.var(ddof=1) / zr.var(ddof=1), zw.size - 1, zr.size - 1), mask)]
+    rejected = drift.holm_bonferroni([f[3] for f in family], 0.01)
+    assert (report.tests, report.scales, report.labelled_size) == (len(family), [50, 119], m) and len(family) == 14
+    assert report.statistic == pytest.approx(whole_ks[0], abs=1e-12)
+    assert report.p_value == pytest.approx(whole_ks[1], rel=1e-9)
+    assert report.bias_pct == pytest.approx(100 * np.expm1(shift.mean()), rel=1e-9)
+    assert list(report.segments) == list(segments)
+    for name, (mask, _) in segments.items():
+        mine = [(f[3], rej) for f, rej in zip(family, rejected) if f[0] == name]
+        seg = report.segments[name]
+        assert seg.samples == mask.sum()
+        assert seg.bias_pct == pytest.approx(100 * np.expm1(shift[mask].mean()), rel=1e-9)
+        assert seg.p_value == pytest.approx(min(p for p, _ in mine), rel=1e-6)
+        assert seg.detected is any(rej for _, rej in mine)
+    assert [n for n, s in report.segments.items() if s.detected] == ["price 4,500+", "cut=Ideal"]
+    assert report.detected is True
+    i = min(range(len(family)), key=lambda j: (family[j][3], j) if rejected[j] else (np.inf, j))
+    segment, s, test, p, mask = family[i]
+    deciles = np.minimum((u * 10).astype(int), 9)
+    assert report.detection == drift.Detection(test, s, pytest.approx(p, rel=1e-9),
+                                               drift.change_start(deciles, np.full(10, 0.1), s, mask), segment=segment)
+    assert (segment, s, test) == ("all", 50, "bias")
+    # without the labels' grades only the price bands are segments
+    plain = det.score(w_act, w_pred)
+    assert list(plain.segments) == ["price 0-4,500", "price 4,500+"] and plain.tests == 6 + 4
+    with pytest.raises(ValueError, match=r"^grades\['cut'\] differs in length from the labels$"):
+        det.score(w_act, w_pred, grades={"cut": w_cut[:-1]})
+    with pytest.raises(ValueError, match=r"^reference_grades\['cut'\] differs in length from the reference errors$"):
+        drift.ConceptDriftDetector(act, pred, n_bins=2, grades={"cut": ["Fair"]}, reference_grades={"cut": ref_cut[1:]})
+    # a segment of the reference with fewer than min_segment errors is never tested
+    few = drift.ConceptDriftDetector(act, pred, n_bins=2, grades={"cut": ["Fair", "Good", "Ideal"]},
+                                     reference_grades={"cut": ref_cut}, min_segment=100)
+    assert few.segment_names() == ["price 0-4,500", "price 4,500+", "cut=Good", "cut=Ideal"]
+    assert drift.ConceptDriftDetector(act, pred).min_segment == 20 and drift.ConceptDriftDetector(act, pred).scales == (50, 100, 250)
+
+
+def test_concept_bin_names_two_figures_and_whole_dollars():
+    pred = np.repeat([1234.0, 56789.0], 100)
+    assert drift.ConceptDriftDetector(pred, pred, n_bins=2).bin_names == ["price 0-29,000", "price 29,000+"]
+    # three edges that round alike: whole dollars instead
+    pred = np.repeat([990.0, 1000.0, 1010.0, 1020.0], 100)
+    det = drift.ConceptDriftDetector(pred, pred, n_bins=4)
+    assert det.edges.tolist() == pytest.approx([997.5, 1005.0, 1012.5])
+    assert det.bin_names == ["price 0-998", "price 998-1,005", "price 1,005-1,012", "price 1,012+"]
+    pred = np.repeat([90.0, 950.0, 12345.0], 100)
+    assert drift.ConceptDriftDetector(pred, pred, n_bins=3).bin_names == ["price 0-660", "price 660-4,700", "price 4,700+"]
+
+
+# --------------------------------------------------------------------------------------------------
 # scenarios and the evaluation script
 
 
