@@ -2,9 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Debian packages the tests and the benchmark drive for real: Prometheus (and promtool),
-# Alertmanager (the Discord delivery test), wrk (the load generator) and Chromium (the drift report
-# page, rendered headless).
-APT_PACKAGES := prometheus prometheus-alertmanager wrk chromium
+# Alertmanager (the Discord delivery test), wrk (the load generator), Chromium (the drift report
+# page, rendered headless) and PostgreSQL (the fleet's shared store; the tests start their own
+# server with initdb/pg_ctl, so the package's own cluster is not needed).
+APT_PACKAGES := prometheus prometheus-alertmanager wrk chromium postgresql
 
 .PHONY: run test bench evaluate generate mutate setup setup-dev system-packages clean
 
@@ -54,6 +55,7 @@ system-packages:
 	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

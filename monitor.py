@@ -8,6 +8,9 @@ One label:    POST /feedback -> _feedback (parse_label) -> Monitor.record_labels
 One check:    _Every (a threading.Timer, every --check-interval s) or POST /drift/check ->
               Monitor.check_drift: copy both windows, score them with drift.DataDriftDetector and
               drift.ConceptDriftDetector, keep the DriftCheck for /drift, set the Prometheus gauges.
+              On a shared PostgreSQL store (--db postgresql://...) the check is the fleet's: one
+              replica per interval reads the fleet's windows from the store, scores them and stores
+              the report (pg_store.PgStore.fleet_check); every replica serves and gauges the latest.
 One view:     GET /drift/report -> _drift_report -> report.ReportPage: the latest check drawn (once per
               check, on its first view), then sent from memory.
 Options:      MonitorConfig: each field is a flag and a MONITOR_ variable (monitoring/options.py).
@@ -45,9 +48,12 @@ try:
     from monitoring.drift import (DEFAULT_ALPHA, DEFAULT_SCALES, ConceptDriftDetector, ConceptDriftReport,
                                   DataDriftDetector, DataDriftReport, Detection)
     from monitoring.export import export_labelled
+    from monitoring.fleet import (CheckWindows, StoredSnapshot, concept_report_from_dict, data_report_from_dict,
+                                  performance_from_dict, windows_from_columns)
+    from monitoring.lockfile import WriterLock
     from monitoring.metrics import MonitorMetrics
     from monitoring.performance import ErrorModel, PerformanceEstimate, PerformanceEstimator
-    from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
+    from monitoring.report import REPORT_PATH, Reference, ReportPage
     from monitoring.model import (DEFAULT_MODEL_PATH, FastPredictor, InvalidInput, ModelLoadError, Schema,
                                   describe_json, load_artifact, parse_label, release_freed_memory)
     from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, open_store
@@ -61,6 +67,15 @@ from monitoring.options import add_options, config_from, option, optional_path, 
 log = logging.getLogger("monitor")
 
 HERE = Path(__file__).resolve().parent
+
+
+def _db_location(value: str) -> Path | str | None:
+    """--db: a postgresql:// URL (kept as text), an SQLite file's path, or '' for no store."""
+    if not value:
+        return None
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    return Path(value)
 
 
 def _public_url(value: str) -> str | None:
@@ -93,8 +108,15 @@ class MonitorConfig:
     socket_timeout: float = option(15.0, "seconds a connection may stay idle or silent mid-request")
     max_connections: int = option(256, "open connections served at once; more get 503")
     drain_seconds: float = option(10.0, "at shutdown, seconds that requests in flight may take to finish")
-    db_path: Path | None = option(HERE / "monitor.db", "SQLite file recording every prediction and label; "
-                                                       "'' keeps nothing", flag="--db", parse=optional_path)
+    db_path: Path | str | None = option(HERE / "monitor.db", "SQLite file recording every prediction and label, "
+                                                             "or a postgresql:// URL, a database shared by several "
+                                                             "replicas; '' keeps nothing", flag="--db",
+                                        parse=_db_location)
+    replica_id: str | None = option(None, "this replica's name in a shared store (which replica served a "
+                                          "prediction, ran a check)", shown="host:port", parse=optional_text)
+    db_timeout: float = option(5.0, "PostgreSQL: seconds a statement may run, or a session idle in a "
+                                    "transaction, before the server ends it (bounds how long a hung replica "
+                                    "holds the fleet check)")
     retention_days: float = option(30.0, "stored records older than this are pruned")
     max_stored_rows: int = option(5_000_000, "the oldest stored records beyond this count are pruned")
     maintenance_interval: float = option(5.0, "seconds between retries of unwritten records")
@@ -141,11 +163,23 @@ class Monitor:
         self.inputs = InputWindow(self.schema, config.window)
         self.labelled = LabelledWindow(config.label_window, grades=tuple(grades))
         self._grade_columns = [(self.schema.names.index(name), name) for name in grades]
+        self.replica_id = config.replica_id or ""  # host:port once the server listens (name_replica)
+        self._writer_lock: WriterLock | None = None
         self.store = self._open_store(config)
+        # A store shared by a fleet of replicas (PostgreSQL): the database's clock stamps records,
+        # and drift checks are the fleet's, run by one replica per interval and stored.
+        self.fleet = bool(getattr(self.store, "shared", False))
+        self._fleet_report_id = 0  # the stored fleet report this replica serves
+        self._fleet_refreshed = 0.0
 
         self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()},
                                       self.concept_detector.segment_names())
         self.metrics.watch_windows(self.inputs, self.labelled)
+        if self.fleet:  # the windows drift is measured on are the fleet's: those of the latest report
+            self.metrics.window_samples.labels("inputs").set_function(
+                lambda: self._latest_check.data.window_size if self._latest_check else 0)
+            self.metrics.window_samples.labels("labelled").set_function(
+                lambda: self._latest_check.concept.labelled_size if self._latest_check else 0)
         self.metrics.describe_model(self.info, self.model_metrics)
         self.metrics.data_drift_alpha.set(config.alpha)
         self.metrics.watch_store(self.store)
@@ -163,9 +197,20 @@ class Monitor:
     def _open_store(self, config: MonitorConfig) -> Store | MemoryStore:
         """Open the prediction log and refill both windows from it, so that a restart (a deploy,
         a crash) neither forgets the traffic drift is measured on nor loses late labels' joins.
-        Without a file (--db ''), the newest predictions are kept in memory to join late labels."""
-        store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions,
-                           retention_seconds=config.retention_days * 86400, max_rows=config.max_stored_rows)
+        Without a file (--db ''), the newest predictions are kept in memory to join late labels.
+        An SQLite file is refused when another live monitor process writes it (monitoring/lockfile.py);
+        a postgresql:// URL is the fleet's database, written by every replica."""
+        options = {"retention_seconds": config.retention_days * 86400, "max_rows": config.max_stored_rows}
+        if isinstance(config.db_path, str):
+            options.update(replica=self.replica_id, timeout=config.db_timeout)
+        elif config.db_path is not None:
+            self._writer_lock = WriterLock(config.db_path).acquire()
+        try:
+            store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions, **options)
+        except BaseException:
+            if self._writer_lock is not None:
+                self._writer_lock.release()
+            raise
         stored = store.recent_inputs(config.window)
         fitting = [row for row in stored if self.schema.fits(row)]
         if len(fitting) < len(stored):  # rows of another model's schema, or damaged: not served by this one
@@ -179,9 +224,22 @@ class Monitor:
                  store.describe(), counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
         return store
 
+    def name_replica(self, port: int) -> None:
+        """The replica's name in a shared store: --replica-id, else this host and the port it
+        listens on (known only once the server is bound, before any request)."""
+        self.replica_id = self.config.replica_id or f"{socket.gethostname()}:{port}"
+        if self.fleet:
+            self.store.replica = self.replica_id
+
     # lifecycle
     def start(self) -> None:
-        if len(self.inputs) or len(self.labelled):
+        if self.fleet:
+            # The fleet's latest report, if any: /drift serves it from the first request.
+            try:
+                self.refresh_fleet_report(force=True)
+            except StoreError as exc:
+                log.warning("no fleet drift report yet: %s", exc)
+        elif len(self.inputs) or len(self.labelled):
             # Windows refilled from the store: report on them now, not a check interval from now.
             self.check_drift()
         self._batcher.start()
@@ -194,11 +252,13 @@ class Monitor:
             loop.stop()
         self._batcher.stop()
         self.store.close()
+        if self._writer_lock is not None:
+            self._writer_lock.release()
 
     def _retry_unwritten(self) -> None:
         # A database that failed and recovered gets its buffered rows even if no traffic comes.
         pending = self.store.stats()["pending"]
-        if pending or not self.store.healthy:
+        if pending or not self.store.healthy or self.fleet:  # a shared database is pinged: outages show
             try:
                 self.store.flush()
             except StoreError as exc:
@@ -212,7 +272,8 @@ class Monitor:
     def _serve_batch(self, rows: list[tuple]) -> tuple[np.ndarray, list[str]]:
         predictions = self.predictor.predict(rows)
         ids = _new_ids(len(rows))
-        now, version = time.time(), self.info["model_version"]
+        # A fleet's records are stamped by the database's clock when stored (ts None), not by ours.
+        now, version = None if self.fleet else time.time(), self.info["model_version"]
         records = [PredictionRecord(i, now, row, p, version) for i, row, p in zip(ids, rows, predictions.tolist())]
         try:
             self.store.add_predictions(records)  # one transaction for the whole micro-batch
@@ -228,7 +289,7 @@ class Monitor:
     def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
         """Join (id, actual) labels to their predictions; returns (accepted, unknown ids).
         Raises StoreError if they could not be recorded: nothing is acknowledged then."""
-        now = time.time()
+        now = None if self.fleet else time.time()  # None: the database's clock, in a fleet
         joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
         known = [(actual, predicted, first, self._grade_codes(features))
                  for _, actual, predicted, features, first in joined]
@@ -255,7 +316,10 @@ class Monitor:
 
     # drift
     def check_drift(self) -> DriftCheck:
-        """Score both windows now, publish the result, and return it."""
+        """Score both windows now, publish the result, and return it. In a fleet: score the fleet's
+        windows now, here, and store the report for every replica."""
+        if self.fleet:
+            return self._fleet_check(force=True)
         with self._check_lock:
             started = time.perf_counter()
             self.metrics.checks.inc()
@@ -263,27 +327,104 @@ class Monitor:
                 # Copies of the windows: serving goes on while the statistics run.
                 inputs, served_predictions, input_times = self.inputs.snapshot_all()
                 actual, predicted, grades, label_times = self.labelled.snapshot_all()
-                snapshot = DriftSnapshot(inputs, actual, predicted)  # for the report page
-                data = self.data_detector.score(inputs)
-                concept = self.concept_detector.score(actual, predicted, grades=grades)
-                performance = None if self.performance is None else self.performance.score(served_predictions)
-                data.detections = {name: _dated(d, input_times) for name, d in data.detections.items()}
-                concept.detection = _dated(concept.detection, label_times[np.isfinite(actual) & np.isfinite(predicted)])
+                windows = CheckWindows(inputs, served_predictions, input_times, actual, predicted, grades, label_times)
+                data, concept, performance = self._score(windows)
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
             duration = time.perf_counter() - started
             check = DriftCheck(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               self.info["model_version"], data, concept, round(duration, 6), performance)
+                               self.info["model_version"], data, concept, round(duration, 6), performance,
+                               checked_by=self.replica_id or None)
             self.metrics.check_duration.observe(duration)
             self.metrics.record_drift(data, concept, performance)
             self.metrics.last_check.set(time.time())
             self._latest_check = check
-            self.report_page.publish(check.to_dict(), snapshot)  # drawn on its first view, not here
+            self.report_page.publish(check.to_dict(), windows.snapshot)  # drawn on its first view, not here
             return check
 
+    def _score(self, windows: CheckWindows) -> tuple[DataDriftReport, ConceptDriftReport, PerformanceEstimate | None]:
+        """One check's statistics on its windows, a replica's own or the fleet's (the same code, so
+        that a fleet check flags what a single replica would): the tests, the segments, the
+        performance estimate, and when each detected change began."""
+        data = self.data_detector.score(windows.inputs)
+        concept = self.concept_detector.score(windows.actual, windows.predicted, grades=windows.grades)
+        performance = None if self.performance is None else self.performance.score(windows.predictions)
+        data.detections = {name: _dated(d, windows.input_times) for name, d in data.detections.items()}
+        scored = np.isfinite(windows.actual) & np.isfinite(windows.predicted)  # the labels the detector kept
+        concept.detection = _dated(concept.detection, windows.label_times[scored])
+        return data, concept, performance
+
+    def _fleet_check(self, force: bool) -> DriftCheck | None:
+        """The fleet's check, if it is this replica's turn (force: now, whoever ran the last one);
+        None when another replica runs or ran this interval's check, whose report is then taken up."""
+        started = time.perf_counter()
+        scored: dict = {}
+
+        def score(columns: dict[str, list], labelled: dict[str, list], checked_at: float) -> tuple[dict, str]:
+            windows = windows_from_columns(self.schema, columns, labelled)
+            data, concept, performance = self._score(windows)
+            check = DriftCheck(_iso(checked_at), self.info["model_version"], data, concept,
+                               round(time.perf_counter() - started, 6), performance, scope="fleet",
+                               checked_by=self.replica_id)
+            scored.update(check=check, snapshot=windows.snapshot)
+            return check.to_dict(), check.model_version
+
+        try:
+            stored = self.store.fleet_check(score, window=self.config.window, label_window=self.config.label_window,
+                                            interval=self.config.check_interval, force=force,
+                                            checked_by=self.replica_id)
+        except Exception:
+            self.metrics.checks.inc()
+            self.metrics.check_failures.inc()
+            raise
+        if stored is None:  # not this replica's turn: serve the report of the replica whose it was
+            self.refresh_fleet_report(force=True)
+            return None
+        check = scored["check"]
+        self.metrics.checks.inc()
+        self.metrics.check_duration.observe(check.duration_seconds)
+        self._adopt(stored.id, stored.checked_at, check, scored["snapshot"])
+        return check
+
+    def refresh_fleet_report(self, force: bool = False) -> None:
+        """Take up the fleet's latest stored report if it is newer than the one served: /drift, the
+        gauges, the report page. Without `force`, at most 5 times a second and only while the store
+        answers (GET /drift calls it). Raises StoreError (with force) if the store cannot be read."""
+        now = time.monotonic()
+        if not force and (now - self._fleet_refreshed < 0.2 or not self.store.healthy):
+            return
+        self._fleet_refreshed = now
+        try:
+            stored = self.store.latest_report(newer_than=self._fleet_report_id)
+        except StoreError:
+            if force:
+                raise
+            return
+        if stored is None:
+            return
+        check = DriftCheck.from_dict(stored.report)
+        snapshot = StoredSnapshot(self.store, self.schema, check.data.window_size, check.concept.labelled_size,
+                                  until=stored.checked_at)
+        self._adopt(stored.id, stored.checked_at, check, snapshot)
+
+    def _adopt(self, report_id: int, checked_at: float, check: DriftCheck, snapshot) -> None:
+        with self._check_lock:
+            if report_id <= self._fleet_report_id:  # never step back to an older report
+                return
+            self._fleet_report_id = report_id
+            self.metrics.record_drift(check.data, check.concept, check.performance)
+            self.metrics.last_check.set(checked_at)
+            self._latest_check = check
+            self.report_page.publish(check.to_dict(), snapshot)
+
     def _scheduled_check(self) -> None:
-        check = self.check_drift()
+        if self.fleet:
+            check = self._fleet_check(force=False)
+            if check is None:
+                return
+        else:
+            check = self.check_drift()
         data, concept = check.data, check.concept
         if data.detected:
             drifted = [name for name, feature in data.features.items() if feature.detected]
@@ -296,7 +437,13 @@ class Monitor:
 
     @property
     def latest_check(self) -> DriftCheck | None:
+        if self.fleet:
+            self.refresh_fleet_report()
         return self._latest_check
+
+
+def _iso(unix_seconds: float) -> str:
+    return dt.datetime.fromtimestamp(unix_seconds, dt.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -308,12 +455,22 @@ class DriftCheck:
     concept: ConceptDriftReport
     duration_seconds: float
     performance: PerformanceEstimate | None = None  # None for an artifact without an error model
+    scope: str = "replica"  # "fleet": the windows of every replica sharing the store
+    checked_by: str | None = None  # the replica that ran it
 
     def to_dict(self) -> dict:
         return {"checked_at": self.checked_at, "model_version": self.model_version,
                 "data_drift": self.data.to_dict(), "concept_drift": self.concept.to_dict(),
                 "performance_estimate": None if self.performance is None else self.performance.to_dict(),
-                "duration_seconds": self.duration_seconds}
+                "duration_seconds": self.duration_seconds, "scope": self.scope, "checked_by": self.checked_by}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DriftCheck":
+        """to_dict() read back (a fleet report stored by another replica)."""
+        return cls(d["checked_at"], d["model_version"], data_report_from_dict(d["data_drift"]),
+                   concept_report_from_dict(d["concept_drift"]), d["duration_seconds"],
+                   performance_from_dict(d.get("performance_estimate")), scope=d.get("scope", "fleet"),
+                   checked_by=d.get("checked_by"))
 
 
 def _dated(detection: Detection | None, times: np.ndarray) -> Detection | None:
@@ -342,15 +499,17 @@ class _Batcher:
 
     There is no waiting for a batch to fill: the worker takes everything queued the moment it is free,
     so a lone request is served at once and batches grow only under load (as BentoML and Triton do).
-    A request of more than `chunk_rows` rows is served a chunk per model call, the big requests in
-    turn, each call shared with the small requests queued meanwhile: a single row waits for one
-    chunk, not for four 10,000-row lists.
+    A request of more than `whole_rows` rows is served `chunk_rows` rows per model call, the big
+    requests in turn, each call shared with the small requests queued meanwhile: a single row waits
+    for one chunk, not for four 10,000-row lists. Up to `whole_rows`, a request is one call (a few
+    ms of model time), so lists of a thousand rows keep their throughput.
     """
 
     def __init__(self, serve: Callable[[list[tuple]], tuple[np.ndarray, list[str]]], max_rows: int = 4096,
-                 chunk_rows: int = 256):
+                 whole_rows: int = 1024, chunk_rows: int = 128):
         self._serve = serve
         self._max_rows = max_rows
+        self._whole_rows = whole_rows
         self._chunk_rows = chunk_rows
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -403,7 +562,7 @@ class _Batcher:
                 chunk.finish()
 
     def _admit(self, job: _PredictionJob, small: list[_PredictionJob], big) -> int:
-        if len(job.rows) > self._chunk_rows:
+        if len(job.rows) > self._whole_rows:
             big.append(job)
             return 0
         small.append(job)
@@ -597,6 +756,8 @@ def _healthz(monitor: Monitor, _body) -> tuple[int, dict]:
                        "error": store.last_error, "pending": stats["pending"],
                        # answered, then lost: the retry buffer overflowed while the database failed
                        "acknowledged_not_recorded": stats["dropped"], **store.counts()}
+    if monitor.fleet:  # one of several replicas sharing a PostgreSQL store
+        health["replica"] = monitor.replica_id
     if not store.healthy:
         health["status"] = "degraded"
     return 200, health
@@ -856,7 +1017,7 @@ def _json_default(value):
 
 
 _MAX_VALUES_PER_ROW = 32  # generous: a diamond row has 6 fields
-_HEAVY_BODY_BYTES = 64 * 1024  # about 500 rows: bigger bodies are parsed and served two at a time
+_HEAVY_BODY_BYTES = 256 * 1024  # about 2,000 rows: bigger bodies are parsed and served one at a time
 _TOO_MANY_CONNECTIONS = json.dumps({"error": "too many open connections; retry shortly"}).encode()
 
 
@@ -895,7 +1056,7 @@ class MonitorServer(ThreadingHTTPServer):
         handler = type("Handler", (_Handler,), {"monitor": monitor})
         self.monitor = monitor
         self.draining = False
-        self._heavy_slots = threading.BoundedSemaphore(2)  # requests with big bodies in progress at once
+        self._heavy_slots = threading.BoundedSemaphore(1)  # requests with big bodies in progress at once
         self._heavy_lock = threading.Lock()
         self._heavy_running = 0
         self._connections_lock = threading.Lock()
@@ -1030,8 +1191,13 @@ def start_monitor(config: MonitorConfig, artifact: dict | None = None,
     """Load the model (training one if there is none), start serving in a background thread."""
     monitor = Monitor(config, artifact if artifact is not None else load_or_train(config), registry)
     release_freed_memory()  # the artifact's pipeline and unpickling buffers are garbage by now
+    try:
+        server = MonitorServer(monitor)
+    except BaseException:
+        monitor.stop()
+        raise
+    monitor.name_replica(server.server_address[1])
     monitor.start()
-    server = MonitorServer(monitor)
     # A short poll interval makes shutdown prompt (serve_forever checks for it between polls).
     thread = threading.Thread(target=server.serve_forever, args=(0.1,), name="http-server", daemon=True)
     thread.start()
@@ -1075,7 +1241,7 @@ def _parse_args(argv=None) -> tuple[MonitorConfig, Path | None]:
 
 
 def _export_labelled(config: MonitorConfig, target: Path) -> int:
-    if config.db_path is None or not config.db_path.exists():
+    if config.db_path is None or (isinstance(config.db_path, Path) and not config.db_path.exists()):
         log.error("no prediction store at %s to export from", config.db_path)
         return 2
     try:

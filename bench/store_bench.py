@@ -2,6 +2,7 @@
 
     python bench/store_bench.py                   # one thread, then 16, with synchronous NORMAL and FULL
     python bench/store_bench.py --prefill 1000000 --dir /var/tmp   # a store that has run a while
+    python bench/store_bench.py --db postgresql://monitor@localhost/bench  # PostgreSQL instead (emptied first)
 
 Each line is one run as JSON: rows/s, commits/s, rows per commit, commit time (mean, max) and the
 latency of one add_predictions call (p50, p99; waiting for the group commit included). The
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:   # run as a script: bench/ is on the path, the project root is not
     sys.path.insert(0, str(ROOT))
 
-from monitoring.store import PredictionRecord, Store  # noqa: E402
+from monitoring.store import PredictionRecord, Store, open_store  # noqa: E402
 
 
 def _record(i: int, ts: float) -> PredictionRecord:
@@ -37,12 +38,23 @@ def bench_store(path: str | Path, threads: int = 16, n: int = 1_000, synchronous
     """Each of `threads` threads calls add_predictions `n` times with `batch` rows, as request
     handlers do. Returns rows/s, commits/s, rows per commit, commit time (mean, max) and call
     latency percentiles (ms: queueing for the group commit included). Starts from a new store at
-    `path` (removed first) holding `prefill` rows (a store that has been running a while)."""
-    path = Path(path)
-    for suffix in ("", "-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(str(path) + suffix).unlink()
-    store = Store(path, synchronous=synchronous, retention_seconds=None, max_rows=None)
+    `path` (removed first) holding `prefill` rows (a store that has been running a while). A
+    postgresql:// URL instead of a path: the same on that database, its tables dropped first
+    (`synchronous` does not apply: PostgreSQL's synchronous_commit, on by default, decides)."""
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        import psycopg
+
+        with psycopg.connect(path, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS predictions, drift_reports, schema_version; "
+                         "DROP SEQUENCE IF EXISTS label_order")
+        store = open_store(path, retention_seconds=None, max_rows=None)
+        synchronous = "postgresql"
+    else:
+        path = Path(path)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(str(path) + suffix).unlink()
+        store = Store(path, synchronous=synchronous, retention_seconds=None, max_rows=None)
     ts0 = time.time() - 86400
     for start_row in range(0, prefill, 10_000):
         store.add_predictions([_record(i, ts0 + i * 1e-3)
@@ -102,7 +114,14 @@ def main(argv=None) -> int:
     parser.add_argument("--sync", choices=("NORMAL", "FULL"), action="append",
                         help="synchronous mode(s) to measure (default: both)")
     parser.add_argument("--dir", default=None, help="folder for the scratch database (default: a temp dir)")
+    parser.add_argument("--db", default=None, help="a postgresql:// URL to measure instead of SQLite files "
+                                                   "(its tables are dropped first)")
     args = parser.parse_args(argv)
+    if args.db:
+        print(json.dumps(bench_serial(args.db, n=args.n)), flush=True)
+        print(json.dumps(bench_store(args.db, args.threads, args.n, batch=args.batch, prefill=args.prefill)),
+              flush=True)
+        return 0
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for sync in args.sync or ("NORMAL", "FULL"):
             print(json.dumps(bench_serial(Path(tmp) / "serial.db", n=args.n, synchronous=sync)), flush=True)

@@ -1,7 +1,8 @@
-"""Export the labelled predictions of a store file for retraining: CSV, or Parquet with pyarrow.
+"""Export the labelled predictions of a store for retraining: CSV, or Parquet with pyarrow.
 
-It reads through its own read-only connection, so it may run beside a serving monitor: in WAL mode
-it sees the file as of its first read and never blocks the writer.
+It reads through its own read-only connection, so it may run beside serving monitors: an SQLite
+file in WAL mode is seen as of the first read, a PostgreSQL database (postgresql:// URL) through a
+read-only repeatable-read transaction; neither blocks a writer.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ _CHUNK = 100_000   # rows read at a time
 
 
 def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = None) -> int:
-    """Write every labelled prediction stored in the SQLite file `db_path` to `target`, oldest
-    served first; returns the rows written. Columns: EXPORT_COLUMNS (times are unix seconds).
+    """Write every labelled prediction stored at `db_path` (an SQLite file, or a postgresql:// URL)
+    to `target`, oldest served first; returns the rows written. Columns: EXPORT_COLUMNS (times are unix seconds).
     fmt: "csv" or "parquet"; None: parquet for a .parquet target, else csv. The file appears whole
     or not at all (written beside it, then renamed).
 
@@ -42,9 +43,7 @@ def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = N
     tmp = target.with_name(target.name + ".tmp")
     written = 0
     try:
-        with _read_only(db_path) as conn:
-            conn.execute("BEGIN")  # one snapshot across all chunks
-            chunks = pd.read_sql_query(query, conn, chunksize=_CHUNK)
+        with _chunks(db_path, query) as chunks:
             if fmt == "csv":
                 for i, frame in enumerate(chunks):
                     frame.columns = list(EXPORT_COLUMNS)
@@ -65,6 +64,22 @@ def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = N
             tmp.unlink()
         raise
     return written
+
+
+@contextlib.contextmanager
+def _chunks(db_path: str | Path, query: str):
+    """DataFrames of at most _CHUNK labelled rows, all from one snapshot of the store: an SQLite
+    file, or a PostgreSQL database (a postgresql:// URL)."""
+    import pandas as pd
+
+    if isinstance(db_path, str) and db_path.startswith(("postgresql://", "postgres://")):
+        from monitoring.pg_store import labelled_rows
+
+        yield (pd.DataFrame(rows, columns=list(EXPORT_COLUMNS)) for rows in labelled_rows(db_path, _CHUNK))
+        return
+    with _read_only(db_path) as conn:
+        conn.execute("BEGIN")  # one snapshot across all chunks
+        yield pd.read_sql_query(query, conn, chunksize=_CHUNK)
 
 
 @contextlib.contextmanager

@@ -822,8 +822,14 @@ class MemoryStore:
 
 def open_store(db_path: str | Path | None, *, memory_capacity: int = 200_000,
                **options) -> Store | MemoryStore:
-    """A Store on the SQLite file `db_path` (options: Store's keyword arguments), or, when db_path
-    is None or "", a MemoryStore joining labels to the newest `memory_capacity` predictions."""
+    """A Store on the SQLite file `db_path` (options: Store's keyword arguments); a
+    monitoring.pg_store.PgStore, shared by a fleet of replicas, when db_path is a postgresql:// URL
+    (options: PgStore's); or, when db_path is None or "", a MemoryStore joining labels to the newest
+    `memory_capacity` predictions."""
     if db_path is None or db_path == "":
         return MemoryStore(memory_capacity)
+    if isinstance(db_path, str) and db_path.startswith(("postgresql://", "postgres://")):
+        from monitoring.pg_store import PgStore   # psycopg is imported only by those who use it
+
+        return PgStore(db_path, **options)
     return Store(db_path, **options)

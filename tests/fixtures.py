@@ -34,3 +34,7 @@ def small_artifact(small_artifact_path):
     import joblib
 
     return joblib.load(small_artifact_path)
+
+
+# A real PostgreSQL for the fleet store's tests: one server per session, a database per test.
+from tests.postgres import pg_url, postgres_server  # noqa: E402,F401

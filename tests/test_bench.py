@@ -81,3 +81,22 @@ def test_no_server_is_left_running(quick_run, small_artifact_path):
         "bench/bare_server.py" in line or "bench/lab_app.py" in line
         or ("monitor.py" in line and str(small_artifact_path) in line))]
     assert not leftovers
+
+
+def test_the_fleet_bench_runs_both_backends_side_by_side(small_artifact_path, postgres_server):
+    """bench/fleet_bench.py on a database of the tests' PostgreSQL: one short round per backend and
+    checks at a small window. Figures are reported, not judged (see the module docstring)."""
+    url = postgres_server.new_database()
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_bench.py"), "--model", str(small_artifact_path),
+                           "--db", url, "--rounds", "1", "--duration", "1", "--warmup", "1", "--batch-duration", "1",
+                           "--window", "300", "--checks", "2"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"fleet_bench.py failed:\n{proc.stdout}\n{proc.stderr}"
+    results = json.loads(proc.stdout)
+    for backend in ("sqlite", "postgresql"):
+        summary = results["summary"][backend]
+        assert summary["single_row_rps"] > 0 and summary["list_rows_per_s"] > 0, backend
+        assert summary["single_row_errors"] == 0 and summary["list_errors"] == 0, backend
+        checks = results["checks"][backend]
+        assert checks["window_size"] == 300 and checks["labelled_size"] == 300, backend
+        assert 0 < checks["server_median_ms"] <= checks["server_max_ms"], backend
+    assert url.split("@")[0].split(":")[2] not in proc.stdout + proc.stderr   # the password stays out

@@ -156,6 +156,30 @@ def test_the_demo_profile_runs_the_simulator_against_the_monitor(compose):
     assert compose["services"]["monitor"]["build"] == simulator["build"] == "."
 
 
+def test_the_fleet_profile_runs_replicas_on_a_postgres_store(compose):
+    services = compose["services"]
+    postgres, replica = services["postgres"], services["replica"]
+    assert postgres["profiles"] == replica["profiles"] == ["fleet"]
+    assert re.fullmatch(r"postgres:\d+\.\d+-bookworm", postgres["image"]), "pin an exact postgres tag"
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?"), \
+        "the database password must be required from .env, with no default"
+    assert replica["environment"]["PGPASSWORD"] == postgres["environment"]["POSTGRES_PASSWORD"]
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"] and "postgres-data" in compose["volumes"]
+    assert "pg_isready" in postgres["healthcheck"]["test"] and "ports" not in postgres
+    url = replica["environment"]["MONITOR_DB"]
+    assert url.startswith("postgresql://monitor@postgres:5432/") and ":" not in url.split("//")[1].split("@")[0]
+    assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert replica["deploy"]["replicas"] >= 2 and replica["build"] == services["monitor"]["build"]
+    example = dict(line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    assert example["POSTGRES_PASSWORD"] == ""
+    # Prometheus finds every replica by the service's name and groups them as one fleet.
+    (job,) = load_yaml(ROOT / "prometheus.yml")["scrape_configs"]
+    assert job["dns_sd_configs"] == [{"names": ["replica"], "type": "A", "port": 5000}]
+    assert {"source_labels": ["__meta_dns_name"], "regex": "(.+)", "target_label": "group",
+            "replacement": "fleet:$1"} in job["relabel_configs"]
+
+
 # ----------------------------------------------------------------------------------- Grafana
 
 def test_exactly_one_default_prometheus_datasource_with_a_fixed_uid():

@@ -192,7 +192,7 @@ def test_prices_up_for_the_same_stones_is_concept_drift_only(run):
     assert report["concept_drift"]["detected"]
     assert not report["data_drift"]["detected"], report["data_drift"]
     (fired,) = alerts["ConceptDrift"]
-    assert fired["metric"]["instance"] == run["target"]
+    assert fired["metric"]["group"] == run["target"]   # a monitor with its own store: a group of one
     assert alerts["DataDrift"] == []
     concept = next(a for a in gen_alerts.ALERTS if a.name == "ConceptDrift")
     bias = run["prometheus"].query(next(d for d in concept.details if d.name == "bias").query)

@@ -1,5 +1,9 @@
-"""The prediction store on real SQLite files: round trips, group commit under concurrency, labels,
-restart, retention, export, failures and recovery, and a SIGKILL in the middle of writing."""
+"""The prediction store on both backends, a real SQLite file and a real PostgreSQL database (started
+by the tests, tests/postgres.py): round trips, group commit under concurrency, labels, restart,
+retention, export, failures and recovery, and a SIGKILL in the middle of writing. The `db` fixture
+(and `store`, built on it) is parametrised by backend: a test marked `both_backends` runs once on
+each; an unmarked one, on SQLite alone (its file format, locks and full disk). PostgreSQL's own
+(schema versions, the database's clock) say so by name."""
 from __future__ import annotations
 
 import contextlib
@@ -21,6 +25,7 @@ from monitoring import export as export_module
 from monitoring import store as store_module
 from monitoring.export import EXPORT_COLUMNS, export_labelled
 from bench.store_bench import bench_store
+from monitoring.pg_store import PgStore
 from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,41 +38,84 @@ def record(i: int, ts: float | None = None, version: str = "v1") -> PredictionRe
     return PredictionRecord.create(features, 500.0 + i, version, ts=1_000.0 + i if ts is None else ts)
 
 
-def stored_ids(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM predictions")]
+def query(db, sql: str, args: tuple = ()) -> list[tuple]:
+    """Rows of `sql` (placeholders written `?`) read straight from the store's database."""
+    if isinstance(db, Path):
+        with sqlite3.connect(db) as conn:
+            return conn.execute(sql, args).fetchall()
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        return conn.execute(sql.replace("?", "%s"), args).fetchall()
+
+
+def stored_ids(db) -> list[str]:
+    return [r[0] for r in query(db, "SELECT id FROM predictions")]
+
+
+# The tests marked both_backends run once per backend; the others (SQLite's file format, locks and
+# full disk) on SQLite only. A new test is SQLite's unless marked.
+both_backends = pytest.mark.both_backends
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        both = metafunc.definition.get_closest_marker("both_backends") is not None
+        metafunc.parametrize("backend", ["sqlite", "postgresql"] if both else ["sqlite"])
 
 
 @pytest.fixture
-def db(tmp_path) -> Path:
-    return tmp_path / "store" / "monitor.db"
+def db(backend, request, tmp_path):
+    """Where a store lives: an SQLite file's path, or the URL of a new PostgreSQL database."""
+    if backend == "sqlite":
+        return tmp_path / "store" / "monitor.db"
+    return request.getfixturevalue("postgres_server").new_database()
 
 
 @pytest.fixture
 def store(db):
-    s = Store(db)
+    s = open_store(db)
     yield s
     s.close()
 
 
+def cut_off(s, monkeypatch) -> None:
+    """The database goes away under an open store: its writer connection is closed and every new
+    one fails, until monkeypatch.undo()."""
+    if isinstance(s, Store):
+        error = sqlite3.OperationalError("disk I/O error")
+    else:
+        import psycopg
+
+        error = psycopg.OperationalError("connection refused")
+
+    def refuse(self, *args):
+        raise error
+
+    monkeypatch.setattr(type(s), "_connect", refuse)
+    s._writer.close()
+    s._writer = None
+
+
 # ------------------------------------------------------------------ round trips
 
+@both_backends
 def test_round_trip_survives_reopen(db):
     records = [record(i) for i in range(10)]
-    with Store(db) as s:
+    with open_store(db) as s:
         s.add_predictions(records[:3])
         s.add_predictions(records[3:])
         assert s.counts() == {"predictions": 10, "labelled": 0}
         assert s.healthy and s.last_error is None
-    with Store(db) as s:
+    with open_store(db) as s:
         assert s.counts() == {"predictions": 10, "labelled": 0}
         assert s.recent_inputs(100) == [r.features for r in records]
         assert all(isinstance(v, float) for f in s.recent_inputs(3) for v in (f[0], f[4], f[5]))
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        row = conn.execute("SELECT id, ts, prediction, model_version FROM predictions "
-                           "WHERE id = ?", (records[4].id,)).fetchone()
-    assert row == (records[4].id, records[4].ts, records[4].prediction, "v1")
+    if isinstance(db, Path):
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    row = query(db, "SELECT id, ts, prediction, model_version FROM predictions WHERE id = ?", (records[4].id,))
+    assert row == [(records[4].id, records[4].ts, records[4].prediction, "v1")]
 
 
 def test_create_makes_uuid4_hex_ids_and_timestamps():
@@ -76,6 +124,7 @@ def test_create_makes_uuid4_hex_ids_and_timestamps():
     assert a.ts > 1e9 and a.features == (1, "Ideal", "G", "VS1", 61, 57)
 
 
+@both_backends
 def test_malformed_record_fails_its_caller_only(store):
     bad = PredictionRecord("x", 1.0, (1.0, "Ideal"), 2.0, "v1")
     with pytest.raises(ValueError):
@@ -85,6 +134,7 @@ def test_malformed_record_fails_its_caller_only(store):
     assert store.counts()["predictions"] == 1
 
 
+@both_backends
 def test_an_id_already_stored_is_ignored(store):
     first = record(1)
     store.add_predictions([first])
@@ -94,6 +144,7 @@ def test_an_id_already_stored_is_ignored(store):
     assert known[0][2] == first.prediction   # the first record with an id wins
 
 
+@both_backends
 def test_empty_calls_do_nothing(store):
     store.add_predictions([])
     assert store.add_labels([]) == ([], [])
@@ -103,11 +154,12 @@ def test_empty_calls_do_nothing(store):
 
 # ------------------------------------------------------------------ concurrency
 
+@both_backends
 def test_concurrent_single_row_writers_lose_and_duplicate_nothing(db):
     threads, per_thread = 16, 500
     batches = [[record(k * per_thread + i) for i in range(per_thread)] for k in range(threads)]
     errors = []
-    with Store(db) as s:
+    with open_store(db) as s:
         def work(mine):
             try:
                 for r in mine:
@@ -130,11 +182,12 @@ def test_concurrent_single_row_writers_lose_and_duplicate_nothing(db):
     assert set(ids) == {r.id for b in batches for r in b}
 
 
+@both_backends
 def test_concurrent_predictions_labels_and_prune(db):
     """Writers label their own predictions while a pruner deletes old rows: no error, and the
     in-memory counts agree with the table."""
     errors = []
-    with Store(db, retention_seconds=100, max_rows=None) as s:
+    with open_store(db, retention_seconds=100, max_rows=None) as s:
         s.add_predictions([record(i, ts=0.0) for i in range(3_000)])  # all beyond retention
 
         def writer(k):
@@ -162,12 +215,13 @@ def test_concurrent_predictions_labels_and_prune(db):
             w.join()
         assert errors == []
         assert s.counts() == {"predictions": 800, "labelled": 800}
-    with Store(db) as s:   # counted from the file on open
+    with open_store(db) as s:   # counted from the database on open
         assert s.counts() == {"predictions": 800, "labelled": 800}
 
 
 # ------------------------------------------------------------------ labels
 
+@both_backends
 def test_labels_join_unknown_ids_and_relabel(store):
     a, b, c = record(1), record(2), record(3)
     store.add_predictions([a, b, c])
@@ -189,6 +243,7 @@ def test_labels_join_unknown_ids_and_relabel(store):
     assert store.counts()["labelled"] == 3
 
 
+@both_backends
 def test_many_labels_in_one_call(store):
     records = [record(i) for i in range(1_200)]   # more ids than one IN (...) holds
     store.add_predictions(records)
@@ -200,13 +255,14 @@ def test_many_labels_in_one_call(store):
 
 # ------------------------------------------------------------------ restart
 
+@both_backends
 def test_windows_rebuilt_in_order_after_restart(db):
     records = [record(i, ts=1_000.0 + i) for i in range(50)]
-    with Store(db) as s:
+    with open_store(db) as s:
         s.add_predictions(records[25:])       # out of order on purpose: ts decides
         s.add_predictions(records[:25])
         s.add_labels([(records[i].id, 100.0 + i, 3_000.0 - i) for i in range(10)])  # newest label: 0
-    with Store(db) as s:
+    with open_store(db) as s:
         assert s.recent_inputs(5) == [r.features for r in records[45:]]
         assert s.recent_inputs(1_000) == [r.features for r in records]
         assert s.recent_labelled(3) == [(102.0, records[2].prediction), (101.0, records[1].prediction),
@@ -218,6 +274,7 @@ def test_windows_rebuilt_in_order_after_restart(db):
         assert s.recent_labelled(1) == [(1.5, records[40].prediction)]
 
 
+@both_backends
 def test_equal_timestamps_keep_insertion_order(store):
     records = [record(i, ts=5.0) for i in range(6)]
     store.add_predictions(records[:3])
@@ -225,6 +282,7 @@ def test_equal_timestamps_keep_insertion_order(store):
     assert store.recent_inputs(4) == [r.features for r in records[2:]]
 
 
+@both_backends
 def test_nan_comes_back_as_nan(store):
     r = PredictionRecord("a" * 32, 1.0, (float("nan"), "Ideal", "G", "VS1", 61.0, 57.0), 3.0, "v")
     store.add_predictions([r])
@@ -255,15 +313,23 @@ PRAGMA user_version = 1;
 """
 
 
+@both_backends
 def test_feature_columns_come_from_diamonds(db):
     from monitoring.diamonds import FEATURES
 
     assert store_module.FEATURE_COLUMNS == tuple(FEATURES)
-    Store(db).close()
-    with sqlite3.connect(db) as conn:
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
-    assert columns == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
-                       "model_version", "actual", "label_ts"]
+    open_store(db).close()
+    if isinstance(db, Path):
+        with sqlite3.connect(db) as conn:
+            columns = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
+        assert columns == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
+                           "model_version", "actual", "label_ts"]
+    else:   # the fleet's columns besides: insertion order, replica, the replica's clock, label order
+        columns = [r[0] for r in query(db, "SELECT column_name FROM information_schema.columns WHERE "
+                                           "table_name = 'predictions' ORDER BY ordinal_position")]
+        assert columns == ["id", "seq", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
+                           "model_version", "replica", "served_at", "actual", "label_ts", "label_seq",
+                           "label_replica"]
 
 
 def test_a_file_written_with_the_first_schema_is_read_and_written(db):
@@ -291,8 +357,9 @@ def test_a_file_without_a_feature_column_is_refused(db):
 
 # ------------------------------------------------------------------ retention
 
+@both_backends
 def test_prune_by_age_in_chunks(db):
-    with Store(db, retention_seconds=100.0, max_rows=None) as s:
+    with open_store(db, retention_seconds=100.0, max_rows=None) as s:
         s.add_predictions([record(i, ts=float(i)) for i in range(1_000)])
         s.add_labels([(r, 1.0, 2.0) for r in stored_ids(db)])
         before = s.stats()["prune_chunks"]
@@ -301,13 +368,13 @@ def test_prune_by_age_in_chunks(db):
         assert s.counts() == {"predictions": 250, "labelled": 250}
         assert s.recent_inputs(1_000)[0] == record(750, ts=750.0).features
         assert s.prune(now=850.0) == 0
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT MIN(ts), COUNT(*) FROM predictions").fetchone() == (750.0, 250)
+    assert query(db, "SELECT MIN(ts), COUNT(*) FROM predictions") == [(750.0, 250)]
 
 
+@both_backends
 def test_prune_by_count_keeps_the_newest(db):
     records = [record(i, ts=float(i)) for i in range(350)]
-    with Store(db, retention_seconds=None, max_rows=100) as s:
+    with open_store(db, retention_seconds=None, max_rows=100) as s:
         s.add_predictions(records[200:])
         s.add_predictions(records[:200])
         assert s.prune(chunk=40) == 250
@@ -317,8 +384,9 @@ def test_prune_by_count_keeps_the_newest(db):
         assert s.prune() == 0
 
 
-def test_prune_without_limits_deletes_nothing(store):
-    unlimited = Store(store.path, retention_seconds=None, max_rows=None)
+@both_backends
+def test_prune_without_limits_deletes_nothing(store, db):
+    unlimited = open_store(db, retention_seconds=None, max_rows=None)
     try:
         unlimited.add_predictions([record(i, ts=0.0) for i in range(10)])
         assert unlimited.prune(now=1e12) == 0
@@ -330,15 +398,16 @@ def test_prune_without_limits_deletes_nothing(store):
 
 # ------------------------------------------------------------------ export
 
-def test_export_labelled_csv(store, tmp_path):
+@both_backends
+def test_export_labelled_csv(store, db, tmp_path):
     a, b, c = record(1, ts=10.0), record(2, ts=20.0), record(3, ts=30.0)
     store.add_predictions([a, b, c])
     out = tmp_path / "labelled.csv"
-    assert export_labelled(store.path, out) == 0
+    assert export_labelled(db, out) == 0
     assert out.read_text().strip() == ",".join(EXPORT_COLUMNS)
 
     store.add_labels([(c.id, 3.5, 40.0), (a.id, 1.5, 41.0)])
-    assert export_labelled(store.path, out, fmt="csv") == 2     # beside the open store
+    assert export_labelled(db, out, fmt="csv") == 2     # beside the open store
     with out.open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table",
@@ -351,15 +420,16 @@ def test_export_labelled_csv(store, tmp_path):
     assert first["model_version"] == "v1"
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValueError):
-        export_labelled(store.path, tmp_path / "x.json", fmt="json")
+        export_labelled(db, tmp_path / "x.json", fmt="json")
 
 
+@both_backends
 def test_export_reads_a_closed_store_in_chunks_and_never_writes_it(db, tmp_path, monkeypatch):
     records = [record(i, ts=float(i)) for i in range(25)]
-    with Store(db) as s:
+    with open_store(db) as s:
         s.add_predictions(records)
         s.add_labels([(r.id, float(i), 100.0 + i) for i, r in enumerate(records) if i % 2 == 0])
-    before = db.read_bytes()
+    before = db.read_bytes() if isinstance(db, Path) else query(db, "SELECT * FROM predictions ORDER BY id")
     monkeypatch.setattr(export_module, "_CHUNK", 4)         # several chunks, one header
     out = tmp_path / "out" / "labelled.csv"
     out.parent.mkdir()
@@ -368,7 +438,7 @@ def test_export_reads_a_closed_store_in_chunks_and_never_writes_it(db, tmp_path,
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == [r.id for r in records[::2]]
     assert [float(r["actual"]) for r in rows] == [float(i) for i in range(0, 25, 2)]
-    assert db.read_bytes() == before
+    assert (db.read_bytes() if isinstance(db, Path) else query(db, "SELECT * FROM predictions ORDER BY id")) == before
 
 
 def test_export_refuses_what_is_not_a_store(tmp_path):
@@ -383,7 +453,8 @@ def test_export_refuses_what_is_not_a_store(tmp_path):
     assert not (tmp_path / "x.csv").exists() and not list(tmp_path.glob("*.tmp"))
 
 
-def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, tmp_path):
+@both_backends
+def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, db, tmp_path):
     """pyarrow is optional: with it the export round-trips, without it the error says what to install.
     Either way this test runs (and can fail). The format follows the file name unless fmt says."""
     import pandas as pd
@@ -393,22 +464,23 @@ def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, tmp_pat
     store.add_labels([(r.id, 2.0, 3.0)])
     if importlib.util.find_spec("pyarrow") is None:
         with pytest.raises(ImportError, match="pyarrow") as caught:
-            export_labelled(store.path, tmp_path / "x.parquet")
+            export_labelled(db, tmp_path / "x.parquet")
         assert caught.value.name == "pyarrow"
         assert not (tmp_path / "x.parquet").exists()
         return
-    assert export_labelled(store.path, tmp_path / "x.parquet") == 1
+    assert export_labelled(db, tmp_path / "x.parquet") == 1
     frame = pd.read_parquet(tmp_path / "x.parquet")
     assert list(frame.columns) == list(EXPORT_COLUMNS) and frame["id"][0] == r.id
 
 
-def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, tmp_path, caplog):
+@both_backends
+def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, db, tmp_path, caplog):
     import monitor
 
     r = record(1)
     store.add_predictions([r])
     store.add_labels([(r.id, 2.0, 3.0)])
-    config = monitor.MonitorConfig(db_path=store.path)
+    config = monitor.MonitorConfig(db_path=db)
     code = monitor._export_labelled(config, tmp_path / "x.parquet")
     if importlib.util.find_spec("pyarrow") is None:
         assert code == 2
@@ -474,6 +546,22 @@ def test_a_label_joins_a_prediction_that_waited_in_the_retry_buffer(store):
     assert [k[0] for k in known] == [given[-1].id] and unknown == []
 
 
+@both_backends
+def test_a_label_joins_a_prediction_buffered_while_the_database_was_away(store, monkeypatch):
+    cut_off(store, monkeypatch)
+    waiting = record(1)
+    with pytest.raises(StoreError):
+        store.add_predictions([waiting])
+    with pytest.raises(StoreError):             # labels are never buffered: the sender retries
+        store.add_labels([(waiting.id, 1.0, 2.0)])
+    assert store.stats()["pending"] == 1 and not store.healthy
+    monkeypatch.undo()
+    assert store.flush() == 1                   # the maintenance loop's catch-up, done here at once
+    known, unknown = store.add_labels([(waiting.id, 1.0, 2.0)])
+    assert [k[0] for k in known] == [waiting.id] and unknown == []
+    assert store.healthy and store.stats()["pending"] == 0
+
+
 def test_unwritable_database_recovers_by_reopening(db, monkeypatch):
     s = Store(db)
     try:
@@ -508,30 +596,52 @@ def test_unwritable_database_recovers_by_reopening(db, monkeypatch):
         s.close()
 
 
-def test_locked_too_long_raises_then_recovers(db):
-    with Store(db, busy_timeout=0.1) as s:
+def lock_table(db):
+    """Another connection holding the table's write lock (SQLite: the database's), and its release."""
+    if isinstance(db, Path):
         blocker = sqlite3.connect(db, isolation_level=None)
-        blocker.execute("BEGIN IMMEDIATE")          # another process holding the write lock
+        blocker.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg
+
+        blocker = psycopg.connect(db)
+        blocker.execute("LOCK TABLE predictions IN EXCLUSIVE MODE")
+
+    def release():
+        if isinstance(db, Path):
+            blocker.execute("ROLLBACK")
+        else:
+            blocker.rollback()
+        blocker.close()
+    return release
+
+
+def quick_to_give_up(db) -> dict:
+    """Options under which a store gives up on a held lock within a fraction of a second."""
+    return {"busy_timeout": 0.1} if isinstance(db, Path) else {"timeout": 0.3}
+
+
+@both_backends
+def test_locked_too_long_raises_then_recovers(db):
+    with open_store(db, **quick_to_give_up(db)) as s:
+        release = lock_table(db)                      # another process holding the write lock
         r = record(1)
         try:
-            with pytest.raises(StoreError, match="locked"):
+            with pytest.raises(StoreError, match="locked|lock timeout"):
                 s.add_predictions([r])
             assert not s.healthy
             with pytest.raises(StoreError):
                 s.add_labels([(r.id, 1.0, 1.0)])    # labels are not buffered: sender retries
         finally:
-            blocker.execute("ROLLBACK")
-            blocker.close()
+            release()
         assert s.flush() == 1 and s.healthy
         assert s.add_labels([(r.id, 1.0, 1.0)])[0][0][0] == r.id
 
 
+@both_backends
 def test_retry_buffer_is_bounded_and_keeps_the_newest(db, monkeypatch):
-    with Store(db, max_pending=5) as s:
-        monkeypatch.setattr(Store, "_connect", lambda self: (_ for _ in ()).throw(
-            sqlite3.OperationalError("disk I/O error")))
-        s._writer.close()
-        s._writer = None
+    with open_store(db, max_pending=5) as s:
+        cut_off(s, monkeypatch)
         records = [record(i) for i in range(8)]
         for r in records:
             with pytest.raises(StoreError):
@@ -543,15 +653,14 @@ def test_retry_buffer_is_bounded_and_keeps_the_newest(db, monkeypatch):
     assert set(stored_ids(db)) == {r.id for r in records[3:]}
 
 
+@both_backends
 def test_close_writes_the_buffer_and_later_calls_fail(db):
-    s = Store(db, busy_timeout=0.05)
-    blocker = sqlite3.connect(db, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")
+    s = open_store(db, **quick_to_give_up(db))
+    release = lock_table(db)
     r = record(1)
     with pytest.raises(StoreError):
         s.add_predictions([r])
-    blocker.execute("ROLLBACK")
-    blocker.close()
+    release()
     s.close()
     s.close()                                    # idempotent
     assert not s.healthy
@@ -560,6 +669,79 @@ def test_close_writes_the_buffer_and_later_calls_fail(db):
         with pytest.raises(StoreError, match="closed"):
             call()
     assert stored_ids(db) == [r.id]
+
+
+# ------------------------------------------------------------------ PostgreSQL only: the fleet's store
+
+def test_postgresql_schema_is_versioned_and_a_newer_one_refused(pg_url):
+    PgStore(pg_url).close()
+    PgStore(pg_url).close()                     # a second start migrates nothing
+    assert query(pg_url, "SELECT version, description FROM schema_version") == [
+        (1, "predictions with their labels; fleet drift reports")]
+    query_write(pg_url, "INSERT INTO schema_version (version, description) VALUES (99, 'from the future')")
+    with pytest.raises(StoreError, match="schema version 99"):
+        PgStore(pg_url)
+
+
+def test_postgresql_the_next_migration_is_applied_once_in_order(pg_url, monkeypatch):
+    """The path for the next schema change: append to MIGRATIONS; a database at version 1 is
+    brought to 2 by the first replica that starts, rows kept."""
+    from monitoring import pg_store
+
+    with PgStore(pg_url) as s:
+        s.add_predictions([record(1)])
+    monkeypatch.setattr(pg_store, "MIGRATIONS", pg_store.MIGRATIONS + [
+        (2, "predictions get a note", ["ALTER TABLE predictions ADD COLUMN note text"])])
+    monkeypatch.setattr(pg_store, "SCHEMA_VERSION", 2)
+    with PgStore(pg_url) as s:
+        assert s.counts()["predictions"] == 1
+    with PgStore(pg_url):
+        pass
+    assert [r[0] for r in query(pg_url, "SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    assert query(pg_url, "SELECT count(note) FROM predictions") == [(0,)]
+
+
+def test_postgresql_records_without_a_time_get_the_database_clock(pg_url):
+    """The monitor hands records with ts=None and labels with received_ts=None: the database stamps
+    them, so the fleet's order does not depend on any replica's clock. The replica is recorded."""
+    with PgStore(pg_url, replica="replica-a:5000") as s:
+        first = record(1)._replace(ts=None)
+        s.add_predictions([first])
+        second = record(2)._replace(ts=None)
+        s.add_predictions([second])
+        s.add_labels([(second.id, 7.0, None)])
+        s.replica = "replica-b:5000"
+        s.add_labels([(first.id, 8.0, None)])
+        assert s.recent_inputs(2) == [first.features, second.features]
+        assert s.recent_labelled(2) == [(7.0, second.prediction), (8.0, first.prediction)]
+    rows = query(pg_url, "SELECT id, ts, label_ts, replica, label_replica, served_at, "
+                         "extract(epoch FROM clock_timestamp()) FROM predictions ORDER BY seq")
+    (id1, ts1, label1, replica1, by1, served1, db_now), (id2, ts2, label2, _, by2, _, _) = rows
+    assert (id1, id2) == (first.id, second.id)
+    assert db_now - 60 < ts1 <= ts2 < label2 <= label1 <= db_now
+    assert (replica1, by1, by2) == ("replica-a:5000", "replica-b:5000", "replica-a:5000")
+    assert abs(served1 - ts1) < 60                 # the replica's own clock, kept beside
+
+
+def test_postgresql_export_refuses_a_database_without_a_store(pg_url, tmp_path):
+    with pytest.raises(StoreError, match="holds no prediction store"):
+        export_labelled(pg_url, tmp_path / "x.csv")
+    assert query(pg_url, "SELECT to_regclass('predictions')") == [(None,)]   # not created by looking
+    assert not (tmp_path / "x.csv").exists() and not list(tmp_path.glob("*.tmp"))
+
+
+def test_postgresql_an_unreachable_database_is_refused_at_open(postgres_server):
+    url = postgres_server.url().replace(str(postgres_server.port), "1")
+    with pytest.raises(StoreError, match="cannot open the store") as caught:
+        PgStore(url, connect_timeout=2)
+    assert postgres_server.password not in str(caught.value)
+
+
+def query_write(db: str, sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(db) as conn:
+        conn.execute(sql)
 
 
 # ------------------------------------------------------------------ in memory (--db '')
@@ -580,9 +762,10 @@ def without_features(answers: list) -> list:
     return [([k[:3] + k[4:] for k in a[0]], a[1]) if isinstance(a, tuple) else a for a in answers]
 
 
-def test_memory_store_answers_as_the_sqlite_store_does(db):
+@both_backends
+def test_memory_store_answers_as_the_stores_do(db):
     records = [record(1), record(2), record(3)]
-    with Store(db) as on_disk, MemoryStore(capacity=10) as in_memory:
+    with open_store(db) as on_disk, MemoryStore(capacity=10) as in_memory:
         from_memory, from_disk = join_scenario(in_memory, *records), join_scenario(on_disk, *records)
         assert len(from_memory[2][0]) == 2 and without_features(from_memory) == without_features(from_disk)
         assert all(k[3] is None for answer in from_memory[2:6] for k in answer[0])
@@ -649,17 +832,26 @@ def zero_stats() -> dict:
             "commit_seconds_max": 0.0, "prune_chunks": 0, "pruned_rows": 0, "dropped": 0, "rejected": 0}
 
 
-def test_open_store_picks_the_file_or_memory(db):
+@both_backends
+def test_open_store_picks_the_file_the_database_or_memory(db):
     assert isinstance(open_store(None), MemoryStore) and isinstance(open_store(""), MemoryStore)
     assert open_store(None, memory_capacity=7).capacity == 7
     with open_store(db, max_rows=10, retention_seconds=None) as s:
-        assert isinstance(s, Store) and s.path == db and s.max_rows == 10
-        assert str(db) in s.describe()
+        assert s.max_rows == 10
+        if isinstance(db, Path):
+            assert isinstance(s, Store) and s.path == db
+            assert str(db) in s.describe()
+        else:   # the password never shows: not in /healthz's path, not in the log line
+            assert isinstance(s, PgStore) and s.url == db
+            password = db.split(":")[2].split("@")[0]
+            assert password not in s.path and password not in s.describe()
+            assert s.path == db.replace(password, "***") and s.path in s.describe()
 
 
+@both_backends
 def test_close_stops_the_writer_thread(db):
     before = threading.active_count()
-    s = Store(db)
+    s = open_store(db)
     assert s._thread.is_alive() and threading.active_count() == before + 1
     s.add_predictions([record(1)])
     s.close()
@@ -683,7 +875,7 @@ def test_the_monitor_shows_a_memory_store_in_healthz_and_metrics(small_artifact_
         status, _, health = request(handle.url, "GET", "/healthz")
         assert status == 200 and health["status"] == "ok"
         assert health["store"] == {"path": None, "healthy": True, "error": None, "pending": 0,
-                                   "predictions": 2, "labelled": 2}
+                                   "acknowledged_not_recorded": 0, "predictions": 2, "labelled": 2}
         text = request(handle.url, "GET", "/metrics")[2]
         assert metric_value(text, "store_healthy") == 1
         assert metric_value(text, "store_rows", {"kind": "predictions"}) == 2
@@ -697,9 +889,9 @@ def test_the_monitor_shows_a_memory_store_in_healthz_and_metrics(small_artifact_
 CHILD = textwrap.dedent("""
     import sys, threading
     sys.path.insert(0, sys.argv[2])
-    from monitoring.store import PredictionRecord, Store
+    from monitoring.store import PredictionRecord, open_store
 
-    store = Store(sys.argv[1])
+    store = open_store(sys.argv[1] if "://" in sys.argv[1] else __import__("pathlib").Path(sys.argv[1]))
     out = threading.Lock()
 
     def work(k):
@@ -718,8 +910,10 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@both_backends
 def test_sigkill_loses_no_acknowledged_prediction(db):
-    db.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(db, Path):
+        db.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(db), str(ROOT)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     acked = []
@@ -737,7 +931,7 @@ def test_sigkill_loses_no_acknowledged_prediction(db):
     assert proc.returncode == -signal.SIGKILL, err
     acked += [x for x in rest.split("\n") if len(x) == 32]   # complete lines only
     assert len(acked) >= 2_000
-    with Store(db) as s:                                     # WAL recovery on open
+    with open_store(db) as s:                                # WAL recovery on open
         assert s.counts()["predictions"] >= len(acked)
     assert set(acked) <= set(stored_ids(db))
 
@@ -803,3 +997,9 @@ def test_one_callers_refused_record_does_not_fail_the_group_it_shares(store):
     assert store.stats()["rejected"] == 40
     assert store.counts()["predictions"] == 400 + 16 * 25
     assert store.counts()["labelled"] == 400
+
+
+def test_bench_store_measures_postgresql_too(pg_url):
+    result = bench_store(pg_url, threads=4, n=50)
+    assert result["synchronous"] == "POSTGRESQL" and result["rows"] == 200 and result["calls"] == 200
+    assert result["rows_per_s"] > 0 and 1 <= result["rows_per_commit"] <= 4

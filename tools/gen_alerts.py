@@ -61,14 +61,17 @@ S = f'job="{JOB}"'
 
 @dataclass(frozen=True)
 class Detail:
-    """An extra value for messages: max by (`by`) (`expr`)."""
+    """An extra value for messages: `agg` by (`by`) (`expr`). Within a group of monitors (a fleet)
+    every replica reports the same check, but one may take up a new report a moment before another:
+    `agg` picks the most drifted view (max of a distance, min of a p-value)."""
     name: str
     expr: str
     by: tuple[str, ...]
+    agg: str = "max"
 
     @property
     def query(self) -> str:
-        return f"max by ({', '.join(self.by)}) ({self.expr})"
+        return f"{self.agg} by ({', '.join(self.by)}) ({self.expr})"
 
 
 @dataclass(frozen=True)
@@ -101,8 +104,13 @@ class Alert:
         return expr
 
 
-FEATURE = ("job", "instance", "feature")
-SEGMENT = ("job", "instance", "segment")
+# Drift is a group's: the monitors that measure one stream of traffic (prometheus.yml's relabelling:
+# a monitor with a store of its own is a group of one, the replicas sharing a PostgreSQL store are
+# one fleet, whose drift every replica reports alike and which must fire once). Whether a monitor
+# answers scrapes, and whether its checks fail, is each replica's own.
+FEATURE = ("job", "group", "feature")
+GROUP_OF = ("job", "group")
+SEGMENT = ("job", "group", "segment")
 INSTANCE = ("job", "instance")
 
 ALERTS: list[Alert] = [
@@ -110,19 +118,19 @@ ALERTS: list[Alert] = [
         name="DataDrift",
         # One alert instance per drifted feature. The per-feature flags are the Holm-corrected
         # decisions, so some feature is flagged exactly when data_drift_detected is 1.
-        query=f"max by (job, instance, feature) (data_drift_feature_detected{{{S}}})",
+        query=f"max by (job, group, feature) (data_drift_feature_detected{{{S}}})",
         by=FEATURE, op=">", threshold=0,
         # Checks run every 60 s: two minutes means two or three checks in a row, not one noisy one.
         for_="2m", severity="warning", panel="data-drift", report="#feature-{feature}",
         details=(
             Detail("distance", f"data_drift_feature_distance{{{S}}}", FEATURE),
             Detail("statistic", f"data_drift_feature_statistic{{{S}}}", FEATURE),
-            Detail("p_value", f"data_drift_feature_p_value{{{S}}}", FEATURE),
-            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', INSTANCE),
-            Detail("alpha", f"data_drift_alpha{{{S}}}", INSTANCE),
+            Detail("p_value", f"data_drift_feature_p_value{{{S}}}", FEATURE, agg="min"),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', GROUP_OF),
+            Detail("alpha", f"data_drift_alpha{{{S}}}", GROUP_OF),
         ),
         summary="Data drift in feature {feature}: distance {distance:%.3f}, test statistic {statistic:%.4g}, "
-                "p-value {p_value:%.2g}, over the last {window:%.0f} inputs ({instance})",
+                "p-value {p_value:%.2g}, over the last {window:%.0f} inputs ({group})",
         description="The recent inputs' {feature} no longer look like the training data: its test "
                     "rejects after the Holm correction at family-wise level {alpha:%.2g}. Distance is in "
                     "[0, 1]: KS D for carat, depth and table, total variation for cut, color and clarity. "
@@ -130,18 +138,18 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="ConceptDrift",
-        query=f"max by (job, instance) (concept_drift_detected{{{S}}})",
-        by=INSTANCE, op=">", threshold=0,
+        query=f"max by (job, group) (concept_drift_detected{{{S}}})",
+        by=GROUP_OF, op=">", threshold=0,
         for_="2m", severity="critical", panel="concept-drift", report="#concept",
         details=(
-            Detail("score", f"concept_drift{{{S}}}", INSTANCE),
-            Detail("bias", f"concept_drift_bias_percent{{{S}}}", INSTANCE),
-            Detail("p_value", f"concept_drift_p_value{{{S}}}", INSTANCE),
-            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', INSTANCE),
+            Detail("score", f"concept_drift{{{S}}}", GROUP_OF),
+            Detail("bias", f"concept_drift_bias_percent{{{S}}}", GROUP_OF),
+            Detail("p_value", f"concept_drift_p_value{{{S}}}", GROUP_OF, agg="min"),
+            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', GROUP_OF),
         ),
         summary="Concept drift: actual prices {bias:%+.1f}% against predictions, model MSE changed by "
                 "{score|humanizePercentage} against the held-out reference, p-value {p_value:%.2g}, over "
-                "the last {labelled:%.0f} labelled predictions ({instance})",
+                "the last {labelled:%.0f} labelled predictions ({group})",
         description="The prices coming back for recent predictions depart from the model's held-out "
                     "errors (a calibrated test on the errors, not a fixed threshold on the MSE). The "
                     "model is now wrong in a way it was not at training: retrain it with recent labels.",
@@ -150,15 +158,15 @@ ALERTS: list[Alert] = [
         name="ConceptDriftSegment",
         # One alert instance per segment whose own errors departed: where the model went wrong (a
         # band of predicted prices, or a grade). Global changes flag many segments and ConceptDrift.
-        query=f"max by (job, instance, segment) (concept_drift_segment_detected{{{S}}})",
+        query=f"max by (job, group, segment) (concept_drift_segment_detected{{{S}}})",
         by=SEGMENT, op=">", threshold=0,
         for_="2m", severity="warning", panel="concept-segments",
         details=(
             Detail("bias", f"concept_drift_segment_bias_percent{{{S}}}", SEGMENT),
-            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', INSTANCE),
+            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', GROUP_OF),
         ),
         summary="Concept drift in segment {segment}: actual prices {bias:%+.1f}% against predictions there, "
-                "over the last {labelled:%.0f} labelled predictions ({instance})",
+                "over the last {labelled:%.0f} labelled predictions ({group})",
         description="The labelled errors of {segment} depart from the model's held-out errors at the same "
                     "predicted price (bias or spread of their PIT values, Holm-corrected with every other "
                     "concept test). The model is wrong there: check what changed for these stones, and "
@@ -167,17 +175,17 @@ ALERTS: list[Alert] = [
     Alert(
         name="JointDataDrift",
         # The joint test can reject while no feature's own test does: no DataDrift instance then.
-        query=f"max by (job, instance) (data_drift_multivariate_detected{{{S}}})",
-        by=INSTANCE, op=">", threshold=0,
+        query=f"max by (job, group) (data_drift_multivariate_detected{{{S}}})",
+        by=GROUP_OF, op=">", threshold=0,
         for_="2m", severity="warning", panel="joint-drift",
         details=(
-            Detail("ratio", f"data_drift_multivariate_statistic{{{S}}}", INSTANCE),
-            Detail("p_value", f"data_drift_multivariate_p_value{{{S}}}", INSTANCE),
-            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', INSTANCE),
+            Detail("ratio", f"data_drift_multivariate_statistic{{{S}}}", GROUP_OF),
+            Detail("p_value", f"data_drift_multivariate_p_value{{{S}}}", GROUP_OF, agg="min"),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', GROUP_OF),
         ),
         summary="Joint data drift: the features no longer go together as in training (reconstruction error "
                 "{ratio:%.2f}x the reference's, p-value {p_value:%.2g}) over the last {window:%.0f} inputs "
-                "({instance})",
+                "({group})",
         description="The recent inputs leave the training data's principal components (PCA reconstruction "
                     "error of the features' normal scores, Holm-corrected with the per-feature tests): "
                     "combinations of features the model rarely saw, even where each feature alone looks "
@@ -187,17 +195,17 @@ ALERTS: list[Alert] = [
         name="PerformanceEstimate",
         # No labels needed: the MSE the served predictions are expected to have left the range it
         # keeps on clean traffic (at most --alpha of clean checks).
-        query=f"max by (job, instance) (performance_estimate_detected{{{S}}})",
-        by=INSTANCE, op=">", threshold=0,
+        query=f"max by (job, group) (performance_estimate_detected{{{S}}})",
+        by=GROUP_OF, op=">", threshold=0,
         for_="2m", severity="warning", panel="model-error",
         details=(
-            Detail("estimated", f"sqrt(performance_estimated_mse{{{S}}})", INSTANCE),
-            Detail("reference", f"sqrt(performance_estimate_reference_mse{{{S}}})", INSTANCE),
-            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', INSTANCE),
+            Detail("estimated", f"sqrt(performance_estimated_mse{{{S}}})", GROUP_OF),
+            Detail("reference", f"sqrt(performance_estimate_reference_mse{{{S}}})", GROUP_OF),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', GROUP_OF),
         ),
         summary="Estimated model error out of its band: RMSE about {estimated:%.0f} dollars expected on the "
                 "last {window:%.0f} predictions against {reference:%.0f} on clean traffic, before any label "
-                "({instance})",
+                "({group})",
         description="The served predictions are of a kind on which the model errs more (or less) than on "
                     "clean traffic: the estimate (direct loss estimation, fitted on held-out errors by "
                     "predicted price) left the range it keeps on clean windows. It cannot see changed "
@@ -215,10 +223,11 @@ ALERTS: list[Alert] = [
     ),
     Alert(
         name="DriftChecksStalled",
-        query=f"time() - max by (job, instance) (drift_last_check_timestamp_seconds{{{S}}})",
-        by=INSTANCE, op=">", threshold=600,
+        # A fleet's replicas all report the fleet's last check: stalled once for the group.
+        query=f"time() - max by (job, group) (drift_last_check_timestamp_seconds{{{S}}})",
+        by=GROUP_OF, op=">", threshold=600,
         for_="5m", severity="warning", panel="last-check",
-        summary="No drift check has finished on {instance} for {value|humanizeDuration}",
+        summary="No drift check has finished on {group} for {value|humanizeDuration}",
         description="The drift loop runs every --check-interval seconds (60 by default); without checks "
                     "the drift alerts cannot fire. Look for errors in the monitor's log.",
     ),

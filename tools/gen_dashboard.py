@@ -9,7 +9,9 @@ datasource by its fixed uid. It is generated so that the panels' boilerplate sta
 edit the panel list below, not the JSON.
 
 Queries select `job="model-monitor"` (the scrape job in prometheus.yml) and `instance=~"$instance"`
-(a dashboard variable listing the scraped monitors, "All" by default).
+(a dashboard variable listing the scraped monitors, "All" by default). Drift series are drawn per
+`group` (prometheus.yml's relabelling: a monitor with its own store, or a fleet of replicas sharing
+one), so that a fleet's drift, which each replica reports alike, is one line, not one per replica.
 
 Links lead to the monitor's drift report page (GET /drift/report): a dashboard link, panel links on
 the drift panels and data links on the per-feature panels (to the feature's card on the page). Grafana
@@ -135,10 +137,10 @@ def _override(regex: str, props: dict) -> dict:
 # names panels that alert rules link to (tools/gen_alerts.py), through PANEL_IDS.
 
 def _panels():
-    n_tests = f"max by (instance) ({sel('data_drift_tests')})"  # the Holm family: features x tests x scales
-    alpha = f"max by (instance) ({sel('data_drift_alpha')})"
+    n_tests = f"max by (group) ({sel('data_drift_tests')})"  # the Holm family: features x tests x scales
+    alpha = f"max by (group) ({sel('data_drift_alpha')})"
     inputs = sel("drift_window_samples", 'window="inputs"')
-    input_window = f"max by (instance) ({inputs})"
+    input_window = f"max by (group) ({inputs})"
     yield ("row", 24, 1, {"type": "row", "title": "Drift", "collapsed": False, "panels": []})
     yield ("data-drift-state", 4, 4, stat(
         "Data drift", "data_drift_detected: 1 when at least one feature's test rejects after the "
@@ -179,10 +181,10 @@ def _panels():
         "below the line by a test on the newest inputs or by another test. Red band: "
         "data_drift_detected, the alert's condition (it fires when the band lasts 2 minutes).",
         targets(
-            (f"max by (instance) ({sel('data_drift')})", "data drift {{instance}}"),
+            (f"max by (group) ({sel('data_drift')})", "data drift {{group}}"),
             (f"sqrt(-ln({alpha} / (2 * {n_tests})) / 2) * sqrt(1 / {input_window})",
-             "KS detection boundary {{instance}}"),
-            (f"max by (instance) ({sel('data_drift_detected')})", "detected {{instance}}"),
+             "KS detection boundary {{group}}"),
+            (f"max by (group) ({sel('data_drift_detected')})", "detected {{group}}"),
         ),
         minimum=0, maximum=1, links=[report_link("Drift report: each feature, training vs live", "#data")],
         overrides=[_override("KS detection boundary.*", DASHED_LINE), _override("detected.*", DETECTED_BAND)]))
@@ -193,9 +195,9 @@ def _panels():
         "concept_drift_detected, the alert's condition (a calibrated test on the errors; it fires when "
         "the band lasts 2 minutes). A covariate shift also moves the MSE; only the test decides.",
         targets(
-            (f"max by (instance) ({sel('concept_drift')})", "MSE increase {{instance}}"),
-            (f"max by (instance) ({sel('concept_drift_bias_percent')}) / 100", "price bias {{instance}}"),
-            (f"max by (instance) ({sel('concept_drift_detected')})", "detected {{instance}}"),
+            (f"max by (group) ({sel('concept_drift')})", "MSE increase {{group}}"),
+            (f"max by (group) ({sel('concept_drift_bias_percent')}) / 100", "price bias {{group}}"),
+            (f"max by (group) ({sel('concept_drift_detected')})", "detected {{group}}"),
         ),
         unit="percentunit", custom={"axisSoftMin": None},
         links=[report_link("Drift report: live errors vs held-out errors", "#concept")],
@@ -307,12 +309,12 @@ def _panels():
         "squared error by predicted-price band; it sees more expensive stones, not changed prices), "
         "the band that estimate keeps on clean traffic (dotted), and the held-out MSE, in dollars. Red "
         "band: the estimate left its band (the PerformanceEstimate alert's condition).",
-        targets((f"sqrt(max by (instance) ({sel('concept_drift_window_mse')}))", "window RMSE {{instance}}"),
-                (f"sqrt(max by (instance) ({sel('performance_estimated_mse')}))", "estimated RMSE {{instance}}"),
-                (f"sqrt(max by (instance, bound) ({sel('performance_estimate_band_mse')}))",
-                 "estimate band {{bound}} {{instance}}"),
-                (f"sqrt(max by (instance) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{instance}}"),
-                (f"max by (instance) ({sel('performance_estimate_detected')})", "estimate out of band {{instance}}")),
+        targets((f"sqrt(max by (group) ({sel('concept_drift_window_mse')}))", "window RMSE {{group}}"),
+                (f"sqrt(max by (group) ({sel('performance_estimated_mse')}))", "estimated RMSE {{group}}"),
+                (f"sqrt(max by (group, bound) ({sel('performance_estimate_band_mse')}))",
+                 "estimate band {{bound}} {{group}}"),
+                (f"sqrt(max by (group) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{group}}"),
+                (f"max by (group) ({sel('performance_estimate_detected')})", "estimate out of band {{group}}")),
         unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE),
                                        _override("estimate band.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
                                                                      "custom.lineWidth": 1,
@@ -409,8 +411,8 @@ def _panels():
         "stones) even if no feature's own distribution moved. Red band: data_drift_multivariate_detected "
         "(the joint test rejected at some scale, in the same Holm family as the per-feature tests).",
         targets(
-            (f"max by (instance) ({sel('data_drift_multivariate_statistic')})", "reconstruction error ratio {{instance}}"),
-            (f"max by (instance) ({sel('data_drift_multivariate_detected')})", "detected {{instance}}"),
+            (f"max by (group) ({sel('data_drift_multivariate_statistic')})", "reconstruction error ratio {{group}}"),
+            (f"max by (group) ({sel('data_drift_multivariate_detected')})", "detected {{group}}"),
         ),
         overrides=[_override("detected.*", DETECTED_BAND)]))
     yield ("concept-segments", 12, 8, {

@@ -1,0 +1,149 @@
+"""What a replica needs to take part in fleet drift checks (monitoring/pg_store.py stores them):
+the windows a check scores, built from the fleet's rows read from the store, and a stored report
+turned back into the typed reports that set the drift gauges.
+
+Kept apart from drift.py (the statistics) and monitor.py (the flow): a report crosses the database
+as the same JSON `/drift` serves (DriftCheck.to_dict), and comes back here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from monitoring.drift import (ConceptDriftReport, DataDriftReport, Detection, FeatureDrift, MultivariateDrift,
+                              SegmentDrift)
+from monitoring.performance import PerformanceEstimate
+from monitoring.report import DriftSnapshot
+
+__all__ = ["CheckWindows", "StoredSnapshot", "data_report_from_dict", "concept_report_from_dict",
+           "performance_from_dict", "snapshot_from_columns", "windows_from_columns"]
+
+
+class CheckWindows(NamedTuple):
+    """Everything one check scores, as a replica's own windows give it (InputWindow.snapshot_all,
+    LabelledWindow.snapshot_all): the same numbers whether the windows are this replica's or the
+    fleet's read from the store, so that a fleet check flags what a single replica would."""
+    inputs: dict[str, np.ndarray]  # numbers as float64, grades as int64 schema codes
+    predictions: np.ndarray  # the model's prediction for each input (the performance estimate's)
+    input_times: np.ndarray  # arrival times, unix seconds (when a change began)
+    actual: np.ndarray
+    predicted: np.ndarray
+    grades: dict[str, np.ndarray]  # the labelled inputs' grade codes by feature, NaN unknown (segments)
+    label_times: np.ndarray
+
+    @property
+    def snapshot(self) -> DriftSnapshot:
+        """What the drift report page draws."""
+        return DriftSnapshot(self.inputs, self.actual, self.predicted)
+
+
+def _floats(values) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _grade_codes(schema, name: str, values, dtype):
+    """Schema codes of grades given as text; None, or a grade this schema does not know, is -1
+    (int64: such a row cannot be in the window) or NaN (float64: a label's unknown grade)."""
+    def code(v):
+        try:
+            return schema.code(name, v)
+        except (KeyError, TypeError, ValueError):
+            return -1 if dtype is np.int64 else np.nan
+
+    codes = {v: code(v) for v in set(values)}
+    return np.fromiter((codes[v] for v in values), dtype=dtype, count=len(values))
+
+
+def windows_from_columns(schema, columns: dict[str, list], labelled: dict[str, list]) -> CheckWindows:
+    """The windows of a check from the store's columns (PgStore.windows: grades as text, each
+    input's `prediction` and `ts`; the labelled rows' `actual`, `prediction`, `label_ts` and grades).
+    Column by column: a Python step per row would cost more than the read."""
+    inputs = {}
+    for feature in schema.features:
+        values = columns[feature.name]
+        inputs[feature.name] = (_grade_codes(schema, feature.name, values, np.int64)
+                                if feature.kind == "categorical" else _floats(values))
+    n_labelled = len(labelled["actual"])
+    grades = {f.name: (_grade_codes(schema, f.name, labelled[f.name], np.float64) if f.name in labelled
+                       else np.full(n_labelled, np.nan))
+              for f in schema.features if f.kind == "categorical"}
+    return CheckWindows(inputs, _floats(columns["prediction"]), _floats(columns["ts"]),
+                        _floats(labelled["actual"]), _floats(labelled["prediction"]), grades,
+                        _floats(labelled["label_ts"]))
+
+
+def snapshot_from_columns(schema, columns: dict[str, list], labelled: dict[str, list]) -> DriftSnapshot:
+    """The windows the drift report page draws, from the store's columns (windows_from_columns)."""
+    return windows_from_columns(schema, columns, labelled).snapshot
+
+
+class StoredSnapshot:
+    """The windows of a check another replica ran, read from the store only when the drift report
+    page is first drawn (a replica whose page nobody views never reads them): the fleet's newest
+    rows as of the check's time. Has DriftSnapshot's attributes."""
+
+    def __init__(self, store, schema, window: int, label_window: int, until: float):
+        self._load = lambda: snapshot_from_columns(schema, *store.windows(window, label_window, until))
+        self._snapshot: DriftSnapshot | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> DriftSnapshot:
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = self._load()
+            return self._snapshot
+
+    @property
+    def inputs(self):
+        return self._get().inputs
+
+    @property
+    def actual(self) -> np.ndarray:
+        return self._get().actual
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self._get().predicted
+
+
+def _known(cls, values: dict) -> dict:
+    """The keys of `values` that are fields of dataclass `cls` (a report written by a newer replica
+    may carry more)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def _detection(d: dict | None) -> Detection | None:
+    return None if d is None else Detection(**_known(Detection, d))
+
+
+def data_report_from_dict(d: dict) -> DataDriftReport:
+    """DataDriftReport.to_dict() read back, its nested reports typed again (the joint test, what
+    fired for each feature and since when)."""
+    features = {name: FeatureDrift(feature=name, **_known(FeatureDrift, {k: v for k, v in f.items() if k != "feature"}))
+                for name, f in d.get("features", {}).items()}
+    nested = ("score", "features", "multivariate", "detections")
+    rest = _known(DataDriftReport, {k: v for k, v in d.items() if k not in nested})
+    joint = d.get("multivariate")
+    return DataDriftReport(max_distance=d.get("score"), features=features,
+                           multivariate=None if joint is None else MultivariateDrift(**_known(MultivariateDrift, joint)),
+                           detections={name: _detection(f) for name, f in (d.get("detections") or {}).items()},
+                           **rest)
+
+
+def concept_report_from_dict(d: dict) -> ConceptDriftReport:
+    """ConceptDriftReport.to_dict() read back, its nested reports typed again (what fired and since
+    when, each segment's)."""
+    rest = _known(ConceptDriftReport, {k: v for k, v in d.items() if k not in ("score", "detection", "segments")})
+    return ConceptDriftReport(mse_increase=d.get("score"), detection=_detection(d.get("detection")),
+                              segments={name: SegmentDrift(**_known(SegmentDrift, s))
+                                        for name, s in (d.get("segments") or {}).items()},
+                              **rest)
+
+
+def performance_from_dict(d: dict | None) -> PerformanceEstimate | None:
+    """PerformanceEstimate.to_dict() read back (None: the artifact has no error model)."""
+    return None if d is None else PerformanceEstimate(**_known(PerformanceEstimate, d))
