@@ -1434,3 +1434,65 @@ def test_evaluate_drift_runs_end_to_end(small_artifact_path):
     table = evaluate_drift.render(result, args)
     assert "| large_stones | data |" in table and "| clean |" not in table
     assert "False alarms on clean traffic: data drift" in table
+
+
+JOINT_SCHEMA = {"features": [{"name": "x", "kind": "numeric"}, {"name": "y", "kind": "numeric"},
+                             {"name": "g", "kind": "categorical", "categories": ["a", "b"]}]}
+
+
+def test_joint_detection_names_its_scale_p_and_change_point():
+    """x and y go together in the reference and against each other in the newest 120 rows: each
+    feature's own distribution stays as it was, the joint test fires, and its Detection is the
+    rejected joint hypothesis with the smallest p, dated by change_start on the rows' reconstruction
+    errors binned at the reference errors' deciles (rows with a non-finite value left out)."""
+    rng = np.random.default_rng(61)
+    x = rng.normal(size=3000)
+    reference = pd.DataFrame({"x": x, "y": x + rng.normal(0, 0.4, 3000), "g": rng.choice(["a", "b"], size=3000)})
+    det = drift.DataDriftDetector(reference, JOINT_SCHEMA, alpha=0.01, min_samples=20, scales=(50, 120))
+    w = rng.normal(size=400)
+    sign = np.where(np.arange(400) < 280, 1.0, -1.0)  # the newest 120 turned against each other
+    window = {"x": w, "y": sign * w + rng.normal(0, 0.4, 400), "g": rng.choice(2, size=400).astype(np.int64)}
+    window["y"][5] = np.nan  # a row the joint test leaves out
+    report = det.score(window)
+    joint = det.multivariate
+    columns = {"x": window["x"], "y": window["y"], "g": window["g"].astype(float)}
+    results = [(s, joint.score({k: v[400 - s:] for k, v in columns.items()})) for s in (50, 120, 400)]
+    assert report.scales == [50, 120, 400] and report.tests == 8 * 3  # x, y: 3 tests each; g: 1; joint: 1
+    # which of them Holm rejects, with the per-feature tests in the family
+    family = [r.p_value for name in ("x", "y", "g") for t in det.tests[name]
+              for r in t.score_suffixes(np.asarray(window[name]), [50, 120, 400])]
+    family += [r.p_value for _, r in results]
+    rejected = drift.holm_bonferroni(family, 0.01)[-3:]
+    fired = [(r.p_value, s) for (s, r), rej in zip(results, rejected) if rej]
+    assert fired and not report.features["x"].detected and not report.features["g"].detected
+    p, s = min(fired)
+    d = report.detections["multivariate"]
+    assert (d.test, d.scale, d.segment, d.since) == ("pca-reconstruction", s, None, None)
+    assert d.p_value == pytest.approx(p, rel=1e-9)
+    errors = joint.row_errors(columns)
+    assert np.isnan(errors[5]) and np.isfinite(np.delete(errors, 5)).all()
+    finite = errors[np.isfinite(errors)]
+    cells = np.searchsorted(joint.error_deciles, finite, side="right")
+    assert d.since_samples == drift.change_start(cells, np.full(10, 0.1), s)
+    assert 100 <= d.since_samples <= 140  # about the newest 120
+    assert report.multivariate.detected is True
+    assert report.multivariate.statistic == pytest.approx(results[-1][1].statistic, rel=1e-9)
+
+
+def test_joint_change_start_bins_finite_errors_at_the_reference_deciles():
+    rng = np.random.default_rng(62)
+    x = rng.normal(size=1000)
+    reference = pd.DataFrame({"x": x, "y": x + rng.normal(0, 0.4, 1000), "g": rng.choice(["a", "b"], size=1000)})
+    det = drift.DataDriftDetector(reference, JOINT_SCHEMA)
+    deciles = det.multivariate.error_deciles
+    assert deciles.size == 9 and np.all(np.diff(deciles) > 0)
+    low, high = deciles[0] / 2, deciles[-1] * 2  # below every decile (bin 0), above all (bin 9)
+    errors = np.array([low] * 30 + [np.nan] * 3 + [high] * 12 + [np.inf, high])
+    # 43 finite errors: the newest 13 sit in the top bin, a suffix larger than them is cut to 43
+    assert det._joint_change_start(errors, 13) == drift.change_start(np.array([0] * 30 + [9] * 13), np.full(10, 0.1), 13)
+    assert det._joint_change_start(errors, 13) == 13
+    assert det._joint_change_start(errors, 500) == drift.change_start(np.array([0] * 30 + [9] * 13), np.full(10, 0.1), 43)
+    # an error exactly on a decile belongs to the bin above it (side="right")
+    on_edge = np.array([deciles[0]] * 20 + [deciles[4]] * 20)
+    expected = drift.change_start(np.array([1] * 20 + [5] * 20), np.full(10, 0.1), 20)
+    assert det._joint_change_start(on_edge, 20) == expected == 20
