@@ -211,14 +211,22 @@ class Monitor:
             if self._writer_lock is not None:
                 self._writer_lock.release()
             raise
-        stored = store.recent_inputs(config.window)
-        fitting = [row for row in stored if self.schema.fits(row)]
+        # Each row with its stored time (when a change began stays right across a restart) and each
+        # label with its input's grades (the concept segments by grade), as the windows had them.
+        stored = store.recent_input_rows(config.window)
+        fitting = [(row, ts) for row, _, ts in stored if self.schema.fits(row)]
         if len(fitting) < len(stored):  # rows of another model's schema, or damaged: not served by this one
             log.warning("%d stored inputs do not fit this model's schema (unknown category, missing or "
                         "non-finite value); left out of the drift window", len(stored) - len(fitting))
-        self.inputs.extend(fitting, predictions=self.predictor.predict(fitting) if fitting else None)
-        self.labelled.extend([(actual, predicted) for actual, predicted in store.recent_labelled(config.label_window)
-                              if _finite(actual) and _finite(predicted)])
+        if fitting:  # predicted again: the served model may not be the one that predicted them
+            rows = [row for row, _ in fitting]
+            self.inputs.extend(rows, now=np.array([ts for _, ts in fitting]), predictions=self.predictor.predict(rows))
+        labelled = [(actual, predicted, ts, features)
+                    for actual, predicted, ts, features in store.recent_labelled_rows(config.label_window)
+                    if _finite(actual) and _finite(predicted)]
+        self.labelled.extend([(actual, predicted) for actual, predicted, _, _ in labelled],
+                             grades=[self._grade_codes(features) for *_, features in labelled],
+                             now=np.array([ts for _, _, ts, _ in labelled]))
         counts = store.counts()
         log.info("prediction store (%s): %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
                  store.describe(), counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
@@ -281,7 +289,7 @@ class Monitor:
             # The store keeps these rows and writes them when it can; the client still gets
             # its answer. /healthz and store_healthy show the failure.
             log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
-        self.inputs.extend(rows, predictions=predictions)
+        self.inputs.extend(rows, now=now, predictions=predictions)  # the stored time: the same after a restart
         self.metrics.predictions.inc(len(rows))
         self.metrics.predicted_price.observe_many(predictions)
         return predictions, ids
@@ -297,7 +305,7 @@ class Monitor:
         # record, but counting it twice would make the window look more certain than it is.
         new = [k for k in known if k[2]]
         self.labelled.extend([(actual, predicted) for actual, predicted, _, _ in new],
-                             grades=[codes for *_, codes in new])
+                             grades=[codes for *_, codes in new], now=now)
         self.metrics.labels_received.inc(len(known))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))

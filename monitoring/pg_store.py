@@ -571,6 +571,26 @@ class PgStore:
         with self._reader() as conn:
             return _recent_labelled(conn, n, until)
 
+    def recent_input_rows(self, n: int) -> list[tuple[tuple, float, float]]:
+        """(features, prediction, ts) of the fleet's newest n predictions, oldest first."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            columns = _window_columns(conn, n)
+        features = list(zip(*(columns[name] for name in FEATURE_COLUMNS)))
+        return [(_features(f), _num(p), float(t)) for f, p, t in zip(features, columns["prediction"], columns["ts"])]
+
+    def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
+        """(actual, prediction, label_ts, features) of the fleet's newest n labelled predictions,
+        oldest label first."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(f"SELECT actual, prediction, label_ts, {_FEATURES_SQL} FROM predictions "
+                                f"WHERE label_ts IS NOT NULL ORDER BY label_ts DESC, label_seq DESC LIMIT %s",
+                                (int(n),)).fetchall()
+        return [(_num(r[0]), _num(r[1]), float(r[2]), _features(r[3:])) for r in reversed(rows)]
+
     # ---------------------------------------------------------------- fleet drift checks
 
     def fleet_check(self, score: Callable[[dict[str, list], dict[str, list], float], tuple[dict, str | None]],

@@ -665,6 +665,27 @@ class Store:
                                 "ORDER BY label_ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
         return [(_num(a), _num(p)) for a, p in reversed(rows)]
 
+    def recent_input_rows(self, n: int) -> list[tuple[tuple, float, float]]:
+        """(features, prediction, ts) of the newest n served predictions, oldest first: what the
+        input window keeps (the arrival time dates a change; the prediction feeds the estimate)."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(f"SELECT {FEATURES_SQL}, prediction, ts FROM predictions "
+                                f"ORDER BY ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
+        return [(_features(r[:-2]), _num(r[-2]), float(r[-1])) for r in reversed(rows)]
+
+    def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
+        """(actual, prediction, label_ts, features) of the newest n labelled predictions, oldest
+        label first: what the labelled window keeps (the grades for the concept segments)."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(f"SELECT actual, prediction, label_ts, {FEATURES_SQL} FROM predictions "
+                                f"WHERE label_ts IS NOT NULL ORDER BY label_ts DESC, rowid DESC LIMIT ?",
+                                (int(n),)).fetchall()
+        return [(_num(r[0]), _num(r[1]), float(r[2]), _features(r[3:])) for r in reversed(rows)]
+
     # ---------------------------------------------------------------- state
 
     def counts(self) -> dict:
@@ -790,6 +811,14 @@ class MemoryStore:
         return []
 
     def recent_labelled(self, n: int) -> list[tuple[float, float]]:
+        self._check_open()
+        return []
+
+    def recent_input_rows(self, n: int) -> list[tuple[tuple, float, float]]:
+        self._check_open()
+        return []
+
+    def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
         self._check_open()
         return []
 

@@ -64,8 +64,9 @@ class InputWindow:
         return self._buffer.capacity
 
     def extend(self, rows, now: float | None = None, predictions=None) -> None:
-        """rows: feature tuples in schema order, grades as strings; `now`: their arrival time
-        (default: the current time); `predictions`: the model's, one per row (NaN if not given)."""
+        """rows: feature tuples in schema order, grades as strings; `now`: their arrival time, or
+        one per row (default: the current time); `predictions`: the model's, one per row (NaN if
+        not given)."""
         names = self._schema.names
         matrix = np.empty((len(rows), len(names) + 2), dtype=np.float64)
         for i, row in enumerate(rows):
@@ -104,7 +105,8 @@ class LabelledWindow:
         return self._buffer.capacity
 
     def extend(self, pairs, grades=None, now: float | None = None) -> None:
-        """pairs: (actual, predicted) rows; grades: matching rows of grade codes (None: unknown)."""
+        """pairs: (actual, predicted) rows; grades: matching rows of grade codes (None: unknown);
+        `now`: their arrival time, or one per pair (default: the current time)."""
         if not len(pairs):
             return
         pairs = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)

@@ -275,6 +275,70 @@ def test_windows_rebuilt_in_order_after_restart(db):
 
 
 @both_backends
+def test_window_rows_after_restart_carry_predictions_times_and_features(db):
+    """What the windows keep besides the values: each input's prediction and time, each label's
+    time and its input's features (the grades for the concept segments), in the windows' order."""
+    records = [record(i, ts=1_000.0 + i) for i in range(20)]
+    with open_store(db) as s:
+        s.add_predictions(records[10:])
+        s.add_predictions(records[:10])
+        s.add_labels([(records[i].id, 100.0 + i, 3_000.0 - i) for i in range(6)])   # newest label: 0
+    with open_store(db) as s:
+        assert s.recent_input_rows(3) == [(r.features, r.prediction, r.ts) for r in records[17:]]
+        assert s.recent_input_rows(100) == [(r.features, r.prediction, r.ts) for r in records]
+        assert s.recent_input_rows(0) == [] and s.recent_labelled_rows(-1) == []
+        assert s.recent_labelled_rows(2) == [(101.0, records[1].prediction, 2_999.0, records[1].features),
+                                             (100.0, records[0].prediction, 3_000.0, records[0].features)]
+        assert [row[:2] for row in s.recent_labelled_rows(100)] == s.recent_labelled(100)
+        assert [row[0] for row in s.recent_input_rows(100)] == s.recent_inputs(100)
+    with MemoryStore(capacity=10) as m:   # nothing survives a restart in memory
+        m.add_predictions(records[:2])
+        assert m.recent_input_rows(5) == [] and m.recent_labelled_rows(5) == []
+
+
+def test_a_restarted_monitor_refills_its_windows_as_they_were(tmp_path, small_artifact):
+    """A monitor restarted on its SQLite file gets back the windows a check scores: the inputs with
+    their arrival times (so "since when" stays right), the labels with their times and grades (the
+    concept segments by grade), not the restart's time and unknown grades."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from monitor import Monitor, MonitorConfig
+    from tests.helpers import as_payload, heldout_frame
+
+    heldout = heldout_frame()
+    config = MonitorConfig(model_path=Path("unused"), check_interval=0, window=100, label_window=50,
+                           db_path=tmp_path / "monitor.db")
+    first = Monitor(config, small_artifact, CollectorRegistry())
+    first.start()
+    try:
+        rows = [first.schema.parse_row(r) for r in as_payload(heldout.iloc[:120])]
+        ids = first.predict(rows[:60])[1]
+        ids += first.predict(rows[60:])[1]
+        assert first.record_labels([(i, 1000.0 + k) for k, i in enumerate(ids[:70])])[0] == 70
+        before = first.inputs.snapshot_all(), first.labelled.snapshot_all()
+    finally:
+        first.stop()
+    second = Monitor(config, small_artifact, CollectorRegistry())
+    try:
+        (inputs, predictions, times), (actual, predicted, grades, label_times) = before
+        again_inputs, again_predictions, again_times = second.inputs.snapshot_all()
+        assert len(again_times) == 100 and list(again_inputs) == list(inputs)
+        for name in inputs:
+            assert np.array_equal(again_inputs[name], inputs[name])
+        np.testing.assert_allclose(again_predictions, predictions, rtol=1e-12)
+        np.testing.assert_allclose(again_times, times, rtol=0, atol=1e-3)   # the stored times, not now
+        a, p, g, t = second.labelled.snapshot_all()
+        assert len(a) == 50 and np.array_equal(a, actual) and np.array_equal(p, predicted)
+        np.testing.assert_allclose(t, label_times, rtol=0, atol=1e-3)
+        assert list(g) == list(grades) == ["cut", "color", "clarity"]
+        for name in grades:
+            assert np.array_equal(g[name], grades[name]) and np.isfinite(g[name]).all()
+    finally:
+        second.stop()
+
+
+@both_backends
 def test_equal_timestamps_keep_insertion_order(store):
     records = [record(i, ts=5.0) for i in range(6)]
     store.add_predictions(records[:3])
