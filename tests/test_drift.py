@@ -1496,3 +1496,46 @@ def test_joint_change_start_bins_finite_errors_at_the_reference_deciles():
     on_edge = np.array([deciles[0]] * 20 + [deciles[4]] * 20)
     expected = drift.change_start(np.array([1] * 20 + [5] * 20), np.full(10, 0.1), 20)
     assert det._joint_change_start(on_edge, 20) == expected == 20
+
+
+def test_segment_tests_are_welch_t_and_the_f_test_by_hand():
+    """ConceptDriftDetector._segment_tests against scipy, and its guards by hand: a one-label segment
+    (no variance of its own), a reference segment of one error, and flat scores (a variance floor
+    of 1e-12, never a division by zero)."""
+    seg = drift.ConceptDriftDetector._segment_tests
+    rng = np.random.default_rng(70)
+    zw, zr = rng.normal(0.4, 1.3, 37), rng.normal(0.0, 1.0, 250)
+    bias, spread = seg(zw, (zr.size, zr.mean(), zr.var(), 0.0, 0.0))
+    welch = stats.ttest_ind(zw, zr, equal_var=False)
+    assert (bias.test, bias.distance, bias.window_size) == ("bias", None, 37)
+    assert bias.statistic == pytest.approx(welch.statistic, rel=1e-12)
+    assert bias.p_value == pytest.approx(welch.pvalue, rel=1e-9)
+    ratio = zw.var(ddof=1) / zr.var(ddof=1)
+    assert (spread.test, spread.distance, spread.window_size) == ("spread", None, 37)
+    assert spread.statistic == pytest.approx(ratio, rel=1e-12)
+    assert spread.p_value == pytest.approx(stats.f.sf(ratio, 36, 249), rel=1e-9)
+    # falling spread: the one-sided F-test does not flag it
+    _, narrow = seg(zr[:40] * 0.3, (zr.size, zr.mean(), zr.var(), 0.0, 0.0))
+    assert narrow.p_value > 0.999
+    # one label: its own variance is 0, the reference's alone sets the error and the dof (n - 1)
+    bias, spread = seg(np.array([1.2]), (50, 0.1, 0.81, 0.0, 0.0))
+    var_r = 0.81 * 50 / 49
+    t = (1.2 - 0.1) / np.sqrt(var_r / 50)
+    assert bias.statistic == pytest.approx(t, rel=1e-12) and bias.window_size == 1
+    assert bias.p_value == pytest.approx(2 * stats.t.sf(t, 49), rel=1e-9)
+    assert (spread.statistic, spread.p_value) == (0.0, 1.0)
+    # a reference segment of one error: its variance taken as is (n / max(n - 1, 1) = 1), floored
+    bias, spread = seg(np.array([0.5, 1.5, 1.0]), (1, 0.25, 0.0, 0.0, 0.0))
+    se2_w, se2_r = 0.25 / 3, 1e-12
+    assert bias.statistic == pytest.approx((1.0 - 0.25) / np.sqrt(se2_w + se2_r), rel=1e-12)
+    dof = (se2_w + se2_r) ** 2 / (se2_w ** 2 / 2 + se2_r ** 2 / 1)
+    assert bias.p_value == pytest.approx(2 * stats.t.sf(bias.statistic, dof), rel=1e-9)
+    assert spread.statistic == pytest.approx(0.25 / 1e-12, rel=1e-12)
+    assert spread.p_value == pytest.approx(stats.f.sf(0.25 / 1e-12, 2, 1), rel=1e-9)
+    # flat scores on both sides: the standard error is floored at 1e-6, not zero
+    bias, spread = seg(np.full(4, 0.3), (10, 0.2, 0.0, 0.0, 0.0))
+    assert bias.statistic == pytest.approx(0.1 / 1e-6, rel=1e-9)
+    se2_r = 1e-12 / 10  # the floored variance (0 * 10 / 9 < 1e-12) over n
+    dof = se2_r ** 2 / (se2_r ** 2 / 9)
+    assert dof == pytest.approx(9.0) and bias.p_value == pytest.approx(2 * stats.t.sf(1e5, 9), rel=1e-6)
+    assert (spread.statistic, spread.p_value) == (0.0, 1.0)
