@@ -827,7 +827,7 @@ class ConceptDriftDetector:
         if len(set(self.bin_names)) < len(self.bin_names):  # edges too close for two figures
             self.bin_names = [f"price {lo:,.0f}-{hi:,.0f}" for lo, hi in zip(bounds[:-1], self.edges)]
             self.bin_names.append(f"price {bounds[-1]:,.0f}+")
-        # Each segment's reference: (n, mean z, var z, mean z^2, var z^2) of the reference's own scores.
+        # Each segment's reference: (n, mean z, var z) of the reference's own scores.
         u, _ = self._pit(q, predicted)
         z = special.ndtri(u)
         masks = {name: bins == b for b, name in enumerate(self.bin_names)}
@@ -841,8 +841,7 @@ class ConceptDriftDetector:
         for name, mask in masks.items():
             if mask.sum() >= self.min_segment:
                 zs = z[mask]
-                self._segment_reference[name] = (int(mask.sum()), float(zs.mean()), float(zs.var()),
-                                                 float((zs ** 2).mean()), float((zs ** 2).var()))
+                self._segment_reference[name] = (int(mask.sum()), float(zs.mean()), float(zs.var()))
 
     def segment_names(self) -> list[str]:
         """Every segment a check may report: the predicted-price bins, then each grade (those with
@@ -900,7 +899,7 @@ class ConceptDriftDetector:
         exact for normal samples, which normal scores within a segment nearly are; both use the
         window segment's own variance and the reference segment's size, so that a small segment
         (Fair cuts: ~3% of the stones) is not judged on its reference's noise as if it were exact."""
-        n, mean, var, _, _ = reference
+        n, mean, var = reference
         k = z.size
         var_w = float(z.var(ddof=1)) if k > 1 else 0.0
         var_r = max(var * n / max(n - 1, 1), 1e-12)

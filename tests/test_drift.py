@@ -1505,7 +1505,7 @@ def test_segment_tests_are_welch_t_and_the_f_test_by_hand():
     seg = drift.ConceptDriftDetector._segment_tests
     rng = np.random.default_rng(70)
     zw, zr = rng.normal(0.4, 1.3, 37), rng.normal(0.0, 1.0, 250)
-    bias, spread = seg(zw, (zr.size, zr.mean(), zr.var(), 0.0, 0.0))
+    bias, spread = seg(zw, (zr.size, zr.mean(), zr.var()))
     welch = stats.ttest_ind(zw, zr, equal_var=False)
     assert (bias.test, bias.distance, bias.window_size) == ("bias", None, 37)
     assert bias.statistic == pytest.approx(welch.statistic, rel=1e-12)
@@ -1515,17 +1515,17 @@ def test_segment_tests_are_welch_t_and_the_f_test_by_hand():
     assert spread.statistic == pytest.approx(ratio, rel=1e-12)
     assert spread.p_value == pytest.approx(stats.f.sf(ratio, 36, 249), rel=1e-9)
     # falling spread: the one-sided F-test does not flag it
-    _, narrow = seg(zr[:40] * 0.3, (zr.size, zr.mean(), zr.var(), 0.0, 0.0))
+    _, narrow = seg(zr[:40] * 0.3, (zr.size, zr.mean(), zr.var()))
     assert narrow.p_value > 0.999
     # one label: its own variance is 0, the reference's alone sets the error and the dof (n - 1)
-    bias, spread = seg(np.array([1.2]), (50, 0.1, 0.81, 0.0, 0.0))
+    bias, spread = seg(np.array([1.2]), (50, 0.1, 0.81))
     var_r = 0.81 * 50 / 49
     t = (1.2 - 0.1) / np.sqrt(var_r / 50)
     assert bias.statistic == pytest.approx(t, rel=1e-12) and bias.window_size == 1
     assert bias.p_value == pytest.approx(2 * stats.t.sf(t, 49), rel=1e-9)
     assert (spread.statistic, spread.p_value) == (0.0, 1.0)
     # a reference segment of one error: its variance taken as is (n / max(n - 1, 1) = 1), floored
-    bias, spread = seg(np.array([0.5, 1.5, 1.0]), (1, 0.25, 0.0, 0.0, 0.0))
+    bias, spread = seg(np.array([0.5, 1.5, 1.0]), (1, 0.25, 0.0))
     se2_w, se2_r = 0.25 / 3, 1e-12
     assert bias.statistic == pytest.approx((1.0 - 0.25) / np.sqrt(se2_w + se2_r), rel=1e-12)
     dof = (se2_w + se2_r) ** 2 / (se2_w ** 2 / 2 + se2_r ** 2 / 1)
@@ -1533,7 +1533,7 @@ def test_segment_tests_are_welch_t_and_the_f_test_by_hand():
     assert spread.statistic == pytest.approx(0.25 / 1e-12, rel=1e-12)
     assert spread.p_value == pytest.approx(stats.f.sf(0.25 / 1e-12, 2, 1), rel=1e-9)
     # flat scores on both sides: the standard error is floored at 1e-6, not zero
-    bias, spread = seg(np.full(4, 0.3), (10, 0.2, 0.0, 0.0, 0.0))
+    bias, spread = seg(np.full(4, 0.3), (10, 0.2, 0.0))
     assert bias.statistic == pytest.approx(0.1 / 1e-6, rel=1e-9)
     se2_r = 1e-12 / 10  # the floored variance (0 * 10 / 9 < 1e-12) over n
     dof = se2_r ** 2 / (se2_r ** 2 / 9)
