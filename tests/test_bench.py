@@ -100,3 +100,20 @@ def test_the_fleet_bench_runs_both_backends_side_by_side(small_artifact_path, po
         assert checks["window_size"] == 300 and checks["labelled_size"] == 300, backend
         assert 0 < checks["server_median_ms"] <= checks["server_max_ms"], backend
     assert url.split("@")[0].split(":")[2] not in proc.stdout + proc.stderr   # the password stays out
+
+
+def test_compare_runs_two_commits_in_turn_and_cleans_up():
+    # This checkout against its own HEAD: both sides trained (5 trees), served and loaded in turn.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "HEAD", "--rounds", "2",
+                           "--duration", "1", "--warmup", "1", "--n-estimators", "5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"compare.py failed:\n{proc.stdout}\n{proc.stderr}"
+    rounds = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if line.startswith("round ")]
+    assert [r.split()[2].rstrip(":") for r in rounds] == ["baseline", "this", "this", "baseline"]   # in turn
+    table = [line for line in proc.stdout.splitlines() if line.startswith(("| baseline", "| this"))]
+    assert len(table) == 2
+    for row in table:
+        rps = float(row.split("|")[2].split()[0].replace(",", ""))
+        assert rps > 0
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert "monitor-compare-" not in worktrees                                      # baseline removed
