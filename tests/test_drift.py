@@ -1539,3 +1539,196 @@ def test_segment_tests_are_welch_t_and_the_f_test_by_hand():
     dof = se2_r ** 2 / (se2_r ** 2 / 9)
     assert dof == pytest.approx(9.0) and bias.p_value == pytest.approx(2 * stats.t.sf(1e5, 9), rel=1e-6)
     assert (spread.statistic, spread.p_value) == (0.0, 1.0)
+
+
+def test_segment_tests_with_two_labels_or_two_reference_errors():
+    """The smallest segments where each guard's max(. - 1, 1) is the plain count minus one."""
+    seg = drift.ConceptDriftDetector._segment_tests
+    bias, spread = seg(np.array([0.2, 1.0]), (2, -0.1, 0.09))
+    var_w, var_r = 0.32, 0.09 * 2 / 1
+    se2_w, se2_r = var_w / 2, var_r / 2
+    t = (0.6 + 0.1) / np.sqrt(se2_w + se2_r)
+    dof = (se2_w + se2_r) ** 2 / (se2_w ** 2 / 1 + se2_r ** 2 / 1)
+    assert bias.statistic == pytest.approx(t, rel=1e-12)
+    assert bias.p_value == pytest.approx(2 * stats.t.sf(t, dof), rel=1e-9)
+    assert spread.statistic == pytest.approx(var_w / var_r, rel=1e-12)
+    assert spread.p_value == pytest.approx(stats.f.sf(var_w / var_r, 1, 1), rel=1e-9)
+
+
+def test_concept_whole_window_tests_by_hand():
+    """The three whole-window concept tests as TestResults: names, statistics, p, distance, size."""
+    u = np.array([0.05, 0.2, 0.35, 0.5, 0.95, 0.9])
+    z = stats.norm.ppf(u)
+    ks = drift.ConceptDriftDetector._ks(u, 5.0)
+    d = stats.kstest(u, "uniform").statistic
+    assert ks == drift.TestResult("pit-ks", pytest.approx(d, abs=1e-12), drift.ks_p_value(d, 5.0),
+                                  pytest.approx(d, abs=1e-12), 6)
+    bias = drift.ConceptDriftDetector._bias(z, 5.0)
+    stat = z.mean() * np.sqrt(5.0)
+    assert bias == drift.TestResult("bias", pytest.approx(stat, rel=1e-12),
+                                    pytest.approx(2 * stats.norm.sf(abs(stat)), rel=1e-12), None, 6)
+    spread = drift.ConceptDriftDetector._spread(z, 5.0)
+    stat = np.mean(z ** 2)
+    assert spread == drift.TestResult("spread", pytest.approx(stat, rel=1e-12),
+                                      pytest.approx(stats.chi2.sf(5.0 * stat, 5.0), rel=1e-9), None, 6)
+
+
+def test_finite_pairs_are_float_arrays_without_missing_pairs():
+    actual, predicted = drift._finite_pairs([1, None, 3, 4], [2, 5, np.inf, 8], "pairs")
+    assert actual.dtype == predicted.dtype == np.float64
+    assert actual.tolist() == [1.0, 4.0] and predicted.tolist() == [2.0, 8.0]
+
+
+def test_dollars_of_small_edges():
+    assert [drift._dollars(x) for x in (-3.0, 0.0, 0.8, 1.0, 1.4, 950.4)] == ["0", "0", "1", "1", "1", "950"]
+
+
+def test_concept_reference_with_missing_values_and_each_segment_s_reference():
+    """Reference pairs with a missing value are left out of the segments too, grade for grade; each
+    segment's reference is (n, mean, variance) of the reference's own normal scores in it, kept
+    when it has at least min_segment errors."""
+    rng = np.random.default_rng(71)
+    pred = np.repeat([1000.0, 3000.0, 8000.0], 40)
+    act = list(pred * np.exp(rng.normal(0, 0.1, 120)))
+    act[3], act[50] = None, np.nan            # two pairs with no price
+    pred = list(pred)
+    pred[90] = np.inf                          # and one with no prediction
+    cut = np.array([0] * 20 + [1] * 100)       # Fair: 20 rows, one of them without a price
+    cut[100:] = 0                              # ... and 20 more among the dearest (one without prediction)
+    det = drift.ConceptDriftDetector(act, pred, n_bins=3, grades={"cut": ["Fair", "Good"]},
+                                     reference_grades={"cut": cut}, min_segment=39)
+    ok = np.array([i not in (3, 50, 90) for i in range(120)])
+    a, p_ = np.asarray(act, dtype=float)[ok], np.asarray(pred)[ok]
+    u, bins = det.pit(a, p_)
+    z = stats.norm.ppf(u)
+    cut_ok = cut[ok]
+    assert det.n_bins == 3 and bins.tolist() == [0] * 39 + [1] * 39 + [2] * 39
+    expected = {**{name: bins == b for b, name in enumerate(det.bin_names)},
+                "cut=Fair": cut_ok == 0, "cut=Good": cut_ok == 1}
+    kept = {name: mask for name, mask in expected.items() if mask.sum() >= 39}
+    assert (cut_ok == 0).sum() == 39 == (bins == 0).sum()   # exactly min_segment: kept
+    assert list(det._segment_reference) == list(kept) == det.segment_names()
+    for name, mask in kept.items():
+        n, mean, var = det._segment_reference[name]
+        assert n == mask.sum()
+        assert mean == pytest.approx(z[mask].mean(), rel=1e-9, abs=1e-12)
+        assert var == pytest.approx(z[mask].var(), rel=1e-9)
+
+
+def test_concept_segments_of_a_second_grade_and_at_exactly_min_segment():
+    """Labels with only the second grade's codes still get that grade's segments; a segment with
+    exactly min_segment labels is tested; a detection within a segment is dated on that segment's
+    labels (change_start with its mask)."""
+    rng = np.random.default_rng(72)
+    pred = np.repeat([1000.0, 8000.0], 300)
+    act = pred * np.exp(rng.normal(0, 0.1, 600))
+    ref_grades = {"cut": rng.choice(2, 600), "color": rng.choice(2, 600)}
+    det = drift.ConceptDriftDetector(act, pred, alpha=0.05, min_samples=10, n_bins=2, scales=(),
+                                     grades={"cut": ["Fair", "Ideal"], "color": ["D", "J"]},
+                                     reference_grades=ref_grades, min_segment=25)
+    m = 200
+    w_pred = np.tile([1000.0, 8000.0], m // 2)
+    color = np.array([0] * 175 + [1] * 25, dtype=float)   # J: exactly 25 labels, the newest
+    w_act = w_pred * np.exp(rng.normal(0, 0.1, m)) * np.where(color == 1, 1.6, 1.0)  # J stones 60% dearer
+    report = det.score(w_act, w_pred, grades={"color": color})
+    assert list(report.segments) == ["price 0-4,500", "price 4,500+", "color=D", "color=J"]
+    assert report.segments["color=J"].samples == 25 and report.segments["color=J"].detected
+    d = report.detection
+    assert d.segment == "color=J" and d.scale == m
+    u, _ = det.pit(w_act, w_pred)
+    deciles = np.minimum((u * 10).astype(int), 9)
+    assert d.since_samples == drift.change_start(deciles, np.full(10, 0.1), m, color == 1)
+    assert d.since_samples != drift.change_start(deciles, np.full(10, 0.1), m)  # the mask matters here
+
+
+def test_data_detector_shares_normal_scores_and_scorers():
+    """Each numeric feature's normal scores are computed once a check, for its normal-score test and
+    the joint test together, by the same NormalScoreDetector."""
+    rng = np.random.default_rng(73)
+    reference = pd.DataFrame({"x": rng.normal(size=500), "g": rng.choice(["a", "b"], 500),
+                              "y": rng.normal(size=500)})
+    schema = {"features": [{"name": "x", "kind": "numeric"}, {"name": "g", "kind": "categorical",
+                                                              "categories": ["a", "b"]},
+                           {"name": "y", "kind": "numeric"}]}
+    det = drift.DataDriftDetector(reference, schema, min_samples=10, scales=(20,))
+    for name in ("x", "y"):
+        assert det.multivariate.scorers[name] is det.tests[name][1]
+    calls = []
+    real = drift.NormalScoreDetector.scores
+
+    def counted(self, values):
+        calls.append(len(values))
+        return real(self, values)
+
+    window = {"x": rng.normal(size=60), "g": rng.choice(2, 60), "y": rng.normal(size=60)}
+    drift.NormalScoreDetector.scores = counted
+    try:
+        report = det.score(window)
+    finally:
+        drift.NormalScoreDetector.scores = real
+    assert calls == [60, 60, 60]   # x and y once each, and g's codes by the joint test's own scorer
+    assert report.tests == (3 + 1 + 3 + 1) * 2
+    # two features are enough for a joint test
+    two = drift.DataDriftDetector(reference, {"features": schema["features"][:2]})
+    assert two.multivariate is not None and two.multivariate.names == ["x", "g"]
+
+
+def test_joint_columns_keep_only_codes_of_the_schema():
+    rng = np.random.default_rng(74)
+    reference = pd.DataFrame({"x": rng.normal(size=300), "g": rng.choice(["a", "b", "c"], 300)})
+    schema = {"features": [{"name": "x", "kind": "numeric"},
+                           {"name": "g", "kind": "categorical", "categories": ["a", "b", "c"]}]}
+    det = drift.DataDriftDetector(reference, schema)
+    out = det._joint_columns({"x": [0.5, 1.5, -2.0, 3.0, 0.0], "g": [0, 2, 3, -1, 1.5]})
+    assert out["x"].tolist() == [0.5, 1.5, -2.0, 3.0, 0.0]
+    np.testing.assert_array_equal(out["g"], [0.0, 2.0, np.nan, np.nan, np.nan])
+
+
+def test_normal_score_suffix_of_length_zero_is_empty():
+    det = drift.NormalScoreDetector(np.arange(100.0))
+    empty, whole = det.score_suffixes(np.array([3.0, 50.0, 70.0]), [0, 3])
+    assert empty == drift.TestResult("normal-score", None, None, None, 0)
+    assert whole.window_size == 3 and whole.p_value is not None
+
+
+def test_multivariate_drift_to_dict_keeps_its_p_value():
+    joint = drift.MultivariateDrift("pca-reconstruction", 1.25, 3e-5, True, 2)
+    assert joint.to_dict() == {"test": "pca-reconstruction", "statistic": 1.25, "p_value": 3e-5,
+                               "detected": True, "components": 2}
+
+
+def test_joint_change_start_depends_on_the_reference_share_of_each_bin():
+    """change_start against 1/10 per decile bin: a reference share other than 1/10, or bins split
+    at the deciles the other way (side='left'), would date this change differently."""
+    rng = np.random.default_rng(75)
+    x = rng.normal(size=1000)
+    reference = pd.DataFrame({"x": x, "y": x + rng.normal(0, 0.4, 1000), "g": rng.choice(["a", "b"], size=1000)})
+    det = drift.DataDriftDetector(reference, JOINT_SCHEMA)
+    deciles = det.multivariate.error_deciles
+    cells = np.array([1, 4, 9, 0, 8, 1, 3, 9, 2, 2, 9, 9, 0, 0, 5, 6, 5, 9, 9, 9, 0, 0, 7, 9, 3, 9, 9, 8, 9, 9])
+    top = deciles[-1] * 2
+    lower = np.concatenate(([deciles[0] / 2], deciles))   # a value inside each bin: its lower edge, or below all
+    errors = np.where(cells == 9, top, lower[cells] + 1e-9 * (cells > 0))
+    assert np.array_equal(np.searchsorted(deciles, errors, side="right"), cells)
+    assert det._joint_change_start(errors, 12) == drift.change_start(cells, np.full(10, 0.1), 12) == 20
+    # what another share per bin would give: not the same
+    assert [drift.change_start(cells, np.full(11, 0.1), 12), drift.change_start(cells, np.full(10, 1 / 8), 12),
+            drift.change_start(cells, np.full(10, 1 / 11), 12)] == [13, 13, 28]
+    # an error exactly on a decile goes to the bin above it: side="right"
+    on_edge = np.array([deciles[0] * 0.999] * 20 + [deciles[0]] * 20)
+    assert det._joint_change_start(on_edge, 20) == 20
+
+
+def test_none_is_a_missing_value_in_every_numeric_test_and_the_joint_columns(small_reference):
+    scorer = drift.NormalScoreDetector([1.0, None, 2.0, 3.0])
+    assert scorer.n == 3
+    assert scorer.score_suffixes([None, 2.0, 2.5], [3])[0].window_size == 2
+    binned = drift.BinnedChiSquareDetector([1.0, None, 2.0, 3.0, 4.0], n_bins=2)
+    assert binned.chi2.n == 4 and binned.chi2.categories == ["0", "1"]   # bins named by their index
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA)
+    out = det._joint_columns({"x": [None, 1.0], "g": [None, 1], "y": [2.0, None]})
+    np.testing.assert_array_equal(out["x"], [np.nan, 1.0])
+    np.testing.assert_array_equal(out["g"], [np.nan, 1.0])
+    np.testing.assert_array_equal(out["y"], [2.0, np.nan])
+    concept = drift.ConceptDriftDetector([100.0, None] + [100.0] * 20, [100.0, 100.0, None] + [100.0] * 19, n_bins=1)
+    assert concept.n == 20
