@@ -1732,3 +1732,44 @@ def test_none_is_a_missing_value_in_every_numeric_test_and_the_joint_columns(sma
     np.testing.assert_array_equal(out["y"], [2.0, np.nan])
     concept = drift.ConceptDriftDetector([100.0, None] + [100.0] * 20, [100.0, 100.0, None] + [100.0] * 19, n_bins=1)
     assert concept.n == 20
+
+
+def test_a_segment_s_detection_is_dated_on_that_segment_against_ten_deciles():
+    """J stones (about 30% of the labels) 30% dearer over the newest 80 labels: the spread test of
+    color=J fires, and its change point is change_start on that segment's PIT deciles, each with
+    a reference share of 1/10 (neither the whole window's nor eleven cells' answer)."""
+    rng = np.random.default_rng(108)
+    pred = np.repeat([1000.0, 8000.0], 300)
+    act = pred * np.exp(rng.normal(0, 0.1, 600))
+    ref_grades = {"cut": rng.choice(2, 600), "color": rng.choice(2, 600)}
+    det = drift.ConceptDriftDetector(act, pred, alpha=0.05, min_samples=10, n_bins=2, scales=(),
+                                     grades={"cut": ["Fair", "Ideal"], "color": ["D", "J"]},
+                                     reference_grades=ref_grades, min_segment=25)
+    m = 200
+    w_pred = np.tile([1000.0, 8000.0], m // 2)
+    color = (rng.random(m) < 0.3).astype(float)
+    late = np.arange(m) >= 120
+    w_act = w_pred * np.exp(rng.normal(0, 0.1, m)) * np.where((color == 1) & late, 1.3, 1.0)
+    d = det.score(w_act, w_pred, grades={"color": color}).detection
+    assert (d.test, d.scale, d.segment) == ("spread", m, "color=J")
+    u, _ = det.pit(w_act, w_pred)
+    deciles = np.minimum((u * 10).astype(int), 9)
+    assert d.since_samples == drift.change_start(deciles, np.full(10, 0.1), m, color == 1) == 99
+    assert drift.change_start(deciles, np.full(11, 0.1), m, color == 1) == 75
+    assert drift.change_start(deciles, np.full(10, 0.1), m) == 101
+
+
+def test_small_helpers_on_edge_inputs():
+    assert drift._dollars(-0.0) == "0"
+    # codes given as floats index the same cells as integers
+    codes = [0, 1, 1, 2, 2, 2, 2]
+    freq = np.array([0.5, 0.3, 0.2])
+    assert drift.change_start(np.array(codes, dtype=float), freq, 4) == drift.change_start(codes, freq, 4) == 4
+    scorer = drift.NormalScoreDetector(np.arange(10.0))
+    assert scorer.scores([None, 2.0])[1] == scorer.scores(np.array([2.0]))[0]
+    binned = drift.BinnedChiSquareDetector(np.arange(100.0), n_bins=4)
+    assert binned.codes([None, 10.0, 60.0]).tolist() == [-1, 0, 2]
+    assert binned.score([None, 10.0, 60.0]).window_size == 2
+    joint = drift.ReconstructionDetector({"a": np.arange(50.0), "b": np.arange(50.0) % 7, "c": np.arange(50.0) % 3})
+    errors = joint.row_errors({"a": [None, 3.0], "b": [1.0, 2.0], "c": [0.0, 1.0]})
+    assert np.isnan(errors[0]) and np.isfinite(errors[1])
