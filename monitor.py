@@ -408,6 +408,9 @@ class Monitor:
         except StoreError:
             if force:
                 raise
+            # A database that hangs costs each try up to --db-timeout: GET /drift serves the
+            # report it has for the next 5 s rather than wait on every request.
+            self._fleet_refreshed = time.monotonic() + 5.0
             return
         if stored is None:
             return

@@ -41,6 +41,9 @@ class CheckWindows(NamedTuple):
 
 
 def _floats(values) -> np.ndarray:
+    """Numbers as float64: an array as read (PgStore reads numbers as arrays), or a list with None."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64)
     return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
@@ -54,7 +57,8 @@ def _grade_codes(schema, name: str, values, dtype):
             return -1 if dtype is np.int64 else np.nan
 
     codes = {v: code(v) for v in set(values)}
-    return np.fromiter((codes[v] for v in values), dtype=dtype, count=len(values))
+    # map() with the dict's own lookup: half the time of a generator per value
+    return np.fromiter(map(codes.__getitem__, values), dtype=dtype, count=len(values))
 
 
 def windows_from_columns(schema, columns: dict[str, list], labelled: dict[str, list]) -> CheckWindows:

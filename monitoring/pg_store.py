@@ -1,17 +1,13 @@
 """The prediction store on PostgreSQL, shared by a fleet of monitor replicas: `PgStore` has the
 interface of store.Store (SQLite), and `open_store` picks it for a `postgresql://` URL.
 
-What holds as for SQLite (store.py's docstring has the reasoning):
-
-* One writer thread, group commit: callers queue their rows and wait; the writer takes everything
-  queued and commits it in ONE transaction (one statement for all the predictions, one per list of
-  labels), then wakes each caller. `add_predictions` returns once its rows are committed (with
-  synchronous_commit on, PostgreSQL's default, flushed to its WAL): durable before the response.
-* A bounded retry buffer: predictions whose commit failed stay in memory (`max_pending` rows,
-  oldest dropped first and counted) and go first into the next commit, or `flush()` (the monitor
-  calls it every few seconds, so a database that comes back is caught up without traffic). Labels
-  are never buffered: a failed `add_labels` raises StoreError and the sender retries.
-* Retention in short chunks, oldest first; `recent_inputs` / `recent_labelled` refill the windows.
+What holds as for SQLite: the same writer machinery, monitoring/writer.py's QueuedWriter (group
+commit on one writer thread, a refused record failing only its own caller, the bounded retry
+buffer caught up by `flush()` in chunks, "send again" for a label whose prediction is still
+buffered); this module gives it PostgreSQL's connection and SQL. `add_predictions` returns once its
+rows are committed (with synchronous_commit on, PostgreSQL's default, flushed to its WAL): durable
+before the response. Retention in short chunks, oldest first; `recent_inputs` / `recent_labelled`
+refill the windows.
 
 What the fleet adds:
 
@@ -36,6 +32,10 @@ What the fleet adds:
 * The schema is versioned: table `schema_version`, and MIGRATIONS, a list applied in order under an
   advisory lock by whichever replica starts first. A database whose version is newer than this code
   is refused.
+* A server that stops answering without going away (SIGSTOP, a paused VM) is bounded on this side
+  too: its kernel still acknowledges every packet, so neither the server's timeouts nor TCP
+  keepalives end a call; a watchdog thread cuts the socket of any call that waited past its bound
+  (`timeout` + 2 s for one statement, twice `timeout` + 2 s for a transaction of several).
 * `counts()` is exact for this replica's own writes and refreshed from the database at open and at
   every prune (a COUNT(*) over the table: too dear for every scrape), so other replicas' rows show
   up within one prune interval.
@@ -49,17 +49,20 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import queue
+import os
+import socket
 import threading
 import time
-from collections import deque
-from typing import Callable, Iterator, NamedTuple, Sequence
+import weakref
+from typing import Callable, Iterator, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+import numpy as np
 import psycopg
+from psycopg.adapt import Loader
 
-from monitoring.store import (FEATURE_COLUMNS, PRUNE_CHUNK, PredictionRecord, StoreError, _check_features,
-                              _IS_TEXT, _new_stats, _num, _SQL_NAMES)
+from monitoring.store import FEATURE_COLUMNS, PRUNE_CHUNK, _check_features, _IS_TEXT, _num, _SQL_NAMES
+from monitoring.writer import Job, QueuedWriter, StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "FleetReport", "PgStore", "is_postgres_url", "redact_url"]
 
@@ -74,6 +77,8 @@ _PG_TYPES = ["text" if text else "float8" for text in _IS_TEXT]
 _FEATURES_DDL = "".join(f"    {col:<13} {'text' if text else 'double precision'},\n"
                         for col, text in zip(_COLS, _IS_TEXT))
 _EPOCH_NOW = "extract(epoch FROM clock_timestamp())"
+_COUNT = "count"      # a job of PostgreSQL's own: refresh counts() from the table
+_COUNT_SECONDS = 600  # a COUNT(*) over millions of rows may take minutes
 
 # Each migration: (version, what it does, statements). Applied in order, in one transaction each,
 # and recorded in schema_version. The next schema change appends an entry here; never edit one
@@ -112,8 +117,8 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 _INSERT = (f"INSERT INTO predictions (id, ts, {_FEATURES_SQL}, prediction, model_version, replica, served_at) "
            f"SELECT r.id, COALESCE(r.ts, {_EPOCH_NOW}), {', '.join('r.' + c for c in _COLS)}, r.prediction, "
            f"r.model_version, %s, r.served_at "
-           f"FROM unnest(%s::text[], %s::float8[], {', '.join(f'%s::{t}[]' for t in _PG_TYPES)}, %s::float8[], "
-           f"%s::text[], %s::float8[]) AS r(id, ts, {_FEATURES_SQL}, prediction, model_version, served_at) "
+           f"FROM unnest(%b::text[], %b::float8[], {', '.join(f'%b::{t}[]' for t in _PG_TYPES)}, %b::float8[], "
+           f"%b::text[], %b::float8[]) AS r(id, ts, {_FEATURES_SQL}, prediction, model_version, served_at) "
            f"ON CONFLICT (id) DO NOTHING")
 # One statement joins a whole list of labels: lock the known rows in id order (two replicas joining
 # overlapping lists cannot deadlock), note which had no label yet, update them, return them.
@@ -158,32 +163,93 @@ class FleetReport(NamedTuple):
     report: dict
 
 
-class _Job:
-    __slots__ = ("kind", "rows", "labels", "error", "result", "done")
+class _Watchdog:
+    """Cuts the socket of a connection whose call has waited on the server longer than its bound.
 
-    def __init__(self, kind: str = "write", rows=None, labels=None):
-        self.kind, self.rows, self.labels = kind, rows, labels
-        self.error: StoreError | None = StoreError("the commit did not complete")
-        self.result = None
-        self.done = threading.Lock()
-        self.done.acquire()
+    The server's own timeouts (statement_timeout and the rest) end what the server runs, and TCP
+    keepalives a peer whose kernel is gone; neither helps when the server's processes are stopped
+    (SIGSTOP, a VM paused, a frozen disk): its kernel still acknowledges every packet and nobody
+    answers, so a call would wait for ever. libpq has no per-call timeout, and a cancel request
+    goes to the postmaster, which is stopped too. So one thread per store watches the calls in
+    flight and, past its bound, shuts the connection's socket down: the call fails at once with an
+    OperationalError (connection lost), and the connection is replaced. Registering a call is a
+    dict insert under a lock: cheap enough for every commit."""
+
+    _TICK = 0.1   # seconds between looks: the cut comes at most this late
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._calls: dict[object, tuple[float, psycopg.Connection]] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._cut: weakref.WeakSet = weakref.WeakSet()   # connections cut: not worth a retry
+
+    @contextlib.contextmanager
+    def bound(self, conn: psycopg.Connection, seconds: float) -> Iterator[psycopg.Connection]:
+        token = object()
+        with self._lock:
+            self._calls[token] = (time.monotonic() + seconds, conn)
+            if self._thread is None:   # started on first use: a store that never waits needs none
+                self._thread = threading.Thread(target=self._run, name="store-watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                self._calls.pop(token, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._TICK):
+            now = time.monotonic()
+            with self._lock:   # held while cutting: a call still registered has not returned
+                for token, (deadline, conn) in list(self._calls.items()):
+                    if now >= deadline:
+                        del self._calls[token]
+                        self._cut.add(conn)
+                        _cut(conn)
+
+    def was_cut(self, conn: psycopg.Connection) -> bool:
+        with self._lock:
+            return conn in self._cut
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
 
-class PgStore:
+def _cut(conn: psycopg.Connection) -> None:
+    """Shut the connection's socket down (both ways) under libpq: its pending read returns at once."""
+    with contextlib.suppress(Exception):
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+class PgStore(QueuedWriter):
     """Predictions and labels in the PostgreSQL database at `url` (postgresql://user:pw@host/db; a
     password may also come from PGPASSWORD or ~/.pgpass, as libpq reads them).
 
     retention_seconds / max_rows: what `prune()` keeps. max_pending: failed prediction rows kept
-    for the next commit. replica: this replica's name, recorded with what it writes (settable until
+    for the next flush. replica: this replica's name, recorded with what it writes (settable until
     the first write). timeout: seconds any statement may run, and a session may sit idle inside a
-    transaction, before the server ends it; also how long a caller waits for its commit before it
-    is told the database is not answering (predictions are then kept for retry).
+    transaction, before the server ends it; the client cuts a call that waited `timeout` + 2 s on a
+    server that does not answer at all (twice `timeout` + 2 s for a transaction of several
+    statements: a group commit, a fleet check); a caller waits for its commit at most `timeout` +
+    connect_timeout + 1 s before it is told the database is not answering (predictions are then
+    kept for retry).
 
     Raises StoreError if the database cannot be reached or holds a newer schema. Starts the writer
-    thread; `close()` stops it.
+    thread (monitoring/writer.py, shared with SQLite); `close()` stops it.
     """
 
     shared = True   # several processes write it: the fleet's store
+    ping_on_flush = True   # the maintenance loop's flush shows an outage even without traffic
+    reconnect_backoff = 5.0   # a stopped server costs connect_timeout per connect: not every write's
 
     def __init__(self, url: str, *, retention_seconds: float | None = 30 * 86400,
                  max_rows: int | None = 5_000_000, max_pending: int = 50_000, replica: str = "",
@@ -194,34 +260,29 @@ class PgStore:
         self.path = redact_url(url)   # where it stores, as /healthz shows it
         self.retention_seconds = retention_seconds
         self.max_rows = max_rows
-        self.max_pending = int(max_pending)
         self.replica = replica
         self.timeout = float(timeout)
         self.connect_timeout = max(2, int(math.ceil(connect_timeout)))   # libpq: whole seconds, >= 2
-
-        self._mutex = threading.Lock()
-        self._closed = False
-        self._last_error: str | None = None
-        self._stats = _new_stats()
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._busy_since: float | None = None   # when the writer's current commit started
-        self._pending: deque[tuple] = deque()   # owned by the writer thread
-        self._writer: psycopg.Connection | None = None
+        self.answer_within = self.timeout + self.connect_timeout + 1
+        self._call_bound = self.timeout + 2            # one statement, cut client-side past this
+        self._block_bound = 2 * self.timeout + 2       # a transaction of several statements
+        self._watchdog = _Watchdog()
+        self._init_writer(max_pending)
         self._checker: psycopg.Connection | None = None
         self._checker_lock = threading.Lock()
         self._watch: psycopg.Connection | None = None   # latest_report's
         self._watch_lock = threading.Lock()
+        self._connect_failed: dict[str, tuple[float, Exception]] = {}   # role: (when, error)
 
         try:
-            self._writer = self._connect("writer")
-            self._migrate(self._writer)
+            self._writer = self._connect_writer()
             self._refresh_counts(self._writer)
         except (psycopg.Error, OSError) as exc:
             if self._writer is not None:
                 self._writer.close()
+            self._watchdog.stop()
             raise StoreError(f"cannot open the store {self.path}: {_describe(exc)}") from exc
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        self._start_writer()
 
     def describe(self) -> str:
         return f"PostgreSQL database {self.path}"
@@ -232,7 +293,8 @@ class PgStore:
         """A connection in autocommit mode (transactions are explicit) whose server side ends it
         when a statement runs, or the session idles inside a transaction, longer than `timeout`,
         and notices a vanished client by TCP keepalives; the client side likewise gives up on a
-        server that stopped answering."""
+        server that stopped answering (connect_timeout, keepalives, tcp_user_timeout, and the
+        watchdog for a server that is stopped rather than gone)."""
         conn = psycopg.connect(
             self.url, autocommit=True, connect_timeout=self.connect_timeout,
             application_name=f"monitor {self.replica or '?'} {role}"[:63],
@@ -240,9 +302,10 @@ class PgStore:
             tcp_user_timeout=int(1000 * max(self.timeout, 5.0)))
         try:
             ms = int(1000 * self.timeout)
-            conn.execute(f"SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}; "
-                         f"SET lock_timeout = {ms * 4 // 5}; SET tcp_keepalives_idle = 5; "
-                         f"SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3")
+            with self._watchdog.bound(conn, self._call_bound):
+                conn.execute(f"SET statement_timeout = {ms}; SET idle_in_transaction_session_timeout = {ms}; "
+                             f"SET lock_timeout = {ms * 4 // 5}; SET tcp_keepalives_idle = 5; "
+                             f"SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3")
         except BaseException:
             conn.close()
             raise
@@ -260,7 +323,8 @@ class PgStore:
                              "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
             current = conn.execute("SELECT COALESCE(max(version), 0) FROM schema_version").fetchone()[0]
             if current > SCHEMA_VERSION:
-                raise psycopg.DataError(f"schema version {current}, this code knows up to {SCHEMA_VERSION}")
+                # not DataError: that would read as a refused record, not as a database to refuse
+                raise psycopg.NotSupportedError(f"schema version {current}, this code knows up to {SCHEMA_VERSION}")
             for version, description, statements in MIGRATIONS:
                 if version <= current:
                     continue
@@ -270,195 +334,88 @@ class PgStore:
                              (version, description))
 
     def _refresh_counts(self, conn: psycopg.Connection) -> None:
-        with conn.transaction():   # counting millions of rows may take a while
-            conn.execute("SET LOCAL statement_timeout = '10min'")
+        # counting millions of rows may take a while: the server's and the client's bound say so
+        with self._watchdog.bound(conn, _COUNT_SECONDS + self._call_bound), conn.transaction():
+            conn.execute(f"SET LOCAL statement_timeout = '{_COUNT_SECONDS}s'")
             n, labelled = conn.execute("SELECT count(*), count(label_ts) FROM predictions").fetchone()
         with self._mutex:
             self._n_predictions, self._n_labelled = n, labelled
 
     @contextlib.contextmanager
-    def _reader(self, what: str = "read the store") -> Iterator[psycopg.Connection]:
-        """A fresh connection for one read, never shared between threads."""
+    def _reader(self, what: str = "read the store", bound: float | None = None) -> Iterator[psycopg.Connection]:
+        """A fresh connection for one read, never shared between threads; cut after `bound`
+        seconds (by default a block's) if the server stops answering."""
         if self._closed:
             raise StoreError("the store is closed")
         try:
             conn = self._connect("reader")
         except (psycopg.Error, OSError) as exc:
             raise StoreError(f"cannot {what}: {_describe(exc)}") from exc
+        bound = self._block_bound if bound is None else bound
         try:
-            yield conn
+            with contextlib.nullcontext() if math.isinf(bound) else self._watchdog.bound(conn, bound):
+                yield conn
         except (psycopg.Error, OSError) as exc:
             raise StoreError(f"cannot {what}: {_describe(exc)}") from exc
         finally:
             conn.close()
 
-    # ---------------------------------------------------------------- the writer thread
+    # ---------------------------------------------------------------- the writer's PostgreSQL part
 
-    def _submit(self, job: _Job):
-        with self._mutex:
-            if self._closed:
-                raise StoreError("the store is closed")
-            stuck = self._busy_since is not None and time.monotonic() - self._busy_since > self.timeout
-            self._queue.put(job)
-        if stuck and job.kind == "write" and job.labels is None:
-            # The writer has been waiting on the database for longer than `timeout`: do not hold
-            # the caller (the batcher, hence every prediction). The rows are queued all the same
-            # and go into the next commit, or into the retry buffer if it fails.
-            raise StoreError(self._last_error or f"the database has not answered for {self.timeout:g} s; "
-                                                  "predictions kept for retry")
-        if not job.done.acquire(timeout=self.timeout + self.connect_timeout + 1):
-            message = f"the database did not answer within {self.timeout + self.connect_timeout + 1:g} s"
-            with self._mutex:
-                self._last_error = message
-            # The job stays queued: its rows are written when the database answers (or buffered if
-            # it fails); labels may be stored late too, so the sender resends them (harmless).
-            raise StoreError(message + ("; predictions kept for retry" if job.rows else ""))
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            writes, other = ([job], None) if job.kind == "write" else ([], job)
-            while other is None:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job.kind == "write":
-                    writes.append(job)
-                else:
-                    other = job
-            try:
-                buffered = len(self._pending)
-                with self._mutex:
-                    self._busy_since = time.monotonic()
-                self._commit_group(writes, ping=other is not None and other.kind == "flush")
-                if other is not None:
-                    self._do(other, buffered)
-            except Exception as exc:   # a bug, not the database: the jobs keep their failure
-                self._fail(exc, "the store's writer failed")
-            finally:
-                with self._mutex:
-                    self._busy_since = None
-                for job in writes:
-                    job.done.release()
-                if other is not None:
-                    other.done.release()
-            if other is not None and other.kind == "close":
-                return
-
-    def _do(self, job: _Job, buffered: int) -> None:
-        if job.kind == "flush":
-            if self._pending or self._last_error is not None:
-                job.error = StoreError(self._last_error or "the retry buffer could not be written")
-            else:
-                job.error, job.result = None, buffered
-        elif job.kind == "count":   # here, between commits, so that no write of ours is counted twice
-            try:
-                self._refresh_counts(self._writer_conn())
-                job.error = None
-            except Exception as exc:
-                job.error = self._fail(exc, "cannot count the store's rows")
-        elif job.kind == "close":
-            if self._writer is not None:
-                with contextlib.suppress(Exception):
-                    self._writer.close()
-                self._writer = None
-            job.error = None
-
-    def _writer_conn(self) -> psycopg.Connection:
-        if self._writer is None or self._writer.closed:
-            conn = self._connect("writer")
-            try:
-                self._migrate(conn)   # a database recreated while we were away gets its tables back
-            except BaseException:
-                conn.close()
-                raise
-            self._writer = conn
-        return self._writer
-
-    def _fail(self, exc: BaseException, what: str) -> StoreError:
-        """Record a failure; drop the writer connection (the next write opens a new one)."""
-        if self._writer is not None:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-            self._writer = None
-        message = f"{what}: {_describe(exc)}"
-        with self._mutex:
-            self._last_error = message
-            self._stats["write_errors"] += 1
-        error = StoreError(message)
-        error.__cause__ = exc
-        return error
-
-    def _commit_group(self, jobs: list[_Job], ping: bool = False) -> None:
-        """The retry buffer and every queued job in one transaction, rows before labels. `ping`:
-        touch the database even with nothing to write (a flush notices an outage and a recovery)."""
-        rows = list(self._pending)
-        for job in jobs:
-            if job.rows:
-                rows.extend(job.rows)
-        label_jobs = [job for job in jobs if job.labels]
-        if not rows and not label_jobs and not ping:
-            for job in jobs:
-                job.error = None
-            return
-        started = time.perf_counter()
+    def _connect_writer(self) -> psycopg.Connection:
+        conn = self._connect("writer")
         try:
-            for attempt in (1, 2):
-                reused = self._writer is not None and not self._writer.closed
-                conn = self._writer_conn()
-                try:
-                    with conn.transaction():
-                        inserted = self._insert(conn, rows) if rows else 0
-                        new_labels = labels_written = 0
-                        for job in label_jobs:
-                            job.result, newly = self._join_labels(conn, job.labels)
-                            new_labels += newly
-                            labels_written += len(job.result[0])
-                        if not rows and not label_jobs:
-                            conn.execute("SELECT 1")
-                    break
-                except psycopg.OperationalError:
-                    # A connection that served before and broke meanwhile (the server restarted, a
-                    # proxy dropped it): try once more on a new one rather than fail this commit.
-                    # Idempotent if the lost commit went through: ids are ignored when present,
-                    # labels set to the same values.
-                    if attempt == 2 or not reused or not conn.broken:
-                        raise
-                    with contextlib.suppress(Exception):
-                        conn.close()
-                    self._writer = None
-        except Exception as exc:   # psycopg.Error, OSError, or anything unforeseen: never lose rows
-            error = self._fail(exc, "cannot write to the store")
-            for job in jobs:
-                job.error, job.result = error, None
-            self._keep_pending(rows)
-            return
-        elapsed = time.perf_counter() - started
-        self._pending.clear()
-        for job in jobs:
-            job.error = None
-        with self._mutex:
-            self._last_error = None
-            self._n_predictions += inserted
-            self._n_labelled += new_labels
-            s = self._stats
-            if rows or label_jobs:
-                s["commits"] += 1
-            s["rows_written"] += inserted
-            s["labels_written"] += labels_written
-            s["commit_seconds_sum"] += elapsed
-            s["commit_seconds_max"] = max(s["commit_seconds_max"], elapsed)
+            with self._watchdog.bound(conn, self._block_bound):
+                self._migrate(conn)   # a database recreated while we were away gets its tables back
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _keep_pending(self, rows: list[tuple]) -> None:
-        dropped = max(0, len(rows) - self.max_pending)
-        self._pending = deque(rows[dropped:])
-        if dropped:
-            with self._mutex:
-                self._stats["dropped"] += dropped
+    def _write_transaction(self, work, single_statement: bool = False):
+        for attempt in (1, 2):
+            reused = self._writer is not None and not self._writer.closed
+            conn = self._writer_conn()
+            try:
+                if single_statement:
+                    # One statement in autocommit is its own transaction, as atomic and durable
+                    # (synchronous_commit) as with BEGIN and COMMIT around it, in one round trip
+                    # instead of three: most group commits hold predictions only.
+                    with self._watchdog.bound(conn, self._call_bound):
+                        return work(conn)
+                with self._watchdog.bound(conn, self._block_bound), conn.transaction():
+                    return work(conn)
+            except psycopg.OperationalError:
+                # A connection that served before and broke meanwhile (the server restarted, a
+                # proxy dropped it): try once more on a new one rather than fail this commit.
+                # Idempotent if the lost commit went through: ids are ignored when present,
+                # labels set to the same values. Not after a cut by the watchdog: the server did
+                # not answer for the whole bound, and the caller waits already.
+                if attempt == 2 or not reused or not conn.broken or self._cut_by_watchdog(conn):
+                    raise
+                self._drop_writer()
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _touch(conn: psycopg.Connection) -> None:
+        conn.execute("SELECT 1")
+
+    def _cut_by_watchdog(self, conn: psycopg.Connection) -> bool:
+        return self._watchdog.was_cut(conn)
+
+    def _refused_record(self, exc: BaseException) -> bool:
+        """A value PostgreSQL cannot store (a NUL in a text, text that is not valid UTF-8), not the
+        database failing: the same rows would fail again, and other callers' rows are not to blame."""
+        return isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, UnicodeError, ValueError,
+                                TypeError, OverflowError))
+
+    _describe = staticmethod(_describe)
+
+    def _row(self, record) -> tuple:
+        return _row(record)
+
+    def _label_entries(self, labels) -> dict:
+        return _labels_by_id_or_now(labels)
 
     def _insert(self, conn: psycopg.Connection, rows: list[tuple]) -> int:
         columns = list(zip(*rows))   # id, ts, features..., prediction, model_version, served_at
@@ -480,27 +437,16 @@ class PgStore:
             newly += first
         return (known, unknown), newly
 
-    # ---------------------------------------------------------------- writes
+    def _do_other(self, job: Job) -> None:
+        """Recount the table, here between commits, so that no write of ours is counted twice."""
+        assert job.kind == _COUNT, job.kind
+        try:
+            self._refresh_counts(self._writer_conn())
+            job.error = None
+        except Exception as exc:
+            job.error = self._fail(exc, "cannot count the store's rows")
 
-    def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Record served predictions; committed when this returns (see Store.add_predictions). A
-        record whose ts is None is stamped with the database's clock when stored."""
-        rows = [_row(r) for r in records]
-        if rows:
-            self._submit(_Job(rows=rows))
-
-    def add_labels(self, labels: Sequence[tuple[str, float, float | None]]) -> tuple[list, list[str]]:
-        """Join ground truth to any replica's predictions (see Store.add_labels). received_ts None:
-        the database's clock when stored."""
-        joined = _labels_by_id_or_now(labels)
-        if not joined:
-            return [], []
-        return self._submit(_Job(labels=joined))
-
-    def flush(self) -> int:
-        """Write the retry buffer now and check that the database answers; returns the rows written,
-        raises StoreError if the database cannot be written."""
-        return self._submit(_Job("flush"))
+    # ---------------------------------------------------------------- retention
 
     def prune(self, now: float | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
         """Delete rows older than retention_seconds (against `now`, by default the database's
@@ -510,13 +456,17 @@ class PgStore:
         if chunk < 1:
             raise ValueError("chunk must be at least 1")
         deleted = 0
-        with self._reader("prune the store") as conn:
-            if not conn.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK,)).fetchone()[0]:
-                return 0
+        bound = self._watchdog.bound
+        # A prune may run for long (many chunks): each statement is bounded, not the whole.
+        with self._reader("prune the store", bound=math.inf) as conn:
+            with bound(conn, self._call_bound):
+                if not conn.execute("SELECT pg_try_advisory_lock(%s)", (PRUNE_LOCK,)).fetchone()[0]:
+                    return 0
             try:
                 if self.retention_seconds is not None:
                     if now is None:
-                        now = conn.execute(f"SELECT {_EPOCH_NOW}").fetchone()[0]
+                        with bound(conn, self._call_bound):
+                            now = conn.execute(f"SELECT {_EPOCH_NOW}").fetchone()[0]
                     cutoff = float(now) - self.retention_seconds
                     while True:
                         n = self._prune_chunk(conn, "WHERE ts < %s", (cutoff,), chunk)
@@ -524,8 +474,9 @@ class PgStore:
                         if n < chunk:
                             break
                 if self.max_rows is not None:
-                    with conn.transaction():   # counting millions of rows may take a while
-                        conn.execute("SET LOCAL statement_timeout = '10min'")
+                    # counting millions of rows may take a while
+                    with bound(conn, _COUNT_SECONDS + self._call_bound), conn.transaction():
+                        conn.execute(f"SET LOCAL statement_timeout = '{_COUNT_SECONDS}s'")
                         total = conn.execute("SELECT count(*) FROM predictions").fetchone()[0]
                     excess = total - self.max_rows
                     while excess > 0:
@@ -534,15 +485,17 @@ class PgStore:
                         excess -= n
                         if n == 0:
                             break
-                with conn.transaction():   # a report per check: keep a day's worth at 1-s checks
+                # a report per check: keep a day's worth at 1-s checks
+                with bound(conn, self._call_bound), conn.transaction():
                     conn.execute("DELETE FROM drift_reports WHERE id < (SELECT max(id) - 100000 FROM drift_reports)")
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK,))
-        self._submit(_Job("count"))   # other replicas' rows show in counts() from here on
+                with bound(conn, self._call_bound):
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK,))
+        self._submit(Job(_COUNT))   # other replicas' rows show in counts() from here on
         return deleted
 
     def _prune_chunk(self, conn: psycopg.Connection, where: str, args: tuple, limit: int) -> int:
-        with conn.transaction():
+        with self._watchdog.bound(conn, self._call_bound), conn.transaction():
             victims = conn.execute(
                 f"WITH v AS (SELECT id FROM predictions {where} ORDER BY ts, seq LIMIT %s FOR UPDATE SKIP LOCKED) "
                 f"DELETE FROM predictions p USING v WHERE p.id = v.id RETURNING p.label_ts IS NOT NULL",
@@ -576,9 +529,9 @@ class PgStore:
         if n <= 0:
             return []
         with self._reader() as conn:
-            columns = _window_columns(conn, n)
-        features = list(zip(*(columns[name] for name in FEATURE_COLUMNS)))
-        return [(_features(f), _num(p), float(t)) for f, p, t in zip(features, columns["prediction"], columns["ts"])]
+            rows = conn.execute(f"SELECT {_FEATURES_SQL}, prediction, ts FROM predictions "
+                                f"ORDER BY ts DESC, seq DESC LIMIT %s", (int(n),)).fetchall()
+        return [(_features(r[:-2]), _num(r[-2]), float(r[-1])) for r in reversed(rows)]
 
     def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
         """(actual, prediction, label_ts, features) of the fleet's newest n labelled predictions,
@@ -606,13 +559,18 @@ class PgStore:
         columns, oldest first, as `windows()` gives them, checked_at the database's time of
         the check (unix seconds, the report's time); store the report. Returns the
         stored report. Raises StoreError if the database fails (nothing is stored then)."""
-        with self._checker_lock:
+        with self._held(self._checker_lock, "another fleet check on this replica"):
             try:
                 conn = self._checker_conn()
-                with conn.transaction():
-                    if force:
-                        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHECK_LOCK,))
-                    elif not conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (CHECK_LOCK,)).fetchone()[0]:
+                with self._watchdog.bound(conn, self._block_bound), conn.transaction():
+                    # A report can be computed again: its commit need not wait for a WAL flush
+                    # (a crash may lose the latest report, never a prediction or a label).
+                    # (in the lock's statement: each round trip waits for the server's turn on
+                    # a busy machine; the slot is read after it, in a snapshot taken once locked)
+                    take = "pg_advisory_xact_lock" if force else "pg_try_advisory_xact_lock"
+                    _, locked = conn.execute(f"SELECT set_config('synchronous_commit', 'off', true), {take}(%s)",
+                                             (CHECK_LOCK,)).fetchone()
+                    if not force and not locked:
                         return None
                     now, slot, last_slot = conn.execute(
                         "SELECT extract(epoch FROM now()), floor(extract(epoch FROM now()) / %s)::bigint, "
@@ -620,8 +578,7 @@ class PgStore:
                         (max(float(interval), 1e-3),)).fetchone()
                     if not force and last_slot is not None and last_slot >= slot:
                         return None
-                    columns = _window_columns(conn, window)
-                    labelled = _label_columns(conn, label_window)
+                    columns, labelled = _window_and_label_columns(conn, window, label_window)
                     report, model_version = score(columns, labelled, float(now))
                     by = checked_by or self.replica
                     stored = conn.execute(
@@ -640,35 +597,63 @@ class PgStore:
                     self._checker = None
                 raise StoreError(f"fleet drift check failed: {_describe(exc)}") from exc
 
+    @contextlib.contextmanager
+    def _held(self, lock: threading.Lock, holder: str) -> Iterator[None]:
+        """`lock`, waited for no longer than a call on the database may last: its holder may be
+        stuck on a server that does not answer, and this caller is then told so in time."""
+        if not lock.acquire(timeout=self._block_bound):
+            raise StoreError(f"the database did not answer within {self._block_bound:g} s ({holder} waits on it)")
+        try:
+            yield
+        finally:
+            lock.release()
+
     def _checker_conn(self) -> psycopg.Connection:
         if self._closed:
             raise StoreError("the store is closed")
         if self._checker is None or self._checker.closed:
-            self._checker = self._connect("checker")
+            self._checker = self._connect_again("checker")
         return self._checker
 
+    def _connect_again(self, role: str) -> psycopg.Connection:
+        """A connection for a read that keeps one (checks, the latest report); within
+        reconnect_backoff of this role's last failed connect, and while the writer has not seen
+        the database back (not healthy), fails at once as that one did: a server that hangs would
+        cost every scheduled check and GET /drift a connect timeout."""
+        failed = self._connect_failed.get(role)
+        if failed is not None and time.monotonic() - failed[0] < self.reconnect_backoff and not self.healthy:
+            raise failed[1]
+        try:
+            conn = self._connect(role)
+        except (psycopg.Error, OSError) as exc:
+            self._connect_failed[role] = (time.monotonic(), exc)
+            raise
+        self._connect_failed.pop(role, None)
+        return conn
+
     def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, dict]:
-        """The fleet's windows by columns, oldest first: ({feature: values, "prediction", "ts"} of the
-        newest `window` predictions, {"actual", "prediction", "label_ts", grade: values} of the newest
-        `label_window` labelled ones), as of
-        `until` (unix seconds, the database's clock) if given. Read column-wise, in binary: at
-        10,000 rows, building a tuple per row cost more than the query."""
+        """The fleet's windows by columns, oldest first: ({feature: values} of the newest `window`
+        predictions, (actuals, predictions) of the newest `label_window` labelled ones), as of
+        `until` (unix seconds, the database's clock) if given: numbers as float64 arrays, grades as
+        lists of text. Read as one row of arrays, in binary, numbers straight into numpy: at 10,000
+        rows, building a tuple per row cost more than the query."""
         with self._reader("read the fleet's windows") as conn:
-            return _window_columns(conn, window, until), _label_columns(conn, label_window, until)
+            return _window_and_label_columns(conn, window, label_window, until)
 
     def latest_report(self, newer_than: int = 0) -> FleetReport | None:
         """The fleet's latest stored drift report, if its id is above `newer_than` (only then is
         the report itself sent). On a connection kept for it: every replica asks after every check."""
-        with self._watch_lock:
+        with self._held(self._watch_lock, "another read of the latest report"):
             if self._closed:
                 raise StoreError("the store is closed")
             try:
                 if self._watch is None or self._watch.closed:
-                    self._watch = self._connect("watch")
-                row = self._watch.execute(
-                    "SELECT id, extract(epoch FROM checked_at), checked_by, model_version, "
-                    "CASE WHEN id > %s THEN report END FROM drift_reports "
-                    "ORDER BY checked_at DESC, id DESC LIMIT 1", (newer_than,)).fetchone()
+                    self._watch = self._connect_again("watch")
+                with self._watchdog.bound(self._watch, self._call_bound):
+                    row = self._watch.execute(
+                        "SELECT id, extract(epoch FROM checked_at), checked_by, model_version, "
+                        "CASE WHEN id > %s THEN report END FROM drift_reports "
+                        "ORDER BY checked_at DESC, id DESC LIMIT 1", (newer_than,)).fetchone()
             except (psycopg.Error, OSError) as exc:
                 if self._watch is not None:
                     with contextlib.suppress(Exception):
@@ -681,39 +666,13 @@ class PgStore:
 
     # ---------------------------------------------------------------- state
 
-    def counts(self) -> dict:
-        """{"predictions", "labelled"}: rows in the table as of the last refresh (open, prune) plus
-        those this replica wrote or labelled since."""
-        with self._mutex:
-            return {"predictions": self._n_predictions, "labelled": self._n_labelled}
-
-    def stats(self) -> dict:
-        with self._mutex:
-            stats = dict(self._stats)
-            stats["pending"] = len(self._pending)
-            return stats
-
-    @property
-    def healthy(self) -> bool:
-        with self._mutex:
-            return self._last_error is None and not self._closed
-
-    @property
-    def last_error(self) -> str | None:
-        with self._mutex:
-            return self._last_error
+    # counts(): rows in the table as of the last refresh (open, prune) plus those this replica
+    # wrote or labelled since (a COUNT(*) is too dear for every scrape).
 
     def close(self) -> None:
         """Write what is queued and buffered (one try), then close the connections and stop the
         writer thread. Idempotent; any later call raises StoreError."""
-        with self._mutex:
-            if self._closed:
-                return
-            self._closed = True
-            job = _Job("close")
-            self._queue.put(job)
-        job.done.acquire()
-        self._thread.join()
+        super().close()
         for lock, name in ((self._checker_lock, "_checker"), (self._watch_lock, "_watch")):
             with lock:
                 conn = getattr(self, name)
@@ -721,12 +680,7 @@ class PgStore:
                     with contextlib.suppress(Exception):
                         conn.close()
                     setattr(self, name, None)
-
-    def __enter__(self) -> "PgStore":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+        self._watchdog.stop()
 
 
 def _row(record) -> tuple:
@@ -794,38 +748,80 @@ def labelled_rows(url: str, chunk: int = 100_000) -> Iterator[list[tuple]]:
         conn.close()
 
 
-_WINDOW_NAMES = (*FEATURE_COLUMNS, "prediction", "ts")
-_GRADES = [name for name, text in zip(FEATURE_COLUMNS, _IS_TEXT) if text]
-_LABEL_NAMES = ("actual", "prediction", "label_ts", *_GRADES)
+class _Float8Array(Loader):
+    """float8[] in PostgreSQL's binary array format straight into a numpy array (NULL as NaN):
+    a fleet check reads 10,000 values per column, and a Python float per value cost more than
+    the query (README, "Running several replicas")."""
+    format = psycopg.pq.Format.BINARY
+    _ELEMENT = np.dtype([("length", ">i4"), ("value", ">f8")])   # each element: its length, then it
+
+    def load(self, data) -> np.ndarray:
+        buf = memoryview(data)
+        if int.from_bytes(buf[0:4], "big") == 0:   # no dimension: an empty array
+            return np.empty(0)
+        n = int.from_bytes(buf[12:16], "big")     # one dimension: its size, then its lower bound
+        body = buf[20:]
+        if len(body) == 12 * n:   # no NULL: fixed-size elements
+            return np.frombuffer(body, dtype=self._ELEMENT)["value"].astype(np.float64)
+        values, at = np.empty(n), 0
+        for i in range(n):        # some NULL (length -1, no bytes)
+            length = int.from_bytes(body[at:at + 4], "big", signed=True)
+            at += 4
+            values[i] = np.nan if length < 0 else np.frombuffer(body[at:at + 8], dtype=">f8")[0]
+            at += max(length, 0)
+        return values
 
 
-def _columns(rows: list[tuple], names: Sequence[str]) -> dict[str, list]:
-    rows.reverse()   # read newest first (LIMIT), given oldest first
-    columns = list(zip(*rows)) if rows else [()] * len(names)
-    return {name: list(values) for name, values in zip(names, columns)}
+_FLOAT8_ARRAY_OID = psycopg.postgres.types["float8"].array_oid
 
 
-def _window_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> dict[str, list]:
-    """{feature: values, "prediction": ..., "ts": ...} of the newest n predictions: what a replica's
-    InputWindow holds (the prediction for the performance estimate, the arrival time for when a
-    change began)."""
+def _columns_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
+    cursor = conn.cursor(binary=True)
+    cursor.adapters.register_loader(_FLOAT8_ARRAY_OID, _Float8Array)
+    return cursor
+
+
+_SEPARATOR = "\x1f"   # ASCII unit separator: no grade contains it (the schema's categories)
+
+
+_GRADES = [c for c, text in zip(_COLS, _IS_TEXT) if text]
+_GRADE_NAMES = [name for name, text in zip(FEATURE_COLUMNS, _IS_TEXT) if text]
+
+
+def _text_agg(column: str) -> str:
+    return f"string_agg(COALESCE({column}, ''), E'\\x1f')"
+
+
+def _window_and_label_columns(conn: psycopg.Connection, n: int, m: int, until: float | None = None) -> tuple:
+    """({feature: values, "prediction", "ts"} of the fleet's newest n inputs, {"actual",
+    "prediction", "label_ts", grade: values} of its newest m labelled predictions), oldest first,
+    as of `until` if given: what a replica's own windows hold (each input's prediction and arrival
+    time, each label's time and its input's grades), numbers as float64 arrays, grades as lists of
+    text ('' for none). One statement, one row: numbers as arrays, grades as one separated string
+    each. Building a tuple per row cost more than the query, decoding a text[] element by element
+    too, and each round trip waits for the server's turn on a busy machine. No ORDER BY inside the
+    aggregates (one sort per column cost 6 times the query): they take the rows in the order the
+    sorted, limited subqueries give them (newest first, which PostgreSQL documents as what
+    "usually works" and tests/test_store.py checks against the rows read one by one), reversed here."""
     where, args = ("WHERE ts <= %s", (until,)) if until is not None else ("", ())
-    rows = conn.cursor(binary=True).execute(
-        f"SELECT {_FEATURES_SQL}, prediction, ts FROM predictions {where} ORDER BY ts DESC, seq DESC LIMIT %s",
-        (*args, max(0, int(n)))).fetchall()
-    return _columns(rows, _WINDOW_NAMES)
-
-
-def _label_columns(conn: psycopg.Connection, n: int, until: float | None = None) -> dict[str, list]:
-    """{"actual", "prediction", "label_ts", grade: values} of the newest n labelled predictions: what
-    a replica's LabelledWindow holds (the grades for the concept segments)."""
-    where = "AND label_ts <= %s" if until is not None else ""
-    args = (until,) if until is not None else ()
-    grades = "".join(f", {_SQL_NAMES.get(name, name)}" for name in _GRADES)
-    rows = conn.cursor(binary=True).execute(
-        f"SELECT actual, prediction, label_ts{grades} FROM predictions WHERE label_ts IS NOT NULL {where} "
-        f"ORDER BY label_ts DESC, label_seq DESC LIMIT %s", (*args, max(0, int(n)))).fetchall()
-    columns = _columns(rows, _LABEL_NAMES)
-    for name in ("actual", "prediction"):
-        columns[name] = [_num(v) for v in columns[name]]
-    return columns
+    label_where = "AND label_ts <= %s" if until is not None else ""
+    aggregates = ", ".join(_text_agg(c) if text else f"array_agg({c})" for c, text in zip(_COLS, _IS_TEXT))
+    label_grades = "".join(f", {_text_agg(c)}" for c in _GRADES)
+    row = _columns_cursor(conn).execute(
+        f"SELECT w.*, l.* FROM (SELECT {aggregates}, array_agg(prediction), array_agg(ts) FROM "
+        f"(SELECT {_FEATURES_SQL}, prediction, ts FROM predictions {where} "
+        f"ORDER BY ts DESC, seq DESC LIMIT %s) i) w, "
+        f"(SELECT array_agg(actual), array_agg(prediction), array_agg(label_ts){label_grades} FROM "
+        f"(SELECT actual, prediction, label_ts, {', '.join(_GRADES)} FROM predictions "
+        f"WHERE label_ts IS NOT NULL {label_where} ORDER BY label_ts DESC, label_seq DESC LIMIT %s) j) l",
+        (*args, max(0, int(n)), *args, max(0, int(m)))).fetchone()
+    kinds = [*_IS_TEXT, False, False, False, False, False, *[True] * len(_GRADES)]
+    names = [*FEATURE_COLUMNS, "prediction", "ts", "actual", "prediction", "label_ts", *_GRADE_NAMES]
+    values = []
+    for text, column in zip(kinds, row):
+        if text:
+            values.append([v or None for v in column.split(_SEPARATOR)][::-1] if column is not None else [])
+        else:
+            values.append(column[::-1].copy() if column is not None else np.empty(0))
+    k = len(FEATURE_COLUMNS) + 2
+    return dict(zip(names[:k], values[:k])), dict(zip(names[k:], values[k:]))

@@ -15,14 +15,10 @@ Design, in short:
   An index on `ts` serves pruning and `recent_inputs`; a partial index on
   `label_ts` (labelled rows only, so unlabelled inserts never touch it) serves `recent_labelled`.
   The feature columns are diamonds.FEATURES, in that order; `table` is stored as `table_`.
-* One writer thread, group commit. A commit costs the same for 1 row as for 100, so callers of
-  `add_predictions` and `add_labels` put their rows on a queue and wait; the writer thread takes
-  everything queued, writes it in ONE transaction and then wakes each caller. A caller returns only
-  once the transaction holding its rows is committed, so "returned" means "durable". A lone job is
-  committed at once (no timer, no added latency but the thread hand-off); under load, jobs queue
-  behind the commit in progress and share the next one, so the slower commits get, the more rows
-  each carries. Flush, each prune chunk and close are jobs on the same queue, done in their turn
-  by the same thread: only that thread writes, so no lock is ever held around SQL.
+* One writer thread, group commit, per-job isolation of a refused record, a bounded retry buffer
+  caught up in chunks: monitoring/writer.py's QueuedWriter, which PostgreSQL's store shares; this
+  module gives it SQLite's connection and SQL. Each prune chunk is a job on the same queue, so only
+  the writer thread writes and no lock is ever held around SQL.
   SQLite's automatic checkpoint (every 1,000 WAL pages) runs inside a commit now and then: it
   costs throughput and most of the p99 latency, and keeps the WAL bounded.
 * Connections: one writer connection, used only by the writer thread (the constructor opens it, to
@@ -39,8 +35,8 @@ Design, in short:
   them. After an error other than "full" or "busy" the writer connection is closed and reopened on
   the next write, so a replaced or remounted file is picked up again without a restart.
 * No acknowledged record lost: predictions whose commit failed are kept in a bounded in-memory
-  buffer (`max_pending` rows, oldest dropped first and counted) and written first by the next
-  successful commit (or `flush()`). So when `add_predictions` raises, the caller may still answer
+  buffer (`max_pending` rows, oldest dropped first and counted) and written by `flush()`, in
+  chunks (writer.py). So when `add_predictions` raises, the caller may still answer
   its client: the rows will be written when the database can take them again, as long as the
   process lives and the buffer does not overflow. Ids are idempotent (INSERT OR IGNORE), so a
   caller that resends them anyway does no harm. Labels are not buffered: a failed `add_labels`
@@ -58,26 +54,22 @@ One process owns the file (the counts are kept in memory); other processes may r
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import queue
 import sqlite3
 import sys
 import threading
 import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from monitoring.diamonds import CATEGORICAL_FEATURES, FEATURES
-
-log = logging.getLogger("monitor.store")
+from monitoring.writer import Job, QueuedWriter, StoreError, new_stats
 
 __all__ = ["FEATURE_COLUMNS", "MemoryStore", "PredictionRecord", "Store", "StoreError", "open_store"]
 
 SCHEMA_VERSION = 1
-FLUSH_CHUNK = 1_000  # retry-buffer rows per transaction when catching up after a failure
 FEATURE_COLUMNS = tuple(FEATURES)  # a record's features, in this order
 PRUNE_CHUNK = 1_000   # rows per prune transaction: short even with millions stored (README)
 _MAX_SQL_VARIABLES = 500      # ids per `IN (...)`; well below every SQLite build's limit
@@ -124,16 +116,6 @@ class PredictionRecord(NamedTuple):
         """A record with a fresh uuid4 hex id, served now unless `ts` is given."""
         return cls(uuid.uuid4().hex, time.time() if ts is None else float(ts), tuple(features),
                    float(prediction), str(model_version))
-
-
-class StoreError(Exception):
-    """The database could not be written or read (full, read-only, locked too long, I/O error)."""
-
-
-def _new_stats() -> dict:
-    return {"commits": 0, "rows_written": 0, "labels_written": 0, "write_errors": 0,
-            "commit_seconds_sum": 0.0, "commit_seconds_max": 0.0,
-            "prune_chunks": 0, "pruned_rows": 0, "dropped": 0, "rejected": 0}
 
 
 def _check_features(features) -> None:
@@ -189,43 +171,19 @@ def _primary_code(exc: BaseException) -> int | None:
     return None if code is None else code & 0xFF
 
 
-# What a job asks of the writer thread: rows and/or labels to commit (a write, coalesced with the
-# other writes queued), or something done alone, in its turn, after the writes queued before it.
-_WRITE, _FLUSH, _PRUNE, _CLOSE = "write", "flush", "prune", "close"
+_PRUNE = "prune"   # a job of SQLite's own: one chunk of prune()
 
 
-class _RefusedRecord(Exception):
-    """A group commit failed on a record rather than on the database: commit its jobs one by one."""
-
-
-class _Job:
-    """One caller's request to the writer thread. `done` is taken at birth; the writer releases it
-    once the job is finished, which wakes the caller waiting on it."""
-    __slots__ = ("kind", "rows", "labels", "prune", "error", "result", "done")
-
-    def __init__(self, kind: str = _WRITE, rows=None, labels=None, prune=None):
-        self.kind = kind
-        self.rows = rows          # validated prediction rows, or None
-        self.labels = labels      # {id: (actual, label_ts)} in arrival order, or None
-        self.prune = prune        # (where, args, limit) of one prune chunk
-        # Failed until the writer says otherwise: a job cut short by anything unforeseen must
-        # never look like success to the caller waiting for it.
-        self.error: StoreError | None = StoreError("the commit did not complete")
-        self.result = None
-        self.done = threading.Lock()
-        self.done.acquire()
-
-
-class Store:
+class Store(QueuedWriter):
     """Predictions and labels in an SQLite file at `path` (created with its folder if missing).
 
     retention_seconds / max_rows: what `prune()` keeps (None: no limit by age / by count).
     busy_timeout: seconds a write waits for a lock held by another connection before failing.
     synchronous: "NORMAL" (survives a process crash) or "FULL" (also survives power loss, one fsync
-    per commit). max_pending: failed prediction rows kept in memory for the next commit (0: none).
+    per commit). max_pending: failed prediction rows kept in memory for the next flush (0: none).
 
     Raises StoreError if the file cannot be opened or is not a store of this schema version. Starts
-    the writer thread; `close()` stops it.
+    the writer thread (monitoring/writer.py, shared with PostgreSQL); `close()` stops it.
     """
 
     def __init__(self, path: str | Path, *, retention_seconds: float | None = 30 * 86400,
@@ -238,17 +196,7 @@ class Store:
         self.max_rows = max_rows
         self.busy_timeout = float(busy_timeout)
         self.synchronous = synchronous.upper()
-        self.max_pending = int(max_pending)
-
-        self._mutex = threading.Lock()   # guards the state below; held only to read or update it
-        self._closed = False
-        self._last_error: str | None = None
-        self._stats = _new_stats()
-        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        # Owned by the writer thread:
-        self._pending: deque[tuple] = deque()
-        self._writer: sqlite3.Connection | None = None
-
+        self._init_writer(max_pending)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect()
@@ -260,8 +208,7 @@ class Store:
             if self._writer is not None:
                 self._writer.close()
             raise StoreError(f"cannot open the store {self.path}: {_describe(exc)}") from exc
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._thread.start()
+        self._start_writer()
 
     def describe(self) -> str:
         return f"SQLite file {self.path}"
@@ -315,229 +262,49 @@ class Store:
         finally:
             conn.close()
 
-    # ---------------------------------------------------------------- the writer thread
+    # ---------------------------------------------------------------- the writer's SQLite part
 
-    def _submit(self, job: _Job):
-        """Queue `job` for the writer thread and wait until it is done: returns its result or
-        raises its StoreError."""
-        with self._mutex:   # never queued after close()'s job: everything queued gets done
-            if self._closed:
-                raise StoreError("the store is closed")
-            self._queue.put(job)
-        job.done.acquire()   # released by the writer thread
-        if job.error is not None:
-            raise job.error
-        return job.result
-
-    def _run(self) -> None:
-        """The writer thread: take every write queued, up to the first other job; commit them and
-        the retry buffer in one transaction; then do that other job; then wake their callers."""
-        while True:
-            job = self._queue.get()
-            writes, other = ([job], None) if job.kind is _WRITE else ([], job)
-            while other is None:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job.kind is _WRITE:
-                    writes.append(job)
-                else:
-                    other = job
-            try:
-                buffered = len(self._pending)
-                self._commit_group(writes)
-                if other is not None:
-                    self._do(other, buffered)
-            except Exception as exc:  # a bug, not the database: the jobs keep their failure
-                self._fail(exc, "the store's writer failed")
-            finally:
-                for job in writes:
-                    job.done.release()
-                if other is not None:
-                    other.done.release()
-            if other is not None and other.kind is _CLOSE:
-                return
-
-    def _do(self, job: _Job, buffered: int) -> None:
-        """A flush, prune chunk or close, once the writes queued before it are committed (along
-        with the `buffered` rows of the retry buffer, if they could be)."""
-        if job.kind is _FLUSH:
-            try:
-                job.result, job.error = buffered - len(self._pending) + self._flush_chunks(), None
-            except StoreError as exc:
-                job.error = exc
-        elif job.kind is _PRUNE:
-            try:
-                job.result = self._prune_chunk(*job.prune)
-                job.error = None
-            except StoreError as exc:
-                job.error = exc
-        elif job.kind is _CLOSE:
-            with contextlib.suppress(StoreError):  # one last try for the retry buffer
-                self._flush_chunks()
-            if self._writer is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    self._writer.close()
-                self._writer = None
-            job.error = None
-
-    def _writer_conn(self) -> sqlite3.Connection:
-        """The writer connection, reopened after a failure dropped it (and the schema made again,
+    def _connect_writer(self) -> sqlite3.Connection:
+        """A new writer connection after a failure dropped the last (and the schema made again,
         should the file have been replaced by an empty one)."""
-        if self._writer is None:
-            conn = self._connect()
-            try:
-                self._init_schema(conn)
-            except BaseException:
-                conn.close()
-                raise
-            self._writer = conn
-        return self._writer
+        conn = self._connect()
+        try:
+            self._init_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
-    def _fail(self, exc: BaseException, what: str) -> StoreError:
-        """Record a write failure; drop the writer connection unless the error is one it outlives."""
-        if self._writer is not None and _primary_code(exc) not in _KEEP_CONNECTION:
-            with contextlib.suppress(Exception):
-                self._writer.close()
-            self._writer = None
-        message = f"{what}: {_describe(exc)}"
-        with self._mutex:
-            self._last_error = message
-            self._stats["write_errors"] += 1
-        error = StoreError(message)
-        error.__cause__ = exc
-        return error
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _write_transaction(self, work, single_statement: bool = False):
+        # Always BEGIN IMMEDIATE: executemany in autocommit would commit (and sync) row by row.
         conn = self._writer_conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
+            result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(Exception):
                     conn.execute("ROLLBACK")
             raise
+        return result
 
-    def _commit_group(self, jobs: list[_Job]) -> None:
-        """Write the retry buffer and every queued job in one transaction (rows before labels, so
-        a label can join a prediction of the same group). Sets each job's outcome; never raises.
+    @staticmethod
+    def _touch(conn: sqlite3.Connection) -> None:
+        """Nothing: BEGIN IMMEDIATE itself takes the write lock, which is what a ping checks."""
 
-        One caller's record that the database refuses must not fail the others': when the group
-        fails on a record, each job is committed alone, and only the one that fails again is
-        refused (its predictions set aside and counted as rejected, its labels not acknowledged)."""
-        try:
-            self._commit_together(jobs, refuse=False)
-        except _RefusedRecord:
-            for job in jobs:
-                self._commit_together([job], refuse=True)
+    def _keeps_connection(self, exc: BaseException) -> bool:
+        # busy, locked, full: the same connection works again once the condition clears
+        return _primary_code(exc) in _KEEP_CONNECTION
 
-    def _commit_together(self, jobs: list[_Job], refuse: bool) -> None:
-        # While the database fails, each write tries only its own rows: the retry buffer (up to
-        # max_pending rows) is written by flush() in bounded chunks, not by every request.
-        catching_up = bool(self._pending) and self._last_error is not None
-        if catching_up:
-            jobs = self._hold_labels_of_pending(jobs)
-        pending = [] if catching_up else list(self._pending)
-        rows = list(pending)
-        for job in jobs:
-            if job.rows:
-                rows.extend(job.rows)
-        label_jobs = [job for job in jobs if job.labels]
-        if not rows and not label_jobs:   # nothing to commit
-            for job in jobs:
-                job.error = None
-            return
-        started = time.perf_counter()
-        try:
-            with self._transaction() as conn:
-                inserted = conn.executemany(_INSERT, rows).rowcount if rows else 0
-                new_labels = labels_written = 0
-                for job in label_jobs:
-                    job.result, newly = self._join_labels(conn, job.labels)
-                    new_labels += newly
-                    labels_written += len(job.result[0])
-        except Exception as exc:  # sqlite3.Error, OSError, or anything unforeseen: never lose rows
-            if _refused_record(exc):
-                if not refuse:
-                    raise _RefusedRecord from exc
-                message = f"the store refused this record: {_describe(exc)}"
-                log.warning("%s (%d predictions set aside, %d labels refused)", message,
-                            sum(len(job.rows or ()) for job in jobs), sum(len(job.labels or ()) for job in jobs))
-                with self._mutex:
-                    self._stats["rejected"] += sum(len(job.rows or ()) + len(job.labels or ()) for job in jobs)
-                for job in jobs:
-                    job.error, job.result = StoreError(message), None
-                return
-            error = self._fail(exc, "cannot write to the store")
-            for job in jobs:
-                job.error, job.result = error, None
-            self._keep_pending(rows[len(pending):])
-            return
-        elapsed = time.perf_counter() - started
-        if not catching_up:
-            self._pending.clear()
-        for job in jobs:
-            job.error = None
-        with self._mutex:
-            if not catching_up:  # healthy again once the retry buffer is written too (flush)
-                self._last_error = None
-            self._n_predictions += max(inserted, 0)
-            self._n_labelled += new_labels
-            s = self._stats
-            s["commits"] += 1
-            s["rows_written"] += max(inserted, 0)
-            s["labels_written"] += labels_written
-            s["commit_seconds_sum"] += elapsed
-            s["commit_seconds_max"] = max(s["commit_seconds_max"], elapsed)
+    _refused_record = staticmethod(_refused_record)
+    _describe = staticmethod(_describe)
+    _row = staticmethod(_row)
+    _label_entries = staticmethod(_labels_by_id)
 
-    def _keep_pending(self, rows: list[tuple]) -> None:
-        """After a failed commit: add its prediction rows to the retry buffer, keeping the newest
-        max_pending rows (the dropped ones are counted)."""
-        self._pending.extend(rows)
-        dropped = max(0, len(self._pending) - self.max_pending)
-        for _ in range(dropped):
-            self._pending.popleft()
-        if dropped:
-            with self._mutex:
-                self._stats["dropped"] += dropped
-
-    def _hold_labels_of_pending(self, jobs: list[_Job]) -> list[_Job]:
-        """Label jobs naming a prediction still in the retry buffer fail for now (their caller is
-        told to send them again) rather than be answered 'unknown'; returns the other jobs."""
-        waiting = {row[0] for row in self._pending}
-        kept = []
-        for job in jobs:
-            if job.labels and not waiting.isdisjoint(job.labels):
-                job.error = StoreError("some of these predictions are not written yet (the store is catching "
-                                       "up after a failure); send the labels again shortly")
-            else:
-                kept.append(job)
-        return kept
-
-    def _flush_chunks(self) -> int:
-        """Write the retry buffer FLUSH_CHUNK rows per transaction, oldest first, until it is empty
-        or a chunk fails: freeing a little space lets it catch up a little."""
-        written = 0
-        while self._pending:
-            chunk = [self._pending[i] for i in range(min(FLUSH_CHUNK, len(self._pending)))]
-            try:
-                with self._transaction() as conn:
-                    inserted = conn.executemany(_INSERT, chunk).rowcount
-            except Exception as exc:
-                raise self._fail(exc, "cannot write the retry buffer") from exc
-            for _ in chunk:
-                self._pending.popleft()
-            written += len(chunk)
-            with self._mutex:
-                self._last_error = None if not self._pending else self._last_error
-                self._n_predictions += max(inserted, 0)
-                self._stats["rows_written"] += max(inserted, 0)
-                self._stats["commits"] += 1
-        return written
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, rows: list[tuple]) -> int:
+        return conn.executemany(_INSERT, rows).rowcount
 
     @staticmethod
     def _join_labels(conn: sqlite3.Connection, labels: dict) -> tuple[tuple[list, list[str]], int]:
@@ -564,57 +331,36 @@ class Store:
             conn.executemany("UPDATE predictions SET actual = ?, label_ts = ? WHERE id = ?", updates)
         return (known, unknown), newly
 
+    def _do_other(self, job: Job) -> None:
+        """A prune chunk: a job on the writer's queue like any write, so writes queued meanwhile
+        go first and predictions never wait for more than one chunk."""
+        assert job.kind == _PRUNE, job.kind
+        try:
+            job.result = self._prune_chunk(*job.args)
+            job.error = None
+        except StoreError as exc:
+            job.error = exc
+
     def _prune_chunk(self, where: str, args: tuple, limit: int) -> int:
         try:
-            with self._transaction() as conn:
+            def work(conn):
                 victims = conn.execute(
                     f"SELECT id, label_ts IS NOT NULL FROM predictions {where} "
                     f"ORDER BY ts LIMIT ?", (*args, limit)).fetchall()
                 conn.executemany("DELETE FROM predictions WHERE id = ?", [(v[0],) for v in victims])
+                return victims
+            victims = self._write_transaction(work)
         except (sqlite3.Error, OSError) as exc:
             raise self._fail(exc, "cannot prune the store") from exc
         with self._mutex:
-            self._last_error = None
+            self._last_error = None if not self._pending else self._last_error
             self._n_predictions -= len(victims)
             self._n_labelled -= sum(v[1] for v in victims)
             self._stats["prune_chunks"] += 1
             self._stats["pruned_rows"] += len(victims)
         return len(victims)
 
-    # ---------------------------------------------------------------- writes
-
-    def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
-        """Record served predictions; committed (durable) when this returns. Thread-safe: calls
-        from many threads are coalesced into one transaction (group commit).
-
-        Raises ValueError/TypeError for a malformed record (nothing of that call is queued) and
-        StoreError if the database cannot be written: then the rows are kept in memory (up to
-        max_pending) and written by the next successful commit or `flush()`. An id already stored
-        is ignored (the first record with an id wins), so resending is harmless."""
-        rows = [_row(r) for r in records]
-        if rows:
-            self._submit(_Job(rows=rows))
-
-    def add_labels(self, labels: Sequence[tuple[str, float, float]]) -> tuple[list, list[str]]:
-        """Join ground truth to served predictions; durable when this returns.
-
-        labels: (id, actual, received_ts). Returns (known, unknown_ids): known holds
-        (id, actual, prediction, features, first) for each id found in the store (including rows
-        still in the retry buffer, which are written first), `first` False when the prediction had
-        a label already (a correction, or a sender's retry); unknown_ids the others; each id
-        appears once. Latest wins: a label for an id that already has one replaces it (actual and
-        label_ts), and within one call a later entry for the same id replaces an earlier one.
-        Labels are not kept for retry: on StoreError nothing of the call was written."""
-        joined = _labels_by_id(labels)
-        if not joined:
-            return [], []
-        return self._submit(_Job(labels=joined))
-
-    def flush(self) -> int:
-        """Write the retry buffer now (at shutdown, or from a periodic task so that a recovered
-        database is caught up without waiting for traffic). Returns the rows it wrote; raises
-        StoreError if they could not be written (they stay buffered)."""
-        return self._submit(_Job(_FLUSH))
+    # ---------------------------------------------------------------- retention
 
     def prune(self, now: float | None = None, *, chunk: int = PRUNE_CHUNK) -> int:
         """Delete rows older than retention_seconds, then the oldest rows beyond max_rows; returns
@@ -628,7 +374,7 @@ class Store:
         if self.retention_seconds is not None:
             cutoff = now - self.retention_seconds
             while True:
-                n = self._submit(_Job(_PRUNE, prune=("WHERE ts < ?", (cutoff,), chunk)))
+                n = self._submit(Job(_PRUNE, args=("WHERE ts < ?", (cutoff,), chunk)))
                 deleted += n
                 if n < chunk:
                     break
@@ -638,7 +384,7 @@ class Store:
                     excess = self._n_predictions - self.max_rows
                 if excess <= 0:
                     break
-                n = self._submit(_Job(_PRUNE, prune=("", (), min(chunk, excess))))
+                n = self._submit(Job(_PRUNE, args=("", (), min(chunk, excess))))
                 deleted += n
                 if n == 0:
                     break
@@ -686,51 +432,6 @@ class Store:
                                 (int(n),)).fetchall()
         return [(_num(r[0]), _num(r[1]), float(r[2]), _features(r[3:])) for r in reversed(rows)]
 
-    # ---------------------------------------------------------------- state
-
-    def counts(self) -> dict:
-        """{"predictions": rows stored, "labelled": rows with a label}; kept in memory, O(1)."""
-        with self._mutex:
-            return {"predictions": self._n_predictions, "labelled": self._n_labelled}
-
-    def stats(self) -> dict:
-        """Counters for metrics: commits, rows_written, labels_written, write_errors,
-        commit_seconds_sum/max (time inside a group commit), prune_chunks, pruned_rows, pending
-        (rows in the retry buffer), dropped (rows the full retry buffer had to drop)."""
-        with self._mutex:
-            stats = dict(self._stats)
-            stats["pending"] = len(self._pending)
-            return stats
-
-    @property
-    def healthy(self) -> bool:
-        """False after a failed write, until the next successful one."""
-        with self._mutex:
-            return self._last_error is None and not self._closed
-
-    @property
-    def last_error(self) -> str | None:
-        with self._mutex:
-            return self._last_error
-
-    def close(self) -> None:
-        """Write what is queued and buffered (one try), then close and stop the writer thread.
-        Idempotent; any later call raises StoreError."""
-        with self._mutex:
-            if self._closed:
-                return
-            self._closed = True
-            job = _Job(_CLOSE)
-            self._queue.put(job)
-        job.done.acquire()
-        self._thread.join()
-
-    def __enter__(self) -> "Store":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
 
 class MemoryStore:
     """Store's interface with nothing written anywhere: the newest `capacity` predictions are kept
@@ -754,7 +455,7 @@ class MemoryStore:
         self._by_id: OrderedDict[str, tuple[float, tuple]] = OrderedDict()  # id -> (prediction, grades), oldest first
         self._labelled: set[str] = set()
         self._closed = False
-        self._stats = _new_stats()
+        self._stats = new_stats()
 
     def describe(self) -> str:
         return f"memory only, the newest {self.capacity:,} predictions"

@@ -136,14 +136,17 @@ class Prometheus:
     `evaluation_interval` from `rule_files` (copies made by the test), alerts go to `alertmanager`."""
 
     def __init__(self, tmp_path: Path, targets: list[str], rule_files: list[Path] = (),
-                 alertmanager: str | None = None, scrape_interval: str = "1s", evaluation_interval: str = "1s"):
+                 alertmanager: str | None = None, scrape_interval: str = "1s", evaluation_interval: str = "1s",
+                 target_labels: dict | None = None):
         config = load_yaml(ROOT / "prometheus.yml")
         config["global"].update(scrape_interval=scrape_interval, scrape_timeout=scrape_interval,
                                 evaluation_interval=evaluation_interval)
         jobs = [job for job in config["scrape_configs"] if job["job_name"] == "model-monitor"]
         assert len(jobs) == 1, "prometheus.yml must have exactly one scrape job named model-monitor"
         jobs[0].pop("dns_sd_configs", None)
-        jobs[0]["static_configs"] = [{"targets": list(targets)}]
+        # target_labels: what service discovery would have set, e.g. {"__meta_dns_name": "replica"}
+        # for replicas that dns_sd_configs found (the relabelling then runs on it as in production)
+        jobs[0]["static_configs"] = [{"targets": list(targets), **({"labels": target_labels} if target_labels else {})}]
         config["rule_files"] = [str(p) for p in rule_files]
         if alertmanager:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}

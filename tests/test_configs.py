@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 import pytest
 
@@ -161,8 +162,8 @@ def test_the_fleet_profile_runs_replicas_on_a_postgres_store(compose):
     postgres, replica = services["postgres"], services["replica"]
     assert postgres["profiles"] == replica["profiles"] == ["fleet"]
     assert re.fullmatch(r"postgres:\d+\.\d+-bookworm", postgres["image"]), "pin an exact postgres tag"
-    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?"), \
-        "the database password must be required from .env, with no default"
+    # from .env with no default (the entrypoint refuses it empty: the tests below)
+    assert postgres["environment"]["POSTGRES_PASSWORD"] == "${POSTGRES_PASSWORD:-}"
     assert replica["environment"]["PGPASSWORD"] == postgres["environment"]["POSTGRES_PASSWORD"]
     assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"] and "postgres-data" in compose["volumes"]
     assert "pg_isready" in postgres["healthcheck"]["test"] and "ports" not in postgres
@@ -178,6 +179,102 @@ def test_the_fleet_profile_runs_replicas_on_a_postgres_store(compose):
     assert job["dns_sd_configs"] == [{"names": ["replica"], "type": "A", "port": 5000}]
     assert {"source_labels": ["__meta_dns_name"], "regex": "(.+)", "target_label": "group",
             "replacement": "fleet:$1"} in job["relabel_configs"]
+
+
+class _Required(Exception):
+    """A ${VAR:?message} (or ${VAR?message}) whose variable is missing: compose stops with it."""
+
+
+_VARIABLE = re.compile(r"\$(?:(\$)|\{(\w+)(?:(:?[-?+])([^}]*))?\}|(\w+))")
+
+
+def _interpolate(value, env: dict):
+    """Docker Compose's interpolation of one value of the file (the compose spec's rules: `$$` a
+    literal `$`; `${VAR}`, `$VAR`; `:-`/`-` a default when unset-or-empty/unset; `:?`/`?` required;
+    `:+`/`+` a replacement when set). Compose applies it to EVERY service before it looks at
+    profiles, so a required variable anywhere is required by every `docker compose up`."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(match: re.Match) -> str:
+        dollar, name, op, arg, bare = match.groups()
+        if dollar:
+            return "$"
+        if bare:
+            return env.get(bare, "")
+        current = env.get(name)
+        empty = current is None or (op or "").startswith(":") and current == ""
+        if op in (":-", "-"):
+            return arg if empty else current
+        if op in (":?", "?"):
+            if empty:
+                raise _Required(f"required variable {name} is missing a value: {arg}")
+            return current
+        if op in (":+", "+"):
+            return "" if empty else arg
+        return current or ""
+
+    return _VARIABLE.sub(one, value)
+
+
+def _required_variables(env: dict) -> set[str]:
+    """The variables a `docker compose up` (any profile) stops on with this environment."""
+    document = load_yaml(ROOT / "docker-compose.yml")
+    missing: set[str] = set()
+    while True:
+        try:
+            _interpolate(document, env)
+            return missing
+        except _Required as exc:
+            name = str(exc).split()[2]
+            missing.add(name)
+            env = {**env, name: "set"}
+
+
+def test_the_interpolation_used_here_follows_compose_s_rules():
+    env = {"SET": "x", "EMPTY": ""}
+    assert _interpolate("$$HOME ${SET} $SET ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${SET:+r} ${UNSET+r}", env) == \
+        "$HOME x x d d  r "
+    for text in ("${UNSET:?say}", "${EMPTY:?say}", "${UNSET?say}"):
+        with pytest.raises(_Required, match="say"):
+            _interpolate(text, env)
+    assert _interpolate("${EMPTY?say}", env) == ""
+
+
+def test_plain_compose_up_needs_no_postgres_password():
+    """`docker compose up` (SQLite, no profile) with an empty environment stops on Grafana's
+    password alone; once that is set, nothing else is required: not the fleet's POSTGRES_PASSWORD."""
+    assert _required_variables({}) == {"GRAFANA_ADMIN_PASSWORD"}
+    assert _required_variables({"GRAFANA_ADMIN_PASSWORD": "x"}) == set()
+
+
+def _entrypoint(service: str, env: dict) -> list[str]:
+    document = _interpolate(load_yaml(ROOT / "docker-compose.yml"), {"GRAFANA_ADMIN_PASSWORD": "x", **env})
+    spec = document["services"][service]
+    return [*spec["entrypoint"], *spec["command"]]
+
+
+@pytest.mark.parametrize("password", ["", None])
+def test_the_fleet_s_postgres_refuses_to_start_without_a_password(tmp_path, password):
+    env = {} if password is None else {"POSTGRES_PASSWORD": password}
+    argv = _entrypoint("postgres", env)
+    container_env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "POSTGRES_PASSWORD": password or ""}
+    proc = subprocess.run(argv, env=container_env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1 and "POSTGRES_PASSWORD is empty: set it in .env" in proc.stderr
+
+
+def test_the_fleet_s_postgres_starts_the_image_s_entrypoint_with_a_password(tmp_path):
+    stub = tmp_path / "docker-entrypoint.sh"     # stands for the postgres image's own entrypoint
+    stub.write_text('#!/bin/sh\necho "entrypoint: $* as $POSTGRES_USER"\n')
+    stub.chmod(0o755)
+    argv = _entrypoint("postgres", {"POSTGRES_PASSWORD": "s3cret"})
+    container_env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "POSTGRES_PASSWORD": "s3cret", "POSTGRES_USER": "monitor"}
+    proc = subprocess.run(argv, env=container_env, capture_output=True, text=True, timeout=30)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "entrypoint: postgres as monitor\n", "")
 
 
 # ----------------------------------------------------------------------------------- Grafana
