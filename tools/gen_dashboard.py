@@ -440,8 +440,9 @@ def _panels():
         "concept_drift_scale: how many of the newest labels the test that flagged concept drift looked "
         "at; concept_drift_since_timestamp_seconds: when the change began, estimated from the labelled "
         "window. Empty while nothing is flagged.",
-        targets((f"max({sel('concept_drift_scale')})", "scale (labels)"),
-                (f"max({sel('concept_drift_since_timestamp_seconds')}) * 1000", "began")),
+        # instant: the latest check's values (NaN while nothing is flagged, so a range has no point)
+        [target(f"max({sel('concept_drift_scale')})", "scale (labels)", "A", instant=True),
+         target(f"max({sel('concept_drift_since_timestamp_seconds')}) * 1000", "began", "B", instant=True)],
         text_mode="value_and_name") | {"fieldConfig": {"defaults": {
             "unit": "none", "mappings": [], "thresholds": thresholds(("blue", None)), "color": {"mode": "thresholds"},
             "decimals": 0}, "overrides": [_override("began", {"unit": "dateTimeFromNow"})]}})
