@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import hmac
 import io
@@ -44,14 +45,16 @@ try:
     import numpy as np
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-    from monitoring.drift import (DEFAULT_ALPHA, ConceptDriftDetector, ConceptDriftReport, DataDriftDetector,
-                                  DataDriftReport)
+    from monitoring.drift import (DEFAULT_ALPHA, DEFAULT_SCALES, ConceptDriftDetector, ConceptDriftReport,
+                                  DataDriftDetector, DataDriftReport, Detection)
     from monitoring.export import export_labelled
-    from monitoring.fleet import StoredSnapshot, concept_report_from_dict, data_report_from_dict, snapshot_from_columns
+    from monitoring.fleet import (CheckWindows, StoredSnapshot, concept_report_from_dict, data_report_from_dict,
+                                  performance_from_dict, windows_from_columns)
     from monitoring.lockfile import WriterLock
-    from monitoring.metrics import MonitorMetrics
-    from monitoring.report import REPORT_PATH, DriftSnapshot, Reference, ReportPage
+    from monitoring.metrics import MonitorMetrics, value_buckets
     from monitoring.classification import ClassificationConceptDetector, labelled_pairs
+    from monitoring.performance import ErrorModel, PerformanceEstimate, PerformanceEstimator
+    from monitoring.report import REPORT_PATH, Reference, ReportPage
     from monitoring.model import (DEFAULT_MODEL_PATH, InvalidInput, ModelLoadError, Schema, describe_json,
                                   load_artifact, make_predictor, release_freed_memory)
     from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, StoreLayout, open_store
@@ -60,7 +63,7 @@ except ModuleNotFoundError as missing:  # e.g. the system Python, with the libra
     from monitoring.environment import run_in_project_environment
 
     run_in_project_environment(missing)
-from monitoring.options import add_options, config_from, option, optional_path, optional_text
+from monitoring.options import add_options, config_from, option, optional_path, optional_text, scale_list
 
 log = logging.getLogger("monitor")
 
@@ -96,6 +99,9 @@ class MonitorConfig:
     window: int = option(1000, "recent served inputs compared with the training data")
     label_window: int = option(500, "recent labelled predictions compared with held-out errors")
     alpha: float = option(DEFAULT_ALPHA, "false-alarm probability of one drift check (data and concept each)")
+    scales: tuple = option(DEFAULT_SCALES, "newest-sample counts tested besides the whole window, comma-separated; "
+                                           "'' for the whole window only", parse=scale_list,
+                           shown=",".join(map(str, DEFAULT_SCALES)))
     max_body_bytes: int = option(4 * 1024 * 1024, "larger request bodies get 413")
     max_rows: int = option(10_000, "most rows in one /predict list or labels in one /feedback list; more get 413")
     max_tracked_predictions: int = option(200_000, "without a store (--db ''): predictions kept in memory "
@@ -140,23 +146,36 @@ class Monitor:
         self.model_metrics = artifact["metrics"]
         self.schema = Schema(artifact["schema"])
         self.classes = self.schema.classes  # a classifier's, in the order of its probabilities
+        self.class_names = [str(c) for c in self.classes]  # as JSON keys and metric labels show them
         reference = artifact["reference_features"]
         # The fast forest path where it applies and is exact, else the pipeline (monitoring/model.py).
         self.predictor = make_predictor(artifact["pipeline"], self.schema, check_rows=reference.iloc[:256])
-        self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha)
+        self.data_detector = DataDriftDetector(reference, artifact["schema"], alpha=config.alpha, scales=config.scales)
         errors = artifact["reference_errors"]
+        grades = {f.name: f.categories for f in self.schema.features if f.kind == "categorical"}
         if self.schema.is_classification:
             # Its labelled window holds (correct, log loss) per label: monitoring/classification.py.
             self.concept_detector = ClassificationConceptDetector(errors["actual"], errors["probabilities"],
                                                                   alpha=config.alpha)
         else:
-            self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha)
+            # grade segments need the held-out rows' grades: artifacts from before they were saved have none
+            # the artifact's choice of error: the log ratio for positive targets (an artifact from
+            # before the choice was recorded is the diamond model's), else the residual
+            self.concept_detector = ConceptDriftDetector(errors["actual"], errors["predicted"], alpha=config.alpha,
+                                                         scales=config.scales, grades=grades,
+                                                         reference_grades=errors.get("grades"),
+                                                         error=errors.get("error", "log_ratio"))
+        # Direct loss estimation: the model's error on served traffic before labels arrive (a
+        # regression with positive targets: the artifact has an error model then)
+        self.performance = (PerformanceEstimator(ErrorModel.from_dict(artifact["error_model"]), errors["predicted"],
+                                                 alpha=config.alpha) if "error_model" in artifact else None)
         # GET /drift/report: the latest check drawn, rendered at most once per check (monitoring/report.py)
         self.report_page = ReportPage(
             Reference(reference, self.data_detector, errors["actual"], errors["predicted"], self.concept_detector),
             public_url=config.public_url, check_interval=config.check_interval, token_required=bool(config.token))
         self.inputs = InputWindow(self.schema, config.window)
-        self.labelled = LabelledWindow(config.label_window)
+        self.labelled = LabelledWindow(config.label_window, grades=tuple(grades))
+        self._grade_columns = [(self.schema.names.index(name), name) for name in grades]
         self.replica_id = config.replica_id or ""  # host:port once the server listens (name_replica)
         self._writer_lock: WriterLock | None = None
         self.store = self._open_store(config)
@@ -166,7 +185,11 @@ class Monitor:
         self._fleet_report_id = 0  # the stored fleet report this replica serves
         self._fleet_refreshed = 0.0
 
-        self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()})
+        self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()},
+                                      self.concept_detector.segment_names(),
+                                      value_bounds=None if self.schema.is_classification
+                                      else value_buckets(errors["predicted"]),
+                                      classes=[str(c) for c in self.classes])
         self.metrics.watch_windows(self.inputs, self.labelled)
         if self.fleet:  # the windows drift is measured on are the fleet's: those of the latest report
             self.metrics.window_samples.labels("inputs").set_function(
@@ -210,19 +233,24 @@ class Monitor:
             if self._writer_lock is not None:
                 self._writer_lock.release()
             raise
-        stored = store.recent_inputs(config.window)
-        fitting = [row for row in stored if self.schema.fits(row)]
+        # Each row with its stored time (when a change began stays right across a restart) and each
+        # label with its input's grades (the concept segments by grade), as the windows had them.
+        stored = store.recent_input_rows(config.window)
+        fitting = [(row, ts) for row, _, ts in stored if self.schema.fits(row)]
         if len(fitting) < len(stored):  # rows of another model's schema, or damaged: not served by this one
             log.warning("%d stored inputs do not fit this model's schema (unknown category, missing or "
                         "non-finite value); left out of the drift window", len(stored) - len(fitting))
-        self.inputs.extend(fitting)
-        if self.schema.is_classification:
-            labelled = store.recent_labelled(config.label_window, with_features=True)
-            self.labelled.extend(self._classified([(actual, predicted, features) for actual, predicted, features
-                                                   in labelled if self.schema.fits(features)]))
-        else:
-            self.labelled.extend([(actual, predicted) for actual, predicted in store.recent_labelled(config.label_window)
-                                  if _finite(actual) and _finite(predicted)])
+        if fitting:  # predicted again: the served model may not be the one that predicted them
+            rows = [row for row, _ in fitting]
+            self.inputs.extend(rows, now=np.array([ts for _, ts in fitting]), predictions=self._point_predictions(rows))
+        labelled = [(actual, predicted, ts, features)
+                    for actual, predicted, ts, features in store.recent_labelled_rows(config.label_window)
+                    if _finite(actual) and _finite(predicted)
+                    and (not self.schema.is_classification or self.schema.fits(features))]
+        self.labelled.extend(self._window_pairs([(actual, predicted, features) for actual, predicted, _, features
+                                                 in labelled]),
+                             grades=[self._grade_codes(features) for *_, features in labelled],
+                             now=np.array([ts for _, _, ts, _ in labelled]))
         counts = store.counts()
         log.info("prediction store (%s): %d predictions, %d labelled; windows refilled with %d inputs, %d labels",
                  store.describe(), counts["predictions"], counts["labelled"], len(self.inputs), len(self.labelled))
@@ -291,16 +319,30 @@ class Monitor:
             # The store keeps these rows and writes them when it can; the client still gets
             # its answer. /healthz and store_healthy show the failure.
             log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
-        self.inputs.extend(rows)
+        self.inputs.extend(rows, now=now, predictions=recorded)  # the stored time: the same after a restart
         self.metrics.predictions.inc(len(rows))
-        if not self.schema.is_classification:
-            self.metrics.predicted_price.observe_many(predictions)
+        if self.schema.is_classification:
+            counts = np.bincount(recorded.astype(np.int64), minlength=len(self.classes))
+            for name, n in zip(self.class_names, counts.tolist()):
+                if n:
+                    self.metrics.predictions_by_class.labels(name).inc(n)
+        else:
+            self.metrics.predicted_value.observe_many(predictions)
         return predictions, ids
 
-    def _classified(self, labelled: list[tuple]) -> list:
-        """(actual class code, predicted class code, features) -> the classifier's window rows
-        (correct, log loss), the probabilities predicted again from the stored features: the same
-        pipeline gives the same probabilities it served."""
+    def _point_predictions(self, rows: list[tuple]) -> np.ndarray:
+        """What the input window keeps of each row's prediction: a regression's value, a classifier's
+        predicted class code."""
+        if self.schema.is_classification:
+            return self.predictor.predict_proba(rows).argmax(axis=1).astype(np.float64)
+        return self.predictor.predict(rows)
+
+    def _window_pairs(self, labelled: list[tuple]) -> list:
+        """(actual, predicted, features) of labelled predictions -> the labelled window's rows: a
+        regression's (actual, predicted); a classifier's (correct, log loss), from probabilities
+        predicted again from the stored features (the same pipeline gives the probabilities it served)."""
+        if not self.schema.is_classification:
+            return [(actual, predicted) for actual, predicted, _ in labelled]
         if not labelled:
             return []
         probabilities = self.predictor.predict_proba([features for _, _, features in labelled])
@@ -312,18 +354,26 @@ class Monitor:
         Raises StoreError if they could not be recorded: nothing is acknowledged then."""
         now = None if self.fleet else time.time()  # None: the database's clock, in a fleet
         joined, unknown = self.store.add_labels([(label_id, actual, now) for label_id, actual in labels])
-        known = [(actual, predicted, first) for _, actual, predicted, _, first in joined]
         # A prediction enters the labelled window once: a corrected or resent label updates the
         # record, but counting it twice would make the window look more certain than it is.
-        if self.schema.is_classification:
-            self.labelled.extend(self._classified([(actual, predicted, features) for _, actual, predicted, features,
-                                                   first in joined if first and features is not None]))
-        else:
-            self.labelled.extend([(actual, predicted) for actual, predicted, first in known if first])
-        self.metrics.labels_received.inc(len(known))
+        new = [(actual, predicted, features) for _, actual, predicted, features, first in joined if first]
+        self.labelled.extend(self._window_pairs(new), grades=[self._grade_codes(features) for *_, features in new],
+                             now=now)
+        self.metrics.labels_received.inc(len(joined))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))
-        return len(known), unknown
+        return len(joined), unknown
+
+    def _grade_codes(self, row) -> tuple[float, ...]:
+        """The schema codes of a row's grades (features in schema order, grades as strings); NaN
+        for a grade that is missing or not in the schema."""
+        codes = []
+        for j, name in self._grade_columns:
+            try:
+                codes.append(self.schema.code(name, row[j]))
+            except (KeyError, IndexError, TypeError):
+                codes.append(float("nan"))
+        return tuple(codes)
 
     # drift
     def check_drift(self) -> DriftCheck:
@@ -336,22 +386,35 @@ class Monitor:
             self.metrics.checks.inc()
             try:
                 # Copies of the windows: serving goes on while the statistics run.
-                snapshot = DriftSnapshot(self.inputs.snapshot(), *self.labelled.snapshot())
-                data = self.data_detector.score(snapshot.inputs)
-                concept = self.concept_detector.score(snapshot.actual, snapshot.predicted)
+                inputs, served_predictions, input_times = self.inputs.snapshot_all()
+                actual, predicted, grades, label_times = self.labelled.snapshot_all()
+                windows = CheckWindows(inputs, served_predictions, input_times, actual, predicted, grades, label_times)
+                data, concept, performance = self._score(windows)
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
             duration = time.perf_counter() - started
             check = DriftCheck(dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                               self.info["model_version"], data, concept, round(duration, 6),
+                               self.info["model_version"], data, concept, round(duration, 6), performance,
                                checked_by=self.replica_id or None)
             self.metrics.check_duration.observe(duration)
-            self.metrics.record_drift(data, concept)
+            self.metrics.record_drift(data, concept, performance)
             self.metrics.last_check.set(time.time())
             self._latest_check = check
-            self.report_page.publish(check.to_dict(), snapshot)  # drawn on its first view, not here
+            self.report_page.publish(check.to_dict(), windows.snapshot)  # drawn on its first view, not here
             return check
+
+    def _score(self, windows: CheckWindows) -> tuple[DataDriftReport, ConceptDriftReport, PerformanceEstimate | None]:
+        """One check's statistics on its windows, a replica's own or the fleet's (the same code, so
+        that a fleet check flags what a single replica would): the tests, the segments, the
+        performance estimate, and when each detected change began."""
+        data = self.data_detector.score(windows.inputs)
+        concept = self.concept_detector.score(windows.actual, windows.predicted, grades=windows.grades)
+        performance = None if self.performance is None else self.performance.score(windows.predictions)
+        data.detections = {name: _dated(d, windows.input_times) for name, d in data.detections.items()}
+        scored = np.isfinite(windows.actual) & np.isfinite(windows.predicted)  # the labels the detector kept
+        concept.detection = _dated(concept.detection, windows.label_times[scored])
+        return data, concept, performance
 
     def _fleet_check(self, force: bool) -> DriftCheck | None:
         """The fleet's check, if it is this replica's turn (force: now, whoever ran the last one);
@@ -359,13 +422,13 @@ class Monitor:
         started = time.perf_counter()
         scored: dict = {}
 
-        def score(columns: dict[str, list], labelled: tuple[list, list], checked_at: float) -> tuple[dict, str]:
-            snapshot = snapshot_from_columns(self.schema, columns, labelled)
-            data = self.data_detector.score(snapshot.inputs)
-            concept = self.concept_detector.score(snapshot.actual, snapshot.predicted)
+        def score(columns: dict[str, list], labelled: dict[str, list], checked_at: float) -> tuple[dict, str]:
+            windows = windows_from_columns(self.schema, columns, labelled)
+            data, concept, performance = self._score(windows)
             check = DriftCheck(_iso(checked_at), self.info["model_version"], data, concept,
-                               round(time.perf_counter() - started, 6), scope="fleet", checked_by=self.replica_id)
-            scored.update(check=check, snapshot=snapshot)
+                               round(time.perf_counter() - started, 6), performance, scope="fleet",
+                               checked_by=self.replica_id)
+            scored.update(check=check, snapshot=windows.snapshot)
             return check.to_dict(), check.model_version
 
         try:
@@ -414,7 +477,7 @@ class Monitor:
             if report_id <= self._fleet_report_id:  # never step back to an older report
                 return
             self._fleet_report_id = report_id
-            self.metrics.record_drift(check.data, check.concept)
+            self.metrics.record_drift(check.data, check.concept, check.performance)
             self.metrics.last_check.set(checked_at)
             self._latest_check = check
             self.report_page.publish(check.to_dict(), snapshot)
@@ -436,7 +499,8 @@ class Monitor:
                         100 * concept.accuracy, 100 * concept.reference_accuracy, 100 * (concept.loss_increase or 0.0),
                         concept.labelled_size)
         elif concept.detected:
-            log.warning("concept drift detected: MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)",
+            where = concept.detection.segment if concept.detection is not None else "all"
+            log.warning("concept drift detected (%s): MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)", where,
                         100 * concept.mse_increase, concept.bias_pct or 0.0, concept.labelled_size)
 
     @property
@@ -458,12 +522,14 @@ class DriftCheck:
     data: DataDriftReport
     concept: ConceptDriftReport
     duration_seconds: float
+    performance: PerformanceEstimate | None = None  # None for an artifact without an error model
     scope: str = "replica"  # "fleet": the windows of every replica sharing the store
     checked_by: str | None = None  # the replica that ran it
 
     def to_dict(self) -> dict:
         return {"checked_at": self.checked_at, "model_version": self.model_version,
                 "data_drift": self.data.to_dict(), "concept_drift": self.concept.to_dict(),
+                "performance_estimate": None if self.performance is None else self.performance.to_dict(),
                 "duration_seconds": self.duration_seconds, "scope": self.scope, "checked_by": self.checked_by}
 
     @classmethod
@@ -471,7 +537,15 @@ class DriftCheck:
         """to_dict() read back (a fleet report stored by another replica)."""
         return cls(d["checked_at"], d["model_version"], data_report_from_dict(d["data_drift"]),
                    concept_report_from_dict(d["concept_drift"]), d["duration_seconds"],
-                   d.get("scope", "fleet"), d.get("checked_by"))
+                   performance_from_dict(d.get("performance_estimate")), scope=d.get("scope", "fleet"),
+                   checked_by=d.get("checked_by"))
+
+
+def _dated(detection: Detection | None, times: np.ndarray) -> Detection | None:
+    """The detection with `since` set to the arrival time of the sample its change began at."""
+    if detection is None or not 0 < detection.since_samples <= len(times):
+        return detection
+    return dataclasses.replace(detection, since=float(times[-detection.since_samples]))
 
 
 def _finite(value) -> bool:
@@ -679,9 +753,8 @@ def _predict(monitor: Monitor, body) -> tuple[int, dict]:
     monitor.metrics.prediction_requests.inc()
     if monitor.schema.is_classification:
         classes = monitor.classes
-        names = [str(c) for c in classes]
         chosen = [classes[k] for k in predictions.argmax(axis=1).tolist()]
-        probabilities = [dict(zip(names, p)) for p in predictions.tolist()]
+        probabilities = [dict(zip(monitor.class_names, p)) for p in predictions.tolist()]
         if single:
             return 200, {"prediction": chosen[0], "probabilities": probabilities[0], "id": ids[0],
                          "model_version": monitor.info["model_version"]}

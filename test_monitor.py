@@ -66,7 +66,7 @@ def test_every_served_input_joins_the_data_window(server, heldout):
     assert metric_value(text, "predictions_total") == 41
     assert metric_value(text, "prediction_requests_total") == 2
     assert metric_value(text, "prediction_latency_seconds_count") == 2
-    assert metric_value(text, "predicted_price_dollars_count") == 41
+    assert metric_value(text, "predicted_value_count") == 41
 
 
 # --------------------------------------------------------------------------------------------- feedback

@@ -32,7 +32,7 @@ try:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OrdinalEncoder
 
-    from monitoring.artifact import ArtifactError, build_artifact, save_artifact
+    from monitoring.artifact import ArtifactError, build_artifact, grade_codes, save_artifact
     from monitoring.diamonds import (CATEGORICAL_FEATURES, DATA_DIR, FEATURES, MODEL_NAME, NUMERIC_FEATURES,
                                      SPLIT_RANDOM_STATE, TARGET, TEST_SIZE, data_sha256, load_diamonds, split)
     from monitoring.model import DEFAULT_MODEL_PATH
@@ -41,8 +41,8 @@ except ModuleNotFoundError as missing:  # e.g. the system Python, with the libra
 
     run_in_project_environment(missing)
 
-__all__ = ["CsvSplit", "TrainingError", "build_pipeline", "feature_schema", "save_artifact", "split_csv", "train",
-           "train_csv"]
+__all__ = ["CsvSplit", "TrainingError", "build_pipeline", "feature_schema", "grade_codes", "save_artifact", "split_csv",
+           "train", "train_csv"]
 
 # A held-out split of TEST_SIZE needs this many rows to leave the concept-drift reference 20 rows.
 MIN_ROWS = 100

@@ -107,6 +107,7 @@ class _Setup:
         self.pipeline, self.schema = artifact["pipeline"], artifact["schema"]
         self.classification = self.schema["task"] == "classification"
         self.classes = self.schema.get("classes", [])
+        self.grades: dict[str, list[str]] = {}
         self.features = list(part.X_test.columns)
         heldout = part.X_test.assign(**{self.target: part.y_test.to_numpy()}).reset_index(drop=True)
         order = np.random.default_rng(args.split_seed).permutation(len(heldout))
@@ -116,10 +117,13 @@ class _Setup:
             actual = self._codes(reference[self.target])
             self.concept_detector = ClassificationConceptDetector(
                 actual, self.pipeline.predict_proba(reference[self.features]), alpha=args.alpha)
-        else:
+        else:  # as the monitor builds it: its error measure, segments by category
+            self.grades = {f["name"]: f["categories"] for f in self.schema["features"] if f["kind"] == "categorical"}
             self.concept_detector = drift.ConceptDriftDetector(
                 reference[self.target].to_numpy(dtype=np.float64),
-                self.pipeline.predict(reference[self.features]), alpha=args.alpha)
+                self.pipeline.predict(reference[self.features]), alpha=args.alpha, grades=self.grades,
+                reference_grades=train.grade_codes(reference, self.schema),
+                error=artifact["reference_errors"]["error"])
 
     def _codes(self, labels) -> np.ndarray:
         lookup = {c: i for i, c in enumerate(self.classes)}
@@ -147,7 +151,8 @@ def run_seed(setup: _Setup, args: argparse.Namespace, seed: int) -> list[dict]:
             old = state.get(key)
             state[key] = values[start:stop] if old is None else np.concatenate((old, values[start:stop]))[-window:]
         data = setup.data_detector.score({k: v for k, v in state.items() if not k.startswith("_")})
-        concept = setup.concept_detector.score(state["_first"], state["_second"])
+        concept = setup.concept_detector.score(state["_first"], state["_second"],
+                                               grades={name: state[name] for name in setup.grades})
         return data.detected, concept.detected
 
     records, clean_rows = [], 0

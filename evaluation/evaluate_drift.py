@@ -10,6 +10,8 @@ labelled predictions (each row is labelled as soon as it is served). It reports:
                   switch to the first check that flags the scenario's own kind of drift
   other detector  share of drifted-phase checks flagged by the detector that should stay quiet
                   (concept drift under a covariate shift, data drift when only prices change)
+  estimate        delay of the performance estimate (direct loss estimation, no labels) leaving its
+                  band, and its false alarms on clean checks
 
 Data-drift reference: the training features, as in production. Concept-drift reference: the model's
 errors on one half of the held-out split (fixed seed); the other half is what gets streamed, so
@@ -54,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import scenarios
-from monitoring import diamonds, drift
+from monitoring import diamonds, drift, performance
 from monitoring.model import DEFAULT_MODEL_PATH, ModelLoadError, load_artifact
 
 
@@ -88,23 +90,26 @@ class Traffic:
 # A sink serves rows [start, stop) of some traffic, labels them, runs a drift check and returns
 # (data drift detected, concept drift detected). One sink serves one seed's whole stream, so its
 # windows carry over from one scenario to the next in both modes.
-Sink = Callable[[Traffic, int, int], tuple[bool, bool]]
+# (data drift, concept drift, performance estimate out of its band)
+Sink = Callable[[Traffic, int, int], tuple[bool, bool, bool]]
 
 
 def in_process_sink(data_detector: drift.DataDriftDetector, concept_detector: drift.ConceptDriftDetector,
-                    window: int) -> Sink:
+                    window: int, estimator: performance.PerformanceEstimator | None = None) -> Sink:
     """Keep the newest `window` inputs and labelled predictions, as the monitor's windows do, and
     score them with the detectors in this process."""
     state: dict[str, np.ndarray] = {}
 
-    def serve_and_check(traffic: Traffic, start: int, stop: int) -> tuple[bool, bool]:
+    def serve_and_check(traffic: Traffic, start: int, stop: int) -> tuple[bool, bool, bool]:
         for key, values in traffic.arrays.items():
             old = state.get(key)
             new = values[start:stop]
             state[key] = new if old is None else np.concatenate((old, new))[-window:]
         data = data_detector.score(state)
-        concept = concept_detector.score(state["actual"], state["predicted"])
-        return data.detected, concept.detected
+        concept = concept_detector.score(state["actual"], state["predicted"],
+                                         grades={name: state[name] for name in concept_detector.grades})
+        estimate = estimator is not None and estimator.score(state["predicted"]).detected
+        return data.detected, concept.detected, bool(estimate)
 
     return serve_and_check
 
@@ -132,7 +137,7 @@ def http_sink(url: str, timeout: float = 60.0) -> ContextManager[Sink]:
                 raise ApiError(f"POST {path}: HTTP {response.status}: {data[:300].decode(errors='replace')}")
             return json.loads(data)
 
-        def serve_and_check(traffic: Traffic, start: int, stop: int) -> tuple[bool, bool]:
+        def serve_and_check(traffic: Traffic, start: int, stop: int) -> tuple[bool, bool, bool]:
             served = call("/predict", traffic.payload()[start:stop])
             ids = served["ids"]
             if len(ids) != stop - start:
@@ -143,7 +148,9 @@ def http_sink(url: str, timeout: float = 60.0) -> ContextManager[Sink]:
                 raise ApiError(f"/feedback accepted {accepted['accepted']} of {len(ids)} labels "
                                f"({len(accepted['unknown'])} unknown ids)")
             report = call("/drift/check")
-            return bool(report["data_drift"]["detected"]), bool(report["concept_drift"]["detected"])
+            estimate = report.get("performance_estimate") or {}
+            return (bool(report["data_drift"]["detected"]), bool(report["concept_drift"]["detected"]),
+                    bool(estimate.get("detected", False)))
 
         try:
             yield serve_and_check
@@ -162,7 +169,8 @@ def monitor_sink(artifact: dict, args: argparse.Namespace) -> Iterator[Sink]:
     from monitor import MonitorConfig, start_monitor
 
     config = MonitorConfig(model_path=args.model, port=0, host="127.0.0.1", check_interval=0,
-                           window=args.window, label_window=args.window, db_path=None, alpha=args.alpha)
+                           window=args.window, label_window=args.window, db_path=None, alpha=args.alpha,
+                           scales=tuple(args.scales))
     handle = start_monitor(config, artifact=artifact, registry=CollectorRegistry())
     try:
         with http_sink(handle.url) as sink:
@@ -178,6 +186,7 @@ class Context:
     pipeline: object
     data_detector: drift.DataDriftDetector
     concept_detector: drift.ConceptDriftDetector
+    estimator: performance.PerformanceEstimator | None
     stream_rows: pd.DataFrame  # held-out half B, with the model's "predicted"
     reference_rows: int
     # the artifact with `reference_errors` = half A, as --through-api hands it to the monitor
@@ -197,13 +206,22 @@ def build_context(args: argparse.Namespace) -> Context:
     stream = heldout.iloc[order[len(order) // 2:]].reset_index(drop=True)
     if args.warmup > len(stream) or args.drift_rows > len(stream) - args.window:
         sys.exit(f"--warmup and --drift-rows must fit in the {len(stream)} streamed held-out rows")
+    import train  # the artifact's own encoding of the held-out rows' grades
+
     reference_errors = {"actual": reference["price"].to_numpy(dtype=np.float64),
-                        "predicted": reference["predicted"].to_numpy(dtype=np.float64)}
+                        "predicted": reference["predicted"].to_numpy(dtype=np.float64),
+                        "grades": train.grade_codes(reference, artifact["schema"])}
+    grades = {f["name"]: f["categories"] for f in artifact["schema"]["features"] if f["kind"] == "categorical"}
     return Context(
         pipeline=pipeline,
-        data_detector=drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha),
+        data_detector=drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha,
+                                              scales=args.scales),
         concept_detector=drift.ConceptDriftDetector(reference_errors["actual"], reference_errors["predicted"],
-                                                    alpha=args.alpha),
+                                                    alpha=args.alpha, scales=args.scales, grades=grades,
+                                                    reference_grades=reference_errors["grades"]),
+        estimator=(performance.PerformanceEstimator(performance.ErrorModel.from_dict(artifact["error_model"]),
+                                                    reference_errors["predicted"], alpha=args.alpha)
+                   if "error_model" in artifact else None),
         stream_rows=stream, reference_rows=len(reference),
         monitor_artifact={**artifact, "reference_errors": reference_errors})
 
@@ -212,7 +230,7 @@ def open_sink(ctx: Context, args: argparse.Namespace) -> ContextManager[Sink]:
     """The sink of one seed's stream: through a monitor of its own with --through-api, else in process."""
     if args.through_api:
         return monitor_sink(ctx.monitor_artifact, args)
-    return contextlib.nullcontext(in_process_sink(ctx.data_detector, ctx.concept_detector, args.window))
+    return contextlib.nullcontext(in_process_sink(ctx.data_detector, ctx.concept_detector, args.window, ctx.estimator))
 
 
 def run_seed(ctx: Context, args: argparse.Namespace, seed: int) -> list[dict]:
@@ -237,16 +255,17 @@ def _stream(ctx: Context, args: argparse.Namespace, seed: int, sink: Sink) -> li
         if scenario.kind == "data":  # the inputs changed: ask the model again
             drifted["predicted"] = ctx.pipeline.predict(drifted[diamonds.FEATURES])
         record = {"scenario": name, "seed": seed, "clean_checks": 0, "clean_data": 0, "clean_concept": 0,
-                  "delay": None, "other_checks": 0, "other_flags": 0}
+                  "clean_estimate": 0, "delay": None, "other_checks": 0, "other_flags": 0, "estimate_delay": None}
         clean = Traffic.of(warm, ctx.data_detector)
         for start in range(0, len(clean), every):
             stop = min(start + every, len(clean))
-            data_flag, concept_flag = sink(clean, start, stop)
+            data_flag, concept_flag, estimate_flag = sink(clean, start, stop)
             clean_rows += stop - start
             if clean_rows >= window:  # the window holds clean traffic only
                 record["clean_checks"] += 1
                 record["clean_data"] += data_flag
                 record["clean_concept"] += concept_flag
+                record["clean_estimate"] += estimate_flag
         if scenario.kind == "none":
             records.append(record)
             continue
@@ -257,6 +276,8 @@ def _stream(ctx: Context, args: argparse.Namespace, seed: int, sink: Sink) -> li
             flags = sink(shifted, start, stop)
             if flags[own] and record["delay"] is None:
                 record["delay"] = stop
+            if flags[2] and record["estimate_delay"] is None:
+                record["estimate_delay"] = stop
             record["other_checks"] += 1
             record["other_flags"] += flags[1 - own]
         clean_rows = 0
@@ -308,11 +329,12 @@ def _fmt_delay(value: float, limit: int) -> str:
 
 def render(result: dict, args: argparse.Namespace) -> str:
     runs = result["runs"]
-    fa = {key: false_alarms(runs, f"clean_{key}") for key in ("data", "concept")}
+    fa = {key: false_alarms(runs, f"clean_{key}") for key in ("data", "concept", "estimate")}
 
     def fa_text(key):
         flagged, checks, low, high = fa[key]
-        return (f"{key} drift {flagged}/{checks} checks ({100 * flagged / max(checks, 1):.2f}%, "
+        what = "performance estimate" if key == "estimate" else f"{key} drift"
+        return (f"{what} {flagged}/{checks} checks ({100 * flagged / max(checks, 1):.2f}%, "
                 f"95% interval {100 * low:.2f}-{100 * high:.2f}%)")
 
     mode = ("through the HTTP API: per seed, a monitor started in process; rows POSTed to /predict, "
@@ -326,11 +348,11 @@ def render(result: dict, args: argparse.Namespace) -> str:
         f"then {args.drift_rows} drifted rows; {result['stream_rows']:,} held-out rows streamed, concept reference = "
         f"the other {result['reference_rows']:,} held-out rows; data reference = the training features.",
         "",
-        f"False alarms on clean traffic: {fa_text('data')}; {fa_text('concept')}.",
+        f"False alarms on clean traffic: {fa_text('data')}; {fa_text('concept')}; {fa_text('estimate')}.",
         "",
         f"| scenario | kind | change | detected within {args.within} | median delay | p90 delay "
-        f"| other detector flags |",
-        "|---|---|---|---|---|---|---|",
+        f"| other detector flags | estimated MSE leaves its band |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in args.scenarios:
         scenario = scenarios.SCENARIOS[name]
@@ -344,9 +366,12 @@ def render(result: dict, args: argparse.Namespace) -> str:
         checks = sum(r["other_checks"] for r in mine)
         rate = sum(r["other_flags"] for r in mine) / max(checks, 1)
         unit = "inputs" if scenario.kind == "data" else "labels"
+        estimate = np.array([np.inf if r.get("estimate_delay") is None else r["estimate_delay"] for r in mine])
+        estimate_median = float(np.quantile(estimate, 0.5, method="higher"))
         lines.append(f"| {scenario.name} | {scenario.kind} | {scenario.description} | {100 * within:.0f}% "
                      f"| {_fmt_delay(median, args.drift_rows)} {unit} | {_fmt_delay(p90, args.drift_rows)} {unit} "
-                     f"| {other}: {100 * rate:.1f}% of {checks} checks |")
+                     f"| {other}: {100 * rate:.1f}% of {checks} checks "
+                     f"| {_fmt_delay(estimate_median, args.drift_rows)} inputs ({100 * np.mean(np.isfinite(estimate)):.0f}% of runs) |")
     lines += ["", f"({result['seconds']:.0f} s)"]
     return "\n".join(lines)
 
@@ -357,13 +382,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="artifact written by train.py")
     parser.add_argument("--data-dir", type=Path, default=diamonds.DATA_DIR, help="folder holding diamonds.csv")
     parser.add_argument("--window", type=int, default=500, help="inputs (and labels) in the drift windows")
-    parser.add_argument("--check-every", type=int, default=25, help="rows streamed between drift checks")
+    parser.add_argument("--check-every", type=int, default=50,
+                        help="rows streamed between drift checks (issue #11 compares with other tools at 50)")
     parser.add_argument("--seeds", type=int, default=None,
                         help="runs per scenario; None means 20, or 4 with --through-api")
     parser.add_argument("--through-api", action="store_true",
                         help="stream each seed through a real monitor's HTTP API instead of scoring in process")
     parser.add_argument("--alpha", type=float, default=drift.DEFAULT_ALPHA,
                         help="family-wise false-alarm level of a check")
+    parser.add_argument("--scales", type=int, nargs="*", default=list(drift.DEFAULT_SCALES),
+                        help="newest-sample counts tested besides the whole window (none: the whole window only)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="clean rows before each switch; None means 4 x --window")
     parser.add_argument("--drift-rows", type=int, default=None, help="drifted rows per run; None means 3 x --window")

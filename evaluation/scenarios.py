@@ -8,6 +8,9 @@ scenario changes rows of held-out traffic (columns FEATURES + "price"):
                   inputs and price does not, so only data drift should fire
   kind "concept"  only the prices (labels) change for the same inputs; only concept drift should fire
 
+A scenario with a `ramp` of n rows switches on gradually: row i of its traffic is drawn from the
+drifted traffic with probability min(1, (i + 1) / n), else from the clean rows.
+
 A mix change is a sampling weight per row (`weight`): `apply` resamples rows by it (with
 replacement, same length) and `sample` draws n rows by it without replacement when the pool is
 large enough, so a stone is not served twice. A value change is a `transform` of the rows.
@@ -52,6 +55,7 @@ class Scenario:
     description: str
     weight: Weight | None = None  # mix change: relative chance of each row being served
     transform: Transform | None = None  # value change: returns changed copies of the rows
+    ramp: int = 0  # rows over which the drifted share rises linearly from 0 to 1 (0: at once)
 
     def apply(self, rows: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
         """Rows of this scenario's traffic, as many as given: resampled with replacement by the
@@ -73,6 +77,11 @@ class Scenario:
         out = rows.iloc[idx].reset_index(drop=True)
         if self.transform is not None:
             out = self.transform(out.copy(), rng)
+        if self.ramp > 0:
+            # the drifted share rises linearly: the rest of each row's chance goes to a clean row
+            clean = rows.iloc[rng.choice(len(rows), size=n, replace=replace)].reset_index(drop=True)
+            drifted = rng.random(n) < np.minimum(1.0, (np.arange(n) + 1.0) / self.ramp)
+            out = pd.concat([out[drifted], clean[~drifted]]).sort_index().reset_index(drop=True)
         return out
 
 
@@ -109,6 +118,39 @@ def _price_noise(sigma: float) -> Transform:
     return transform
 
 
+def _scale(column: str, factor: float, decimals: int) -> Transform:
+    """A measurement off by `factor`, reported to `decimals` places as before (carat to 0.01)."""
+    def transform(rows: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+        rows[column] = np.round(rows[column].astype(np.float64) * factor, decimals)
+        return rows
+
+    return transform
+
+
+def _couple_grade_to(column: str, by: str, noise: float) -> Transform:
+    """Joint drift with unchanged marginals: the rows' own `column` grades are dealt out again, the
+    best to the rows largest in `by` (ranked with Gaussian noise of `noise` x the rows' count), so
+    each feature's distribution stays as it was while better grades move to larger stones."""
+    def transform(rows: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+        n = len(rows)
+        key = rows[by].rank(method="first").to_numpy() + rng.normal(0.0, noise * n, n)
+        grades = rows[column].to_numpy()
+        codes = rows[column].cat.codes.to_numpy() if isinstance(rows[column].dtype, pd.CategoricalDtype) \
+            else pd.Categorical(grades).codes
+        # seaborn lists grades best first: code 0 is the best grade; the best go to the largest keys
+        dealt = np.empty(n, dtype=object)
+        dealt[np.argsort(-key, kind="stable")] = grades[np.argsort(codes, kind="stable")]
+        rows[column] = pd.Categorical(dealt, dtype=rows[column].dtype) \
+            if isinstance(rows[column].dtype, pd.CategoricalDtype) else dealt
+        return rows
+
+    return transform
+
+
+def _weight_where(condition: Callable[[pd.DataFrame], np.ndarray]) -> Weight:
+    return lambda rows: np.asarray(condition(rows), dtype=np.float64)
+
+
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
     Scenario("clean", "none", "held-out traffic as it is"),
     # data drift: the mix of stones
@@ -134,4 +176,20 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in [
              transform=_price_factor(1.25, where=lambda rows: rows["cut"].astype(str).to_numpy() == "Ideal")),
     Scenario("noisy_prices", "concept", "prices scattered by a factor exp(N(0, 0.15)), no bias",
              transform=_price_noise(0.15)),
+    # issue #11: the peers' scenarios (window 500, a check every 50 rows)
+    Scenario("large_stones_15", "data", "stones served in proportion to carat^1.5",
+             weight=lambda rows: rows["carat"].to_numpy(dtype=np.float64) ** 1.5),
+    Scenario("colors_g_to_j", "data", "only colours G, H, I and J",
+             weight=_weight_where(lambda rows: rows["color"].astype(str).isin(["G", "H", "I", "J"]).to_numpy())),
+    Scenario("table_up_1", "data", "table + 1.0 (0.45 sd)", transform=_shift("table", 1.0)),
+    Scenario("carat_high_5", "data", "carat measured 5% high (reported to 0.01 as before)",
+             transform=_scale("carat", 1.05, 2)),
+    Scenario("large_stones_ramp", "data", "share of stones served in proportion to carat^1.5 rising "
+             "linearly from 0 to 1 over 1,000 rows", weight=lambda rows: rows["carat"].to_numpy(dtype=np.float64) ** 1.5,
+             ramp=1000),
+    Scenario("clarity_to_large", "data", "better clarity grades dealt to larger stones; every "
+             "feature's own distribution unchanged", transform=_couple_grade_to("clarity", "carat", 0.25)),
+    Scenario("price_up_15", "concept", "prices 15% higher for the same stones", transform=_price_factor(1.15)),
+    Scenario("large_up_15", "concept", "stones over 1 carat 15% dearer, others unchanged",
+             transform=_price_factor(1.15, where=lambda rows: rows["carat"].to_numpy(dtype=np.float64) > 1.0)),
 ]}

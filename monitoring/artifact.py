@@ -18,6 +18,8 @@ The artifact is one joblib file holding a dict:
                       every target is positive, else "residual"); for a classification `actual` and `predicted` as class
                       codes (indices into schema["classes"]) and `probabilities` (rows x classes);
                       for both, `grades`: the held-out rows' categories as schema codes
+  error_model         a regression with positive targets: its expected squared error by predicted
+                      band (the label-free performance estimate, monitoring/performance.py)
   metrics             held-out figures: MSE, RMSE, MAE, R2 (regression); accuracy, log loss and per-class
                       counts (classification); n_train, n_test
   info                model version, training date and time taken, data hash, parameters, library versions
@@ -211,6 +213,12 @@ def build_artifact(pipeline, X_train: pd.DataFrame, y_train, X_heldout: pd.DataF
                          "numpy": np.__version__, "pandas": pd.__version__, "joblib": joblib.__version__},
         },
     }
+    if task == "regression" and reference_errors["error"] == "log_ratio":
+        # The label-free performance estimate (monitoring/performance.py) scales the expected error
+        # with the predicted value squared: meaningful for positive targets only.
+        from monitoring.performance import ErrorModel
+
+        artifact["error_model"] = ErrorModel.fit(actual, predicted).to_dict()
     return artifact
 
 

@@ -9,31 +9,79 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
-from monitoring.drift import ConceptDriftReport, DataDriftReport, FeatureDrift
+from monitoring.drift import (ConceptDriftReport, DataDriftReport, Detection, FeatureDrift, MultivariateDrift,
+                              SegmentDrift)
+from monitoring.performance import PerformanceEstimate
 from monitoring.report import DriftSnapshot
 
-__all__ = ["StoredSnapshot", "data_report_from_dict", "concept_report_from_dict", "snapshot_from_columns"]
+__all__ = ["CheckWindows", "StoredSnapshot", "data_report_from_dict", "concept_report_from_dict",
+           "performance_from_dict", "snapshot_from_columns", "windows_from_columns"]
 
 
-def snapshot_from_columns(schema, columns: dict[str, list], labelled: tuple[list, list]) -> DriftSnapshot:
-    """The windows of a check, as InputWindow.snapshot() and LabelledWindow.snapshot() give them
-    (numbers as float64, grades as their int64 schema codes), from the store's columns (grades as
-    text; PgStore.windows). Column by column: a Python step per row would cost more than the read."""
+class CheckWindows(NamedTuple):
+    """Everything one check scores, as a replica's own windows give it (InputWindow.snapshot_all,
+    LabelledWindow.snapshot_all): the same numbers whether the windows are this replica's or the
+    fleet's read from the store, so that a fleet check flags what a single replica would."""
+    inputs: dict[str, np.ndarray]  # numbers as float64, grades as int64 schema codes
+    predictions: np.ndarray  # the model's prediction for each input (the performance estimate's)
+    input_times: np.ndarray  # arrival times, unix seconds (when a change began)
+    actual: np.ndarray
+    predicted: np.ndarray
+    grades: dict[str, np.ndarray]  # the labelled inputs' grade codes by feature, NaN unknown (segments)
+    label_times: np.ndarray
+
+    @property
+    def snapshot(self) -> DriftSnapshot:
+        """What the drift report page draws."""
+        return DriftSnapshot(self.inputs, self.actual, self.predicted)
+
+
+def _floats(values) -> np.ndarray:
+    """Numbers as float64: an array as read (PgStore reads numbers as arrays), or a list with None."""
+    if isinstance(values, np.ndarray):
+        return values.astype(np.float64)
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _grade_codes(schema, name: str, values, dtype):
+    """Schema codes of grades given as text; None, or a grade this schema does not know, is -1
+    (int64: such a row cannot be in the window) or NaN (float64: a label's unknown grade)."""
+    def code(v):
+        try:
+            return schema.code(name, v)
+        except (KeyError, TypeError, ValueError):
+            return -1 if dtype is np.int64 else np.nan
+
+    codes = {v: code(v) for v in set(values)}
+    # map() with the dict's own lookup: half the time of a generator per value
+    return np.fromiter(map(codes.__getitem__, values), dtype=dtype, count=len(values))
+
+
+def windows_from_columns(schema, columns: dict[str, list], labelled: dict[str, list]) -> CheckWindows:
+    """The windows of a check from the store's columns (PgStore.windows: grades as text, each
+    input's `prediction` and `ts`; the labelled rows' `actual`, `prediction`, `label_ts` and grades).
+    Column by column: a Python step per row would cost more than the read."""
     inputs = {}
     for feature in schema.features:
         values = columns[feature.name]
-        if feature.kind == "categorical":
-            codes = {v: schema.code(feature.name, v) for v in set(values)}
-            # map() with the dict's own lookup: half the time of a generator per value
-            inputs[feature.name] = np.fromiter(map(codes.__getitem__, values), dtype=np.int64, count=len(values))
-        else:
-            inputs[feature.name] = (values.astype(np.float64) if isinstance(values, np.ndarray) else
-                                    np.array([np.nan if v is None else v for v in values], dtype=np.float64))
-    actual, predicted = labelled
-    return DriftSnapshot(inputs, np.asarray(actual, dtype=np.float64), np.asarray(predicted, dtype=np.float64))
+        inputs[feature.name] = (_grade_codes(schema, feature.name, values, np.int64)
+                                if feature.kind == "categorical" else _floats(values))
+    n_labelled = len(labelled["actual"])
+    grades = {f.name: (_grade_codes(schema, f.name, labelled[f.name], np.float64) if f.name in labelled
+                       else np.full(n_labelled, np.nan))
+              for f in schema.features if f.kind == "categorical"}
+    return CheckWindows(inputs, _floats(columns["prediction"]), _floats(columns["ts"]),
+                        _floats(labelled["actual"]), _floats(labelled["prediction"]), grades,
+                        _floats(labelled["label_ts"]))
+
+
+def snapshot_from_columns(schema, columns: dict[str, list], labelled: dict[str, list]) -> DriftSnapshot:
+    """The windows the drift report page draws, from the store's columns (windows_from_columns)."""
+    return windows_from_columns(schema, columns, labelled).snapshot
 
 
 class StoredSnapshot:
@@ -72,15 +120,34 @@ def _known(cls, values: dict) -> dict:
     return {k: v for k, v in values.items() if k in names}
 
 
+def _detection(d: dict | None) -> Detection | None:
+    return None if d is None else Detection(**_known(Detection, d))
+
+
 def data_report_from_dict(d: dict) -> DataDriftReport:
-    """DataDriftReport.to_dict() read back."""
+    """DataDriftReport.to_dict() read back, its nested reports typed again (the joint test, what
+    fired for each feature and since when)."""
     features = {name: FeatureDrift(feature=name, **_known(FeatureDrift, {k: v for k, v in f.items() if k != "feature"}))
                 for name, f in d.get("features", {}).items()}
-    rest = _known(DataDriftReport, {k: v for k, v in d.items() if k not in ("score", "features")})
-    return DataDriftReport(max_distance=d.get("score"), features=features, **rest)
+    nested = ("score", "features", "multivariate", "detections")
+    rest = _known(DataDriftReport, {k: v for k, v in d.items() if k not in nested})
+    joint = d.get("multivariate")
+    return DataDriftReport(max_distance=d.get("score"), features=features,
+                           multivariate=None if joint is None else MultivariateDrift(**_known(MultivariateDrift, joint)),
+                           detections={name: _detection(f) for name, f in (d.get("detections") or {}).items()},
+                           **rest)
 
 
 def concept_report_from_dict(d: dict) -> ConceptDriftReport:
-    """ConceptDriftReport.to_dict() read back."""
-    return ConceptDriftReport(mse_increase=d.get("score"),
-                              **_known(ConceptDriftReport, {k: v for k, v in d.items() if k != "score"}))
+    """ConceptDriftReport.to_dict() read back, its nested reports typed again (what fired and since
+    when, each segment's)."""
+    rest = _known(ConceptDriftReport, {k: v for k, v in d.items() if k not in ("score", "detection", "segments")})
+    return ConceptDriftReport(mse_increase=d.get("score"), detection=_detection(d.get("detection")),
+                              segments={name: SegmentDrift(**_known(SegmentDrift, s))
+                                        for name, s in (d.get("segments") or {}).items()},
+                              **rest)
+
+
+def performance_from_dict(d: dict | None) -> PerformanceEstimate | None:
+    """PerformanceEstimate.to_dict() read back (None: the artifact has no error model)."""
+    return None if d is None else PerformanceEstimate(**_known(PerformanceEstimate, d))

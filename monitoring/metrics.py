@@ -14,15 +14,32 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from monitoring.drift import ConceptDriftReport, DataDriftReport
+from monitoring.performance import PerformanceEstimate
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-PRICE_BUCKETS = (500, 1000, 1500, 2000, 3000, 4000, 5000, 7500, 10000, 12500, 15000, 20000)
+VALUE_BUCKETS = 12  # predicted_value's buckets: at this many quantiles of the held-out predictions
 CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+def value_buckets(reference_predictions, n: int = VALUE_BUCKETS) -> tuple[float, ...]:
+    """Histogram bounds for predicted values: the held-out predictions' quantiles (so that each
+    bucket holds about as many predictions as the others, whatever the target's scale or sign),
+    rounded to two significant figures and made unique."""
+    values = np.asarray(reference_predictions, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (0.0,)
+    quantiles = np.quantile(values, np.arange(1, n + 1) / (n + 1))
+    return tuple(sorted({float(f"{q:.2g}") for q in quantiles}))
+
+
 class MonitorMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, feature_tests: dict[str, str] | None = None):
-        """feature_tests: the test each feature's drift detector runs, by feature name ("ks", "chi2")."""
+    def __init__(self, registry: CollectorRegistry | None = None, feature_tests: dict[str, str] | None = None,
+                 segments: list[str] | None = None, value_bounds: tuple[float, ...] | None = None,
+                 classes: list[str] | None = None):
+        """feature_tests: the main test of each feature's drift detector, by feature name ("ks", "chi2");
+        segments: the concept-drift segments a check may report; value_bounds: the predicted_value
+        histogram's buckets (a regression; value_buckets); classes: a classifier's classes (as text)."""
         self.registry = registry = registry if registry is not None else CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -35,8 +52,15 @@ class MonitorMetrics:
         self.prediction_latency = Histogram("prediction_latency_seconds",
                                             "Time to answer a /predict request, parsing to response",
                                             buckets=LATENCY_BUCKETS, registry=registry)
-        self.predicted_price = _BatchHistogram("predicted_price_dollars", "Predicted prices",
-                                               PRICE_BUCKETS, registry)
+        # A regression's predictions (buckets at the held-out predictions' quantiles), a classifier's
+        # by class; both exist for every model, empty for the other task, so that the metric set is one.
+        self.predicted_value = _BatchHistogram("predicted_value", "Predicted values (a regression), buckets at "
+                                               "the held-out predictions' quantiles", value_bounds or (0.0,),
+                                               registry)
+        self.predictions_by_class = Counter("predictions_by_class", "Rows predicted as each class (a "
+                                            "classifier)", ["class"], registry=registry)
+        for name in classes or ():
+            self.predictions_by_class.labels(name)
         self.labels_received = Counter("labels_received", "Ground-truth labels joined to a prediction",
                                        registry=registry)
         self.labels_unknown = Counter("labels_unknown", "Labels whose prediction id is not known",
@@ -67,18 +91,67 @@ class MonitorMetrics:
                                      ["feature"], registry=registry)
         self.feature_detected = Gauge("data_drift_feature_detected", "1 if this feature drifted "
                                       "after correction", ["feature"], registry=registry)
-        self.concept_drift = Gauge("concept_drift", "Relative MSE increase of the labelled window over "
-                                   "the held-out reference (0.25 = 25% worse)", registry=registry)
+        self.feature_scale = Gauge("data_drift_feature_scale", "Newest samples the test that flagged this "
+                                   "feature looked at (the window size for the whole window); NaN if none did",
+                                   ["feature"], registry=registry)
+        self.feature_since = Gauge("data_drift_feature_since_timestamp_seconds", "When this feature's change "
+                                   "began, as estimated from the window (unix time); NaN if not drifted",
+                                   ["feature"], registry=registry)
+        self.data_drift_tests = Gauge("data_drift_tests", "Hypotheses in the data-drift check's Holm family "
+                                      "(features x tests x scales, and the joint test)", registry=registry)
+        self.multivariate_statistic = Gauge("data_drift_multivariate_statistic", "Joint test: the window's "
+                                            "mean PCA reconstruction error over the reference's (1 = as in "
+                                            "training)", registry=registry)
+        self.multivariate_p_value = Gauge("data_drift_multivariate_p_value", "Joint test: p-value on the "
+                                          "whole window", registry=registry)
+        self.multivariate_detected = Gauge("data_drift_multivariate_detected", "1 if the joint test rejected "
+                                           "(at any scale, after correction)", registry=registry)
+        self.concept_drift = Gauge("concept_drift", "Relative loss increase of the labelled window over "
+                                   "the held-out reference (0.25 = 25% worse): MSE for a regression, log loss "
+                                   "for a classifier", registry=registry)
         self.concept_drift_detected = Gauge("concept_drift_detected", "1 if the errors' distribution "
                                             "departs from the held-out reference, else 0", registry=registry)
         self.concept_drift_p_value = Gauge("concept_drift_p_value", "p-value of the concept-drift test",
                                            registry=registry)
-        self.concept_drift_bias = Gauge("concept_drift_bias_percent", "How far actual prices sit above "
-                                        "predictions, relative to the reference, in percent",
-                                        registry=registry)
+        self.concept_drift_bias = Gauge("concept_drift_bias_percent", "How far actual values sit above "
+                                        "predictions, relative to the reference, in percent (a regression with "
+                                        "positive targets)", registry=registry)
+        self.concept_drift_bias_units = Gauge("concept_drift_bias", "How far actual values sit above "
+                                              "predictions, against the reference, in the target's units (a "
+                                              "regression whose targets may be <= 0)", registry=registry)
+        self.window_accuracy = Gauge("concept_drift_window_accuracy", "Accuracy of the labelled window (a "
+                                     "classifier)", registry=registry)
+        self.reference_accuracy = Gauge("concept_drift_reference_accuracy", "Held-out accuracy the window is "
+                                        "compared with (a classifier)", registry=registry)
+        self.window_log_loss = Gauge("concept_drift_window_log_loss", "Mean log loss of the labelled window "
+                                     "(a classifier)", registry=registry)
+        self.reference_log_loss = Gauge("concept_drift_reference_log_loss", "Held-out mean log loss the window "
+                                        "is compared with (a classifier)", registry=registry)
         self.window_mse = Gauge("concept_drift_window_mse", "MSE of the labelled window", registry=registry)
+        self.concept_drift_tests = Gauge("concept_drift_tests", "Hypotheses in the concept-drift check's Holm "
+                                         "family (tests x scales, and segments)", registry=registry)
+        self.concept_drift_scale = Gauge("concept_drift_scale", "Newest labels the test that flagged concept "
+                                         "drift looked at; NaN if none did", registry=registry)
+        self.concept_drift_since = Gauge("concept_drift_since_timestamp_seconds", "When the concept change "
+                                         "began, as estimated from the labelled window (unix time of a "
+                                         "label's arrival); NaN if not drifted", registry=registry)
+        self.segment_detected = Gauge("concept_drift_segment_detected", "1 if this segment's errors (a "
+                                      "predicted-value band or a category) departed from the reference, after "
+                                      "correction", ["segment"], registry=registry)
+        self.segment_bias = Gauge("concept_drift_segment_bias_percent", "How far actual values sit above "
+                                  "predictions in this segment, against the reference, in percent",
+                                  ["segment"], registry=registry)
         self.reference_mse = Gauge("concept_drift_reference_mse", "Held-out MSE the window is compared "
                                    "with", registry=registry)
+        self.estimated_mse = Gauge("performance_estimated_mse", "MSE the served predictions are expected "
+                                   "to have, estimated from them before labels arrive (direct loss estimation)",
+                                   registry=registry)
+        self.estimate_reference = Gauge("performance_estimate_reference_mse", "The estimate's mean on clean "
+                                        "traffic (the held-out predictions)", registry=registry)
+        self.estimate_band = Gauge("performance_estimate_band_mse", "The range the estimate keeps on clean "
+                                   "windows of this size", ["bound"], registry=registry)
+        self.estimate_detected = Gauge("performance_estimate_detected", "1 if the estimated MSE left its "
+                                       "band, else 0", registry=registry)
         self.window_samples = Gauge("drift_window_samples", "Samples in a drift window now", ["window"],
                                     registry=registry)
         self.checks = Counter("drift_checks", "Drift checks run", registry=registry)
@@ -90,7 +163,10 @@ class MonitorMetrics:
 
         # Model
         self.model_info = Info("model", "The served model", registry=registry)
-        self.model_heldout_mse = Gauge("model_heldout_mse", "Held-out MSE at training", registry=registry)
+        self.model_heldout_mse = Gauge("model_heldout_mse", "Held-out MSE at training (a regression)",
+                                       registry=registry)
+        self.model_heldout_accuracy = Gauge("model_heldout_accuracy", "Held-out accuracy at training (a "
+                                            "classifier)", registry=registry)
         self.model_trained = Gauge("model_trained_timestamp_seconds", "When the model was trained",
                                    registry=registry)
 
@@ -100,9 +176,23 @@ class MonitorMetrics:
             self.feature_p_value.labels(name).set(math.nan)
             self.feature_detected.labels(name).set(0)
             self.feature_statistic.labels(name, test).set(math.nan)
-        for gauge in (self.data_drift, self.concept_drift, self.concept_drift_p_value,
-                      self.concept_drift_bias, self.window_mse):
+            self.feature_scale.labels(name).set(math.nan)
+            self.feature_since.labels(name).set(math.nan)
+        self._segments = list(segments or [])
+        for segment in self._segments:
+            self.segment_detected.labels(segment).set(0)
+            self.segment_bias.labels(segment).set(math.nan)
+        for bound in ("lower", "upper"):
+            self.estimate_band.labels(bound).set(math.nan)
+        for gauge in (self.estimated_mse, self.estimate_reference, self.data_drift, self.concept_drift,
+                      self.concept_drift_p_value,
+                      self.concept_drift_bias, self.concept_drift_bias_units, self.window_mse,
+                      self.window_accuracy, self.reference_accuracy, self.window_log_loss, self.reference_log_loss,
+                      self.multivariate_statistic,
+                      self.multivariate_p_value, self.concept_drift_scale, self.concept_drift_since):
             gauge.set(math.nan)
+        self.multivariate_detected.set(0)
+        self.estimate_detected.set(0)
 
     def watch_windows(self, inputs, labelled) -> None:
         """Publish the windows' sizes as they are at each scrape (refilled at start, not only at checks)."""
@@ -120,10 +210,20 @@ class MonitorMetrics:
                               "name": info.get("model_name", "diamond-price"), "task": info.get("task", "regression")})
         self.model_heldout_mse.set(metrics.get("mse", math.nan))  # a classifier has no MSE
         self.reference_mse.set(metrics.get("mse", math.nan))
+        self.model_heldout_accuracy.set(metrics.get("accuracy", math.nan))  # a regression has no accuracy
+        self.reference_accuracy.set(metrics.get("accuracy", math.nan))
+        self.reference_log_loss.set(metrics.get("log_loss", math.nan))
         self.model_trained.set(dt.datetime.fromisoformat(info["trained_at"]).timestamp())
 
-    def record_drift(self, data: DataDriftReport, concept: ConceptDriftReport) -> None:
+    def record_drift(self, data: DataDriftReport, concept: ConceptDriftReport,
+                     performance: PerformanceEstimate | None = None) -> None:
         """Publish one check's reports; a figure the check could not compute reads NaN."""
+        if performance is not None:
+            self.estimated_mse.set(_number(performance.estimated))
+            self.estimate_reference.set(performance.reference)
+            self.estimate_band.labels("lower").set(_number(performance.lower))
+            self.estimate_band.labels("upper").set(_number(performance.upper))
+            self.estimate_detected.set(1 if performance.detected else 0)
         self.data_drift_alpha.set(data.alpha)
         self.data_drift.set(_number(data.max_distance))
         self.data_drift_detected.set(1 if data.detected else 0)
@@ -132,14 +232,35 @@ class MonitorMetrics:
             self.feature_statistic.labels(name, feature.test).set(_number(feature.statistic))
             self.feature_p_value.labels(name).set(_number(feature.p_value))
             self.feature_detected.labels(name).set(1 if feature.detected else 0)
+            fired = data.detections.get(name)
+            self.feature_scale.labels(name).set(math.nan if fired is None else fired.scale)
+            self.feature_since.labels(name).set(math.nan if fired is None else _number(fired.since))
+        self.data_drift_tests.set(data.tests)
+        joint = data.multivariate
+        self.multivariate_statistic.set(math.nan if joint is None else _number(joint.statistic))
+        self.multivariate_p_value.set(math.nan if joint is None else _number(joint.p_value))
+        self.multivariate_detected.set(1 if joint is not None and joint.detected else 0)
         self.concept_drift_detected.set(1 if concept.detected else 0)
         self.concept_drift_p_value.set(_number(concept.p_value))
-        if hasattr(concept, "loss_increase"):  # a classifier's (monitoring/classification.py): no prices, no MSE
+        if hasattr(concept, "loss_increase"):  # a classifier's (monitoring/classification.py): no MSE, no bias
             self.concept_drift.set(_number(concept.loss_increase))
+            self.window_accuracy.set(_number(concept.accuracy))
+            self.reference_accuracy.set(_number(concept.reference_accuracy))
+            self.window_log_loss.set(_number(concept.log_loss))
+            self.reference_log_loss.set(_number(concept.reference_log_loss))
             return
         self.concept_drift.set(_number(concept.mse_increase))
         self.concept_drift_bias.set(_number(concept.bias_pct))
+        self.concept_drift_bias_units.set(_number(getattr(concept, "bias", None)))
         self.window_mse.set(_number(concept.mse))
+        self.concept_drift_tests.set(concept.tests)
+        fired = concept.detection
+        self.concept_drift_scale.set(math.nan if fired is None else fired.scale)
+        self.concept_drift_since.set(math.nan if fired is None else _number(fired.since))
+        for segment in self._segments:  # a segment with too few labels to test reads 0 and NaN
+            tested = concept.segments.get(segment)
+            self.segment_detected.labels(segment).set(1 if tested is not None and tested.detected else 0)
+            self.segment_bias.labels(segment).set(math.nan if tested is None else _number(tested.bias_pct))
 
 
 def _number(value) -> float:

@@ -42,6 +42,17 @@ def optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
+def scale_list(text: str) -> tuple[int, ...]:
+    """Positive whole numbers, comma-separated ('50,100,250'); '' for none."""
+    try:
+        values = tuple(int(part) for part in text.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise ValueError(f"expected whole numbers separated by commas, got {text!r}") from None
+    if any(v <= 0 for v in values):
+        raise ValueError(f"expected positive numbers, got {text!r}")
+    return values
+
+
 def optional_text(text: str) -> str | None:
     return text or None
 

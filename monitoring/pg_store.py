@@ -524,9 +524,29 @@ class PgStore(QueuedWriter):
         with self._reader() as conn:
             return _recent_labelled(conn, n, until)
 
+    def recent_input_rows(self, n: int) -> list[tuple[tuple, float, float]]:
+        """(features, prediction, ts) of the fleet's newest n predictions, oldest first."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(f"SELECT {_FEATURES_SQL}, prediction, ts FROM predictions "
+                                f"ORDER BY ts DESC, seq DESC LIMIT %s", (int(n),)).fetchall()
+        return [(_features(r[:-2]), _num(r[-2]), float(r[-1])) for r in reversed(rows)]
+
+    def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
+        """(actual, prediction, label_ts, features) of the fleet's newest n labelled predictions,
+        oldest label first."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(f"SELECT actual, prediction, label_ts, {_FEATURES_SQL} FROM predictions "
+                                f"WHERE label_ts IS NOT NULL ORDER BY label_ts DESC, label_seq DESC LIMIT %s",
+                                (int(n),)).fetchall()
+        return [(_num(r[0]), _num(r[1]), float(r[2]), _features(r[3:])) for r in reversed(rows)]
+
     # ---------------------------------------------------------------- fleet drift checks
 
-    def fleet_check(self, score: Callable[[dict[str, list], tuple[list, list], float], tuple[dict, str | None]],
+    def fleet_check(self, score: Callable[[dict[str, list], dict[str, list], float], tuple[dict, str | None]],
                     *, window: int, label_window: int, interval: float, force: bool = False,
                     checked_by: str | None = None) -> FleetReport | None:
         """Run this interval's fleet drift check here, unless another replica is running one or has
@@ -535,8 +555,8 @@ class PgStore(QueuedWriter):
         latest report already belongs to this interval (intervals are `interval`-second slots of
         the database's clock, so each slot gets one check whichever replica's timer fires first);
         read the fleet's newest `window` inputs and `label_window` labelled predictions; call
-        `score(columns, (actual, predicted), checked_at)` -> (report dict, model_version): columns
-        {feature: values}, oldest first, as `windows()` gives them, checked_at the database's time of
+        `score(columns, labelled, checked_at)` -> (report dict, model_version): the two windows'
+        columns, oldest first, as `windows()` gives them, checked_at the database's time of
         the check (unix seconds, the report's time); store the report. Returns the
         stored report. Raises StoreError if the database fails (nothing is stored then)."""
         with self._held(self._checker_lock, "another fleet check on this replica"):
@@ -611,7 +631,7 @@ class PgStore(QueuedWriter):
         self._connect_failed.pop(role, None)
         return conn
 
-    def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, tuple]:
+    def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, dict]:
         """The fleet's windows by columns, oldest first: ({feature: values} of the newest `window`
         predictions, (actuals, predictions) of the newest `label_window` labelled ones), as of
         `until` (unix seconds, the database's clock) if given: numbers as float64 arrays, grades as
@@ -764,31 +784,44 @@ def _columns_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
 _SEPARATOR = "\x1f"   # ASCII unit separator: no grade contains it (the schema's categories)
 
 
+_GRADES = [c for c, text in zip(_COLS, _IS_TEXT) if text]
+_GRADE_NAMES = [name for name, text in zip(FEATURE_COLUMNS, _IS_TEXT) if text]
+
+
+def _text_agg(column: str) -> str:
+    return f"string_agg(COALESCE({column}, ''), E'\\x1f')"
+
+
 def _window_and_label_columns(conn: psycopg.Connection, n: int, m: int, until: float | None = None) -> tuple:
-    """({feature: values} of the fleet's newest n inputs, (actuals, predictions) of its newest m
-    labelled predictions), oldest first, as of `until` if given: numbers as float64 arrays,
-    grades as lists of text. One statement, one row: numbers as arrays, grades as one separated
-    string each. Building a tuple per row cost more than the query, decoding a text[] element by
-    element too, and each round trip waits for the server's turn on a busy machine. No ORDER BY
-    inside the aggregates (one sort per column cost 6 times the query): they take the rows in the
-    order the sorted, limited subqueries give them (newest first, which PostgreSQL documents as
-    what "usually works" and tests/test_store.py checks against the rows read one by one),
-    reversed here."""
+    """({feature: values, "prediction", "ts"} of the fleet's newest n inputs, {"actual",
+    "prediction", "label_ts", grade: values} of its newest m labelled predictions), oldest first,
+    as of `until` if given: what a replica's own windows hold (each input's prediction and arrival
+    time, each label's time and its input's grades), numbers as float64 arrays, grades as lists of
+    text ('' for none). One statement, one row: numbers as arrays, grades as one separated string
+    each. Building a tuple per row cost more than the query, decoding a text[] element by element
+    too, and each round trip waits for the server's turn on a busy machine. No ORDER BY inside the
+    aggregates (one sort per column cost 6 times the query): they take the rows in the order the
+    sorted, limited subqueries give them (newest first, which PostgreSQL documents as what
+    "usually works" and tests/test_store.py checks against the rows read one by one), reversed here."""
     where, args = ("WHERE ts <= %s", (until,)) if until is not None else ("", ())
     label_where = "AND label_ts <= %s" if until is not None else ""
-    aggregates = ", ".join(f"string_agg(COALESCE({c}, ''), E'\\x1f')" if text else f"array_agg({c})"
-                           for c, text in zip(_COLS, _IS_TEXT))
+    aggregates = ", ".join(_text_agg(c) if text else f"array_agg({c})" for c, text in zip(_COLS, _IS_TEXT))
+    label_grades = "".join(f", {_text_agg(c)}" for c in _GRADES)
     row = _columns_cursor(conn).execute(
-        f"SELECT w.*, l.* FROM (SELECT {aggregates} FROM (SELECT {_FEATURES_SQL} FROM predictions {where} "
+        f"SELECT w.*, l.* FROM (SELECT {aggregates}, array_agg(prediction), array_agg(ts) FROM "
+        f"(SELECT {_FEATURES_SQL}, prediction, ts FROM predictions {where} "
         f"ORDER BY ts DESC, seq DESC LIMIT %s) i) w, "
-        f"(SELECT array_agg(actual), array_agg(prediction) FROM (SELECT actual, prediction FROM predictions "
+        f"(SELECT array_agg(actual), array_agg(prediction), array_agg(label_ts){label_grades} FROM "
+        f"(SELECT actual, prediction, label_ts, {', '.join(_GRADES)} FROM predictions "
         f"WHERE label_ts IS NOT NULL {label_where} ORDER BY label_ts DESC, label_seq DESC LIMIT %s) j) l",
         (*args, max(0, int(n)), *args, max(0, int(m)))).fetchone()
-    columns = {}
-    for name, text, values in zip(FEATURE_COLUMNS, _IS_TEXT, row):
+    kinds = [*_IS_TEXT, False, False, False, False, False, *[True] * len(_GRADES)]
+    names = [*FEATURE_COLUMNS, "prediction", "ts", "actual", "prediction", "label_ts", *_GRADE_NAMES]
+    values = []
+    for text, column in zip(kinds, row):
         if text:
-            columns[name] = values.split(_SEPARATOR)[::-1] if values is not None else []
+            values.append([v or None for v in column.split(_SEPARATOR)][::-1] if column is not None else [])
         else:
-            columns[name] = values[::-1].copy() if values is not None else np.empty(0)
-    labelled = tuple(values[::-1].copy() if values is not None else np.empty(0) for values in row[len(_COLS):])
-    return columns, labelled
+            values.append(column[::-1].copy() if column is not None else np.empty(0))
+    k = len(FEATURE_COLUMNS) + 2
+    return dict(zip(names[:k], values[:k])), dict(zip(names[k:], values[k:]))

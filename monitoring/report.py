@@ -232,6 +232,10 @@ def describe_categorical(name: str, categories: Sequence[str], ref: np.ndarray, 
 def describe_concept(report: dict, u: np.ndarray) -> str:
     if not report.get("detected"):
         return "errors are in line with the held-out errors"
+    if report.get("error") == "residual":  # a target of any sign: the bias in its own units
+        shift, scale = report.get("bias") or 0.0, math.sqrt(report.get("reference_mse") or 0.0)
+        if scale and abs(shift) >= 0.1 * scale:
+            return f"live values are {abs(shift):.3g} {'above' if shift > 0 else 'below'} what the model predicts"
     bias = report.get("bias_pct") or 0.0
     if abs(bias) >= 3:
         return f"live prices are {abs(bias):.0f}% {'above' if bias > 0 else 'below'} what the model predicts"
@@ -467,9 +471,10 @@ def _classification_section(concept: dict, reference: Reference, snapshot: Drift
 def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapshot) -> str:
     if concept.get("test") == "loss-accuracy":
         return _classification_section(concept, reference, snapshot)
+    residual = concept.get("error") == "residual"  # a target of any sign: no % error, no log scale
     actual = np.asarray(snapshot.actual, dtype=np.float64)
     predicted = np.asarray(snapshot.predicted, dtype=np.float64)
-    ok = np.isfinite(actual) & np.isfinite(predicted) & (predicted > 0)
+    ok = np.isfinite(actual) & np.isfinite(predicted) & (residual or (predicted > 0))
     actual, predicted = actual[ok], predicted[ok]
     m = actual.size
     detected = bool(concept.get("detected"))
@@ -477,29 +482,42 @@ def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapsho
     title = describe_concept(concept, u) if concept.get("p_value") is not None else "not tested yet"
     head = "Concept drift" if detected else "No concept drift"
     mse, ref_mse, increase = concept.get("mse"), concept.get("reference_mse"), concept.get("score")
-    rmse_text = (f"${math.sqrt(mse):,.0f} vs ${math.sqrt(ref_mse):,.0f} held-out" if mse is not None and ref_mse
-                 else "–")
+    unit = "" if residual else "$"
+    rmse_text = (f"{unit}{math.sqrt(mse):,.3g} vs {unit}{math.sqrt(ref_mse):,.3g} held-out" if residual and mse is not None
+                 and ref_mse else f"${math.sqrt(mse):,.0f} vs ${math.sqrt(ref_mse):,.0f} held-out" if mse is not None
+                 and ref_mse else "–")
+    if residual:
+        bias_text = "–" if concept.get("bias") is None else f"{concept['bias']:+.3g} (actual minus predicted)"
+    else:
+        bias_text = "–" if concept.get("bias_pct") is None else f"{concept['bias_pct']:+.1f}% (actual vs predicted)"
     numbers = _numbers([
         ("test", TEST_NAMES.get(concept.get("test"), str(concept.get("test")))),
         ("statistic", "–" if concept.get("statistic") is None else f"D = {concept['statistic']:.3f}"),
         ("p-value", format_p(concept.get("p_value"))),
         ("MSE increase", "–" if increase is None else f"{100 * increase:+.1f}%"),
         ("RMSE", rmse_text),
-        ("bias", "–" if concept.get("bias_pct") is None else f"{concept['bias_pct']:+.1f}% (actual vs predicted)"),
+        ("bias", bias_text),
     ], ("drifted" if detected else "no drift", detected) if concept.get("p_value") is not None else None)
     parts = [f'<section id="concept"><h2>{escape(head)}: the last {m:,} labelled predictions against the '
              'held-out errors</h2>',
              f'<article class="feature concept{" drifted" if detected else ""}" data-drifted='
-             f'"{"true" if detected else "false"}"><h3>price errors: {escape(title)}</h3>']
+             f'"{"true" if detected else "false"}"><h3>{"errors" if residual else "price errors"}: '
+             f'{escape(title)}</h3>']
     if concept.get("reason"):
-        parts.append(f'<p class="note">Not tested: {escape(concept["reason"])}. Send true prices to '
-                     '<code>POST /feedback</code>.</p>')
+        parts.append(f'<p class="note">Not tested: {escape(concept["reason"])}. Send true '
+                     f'{"values" if residual else "prices"} to <code>POST /feedback</code>.</p>')
     parts.append(numbers)
-    parts.append('<p class="sub">Each labelled prediction\'s error, log(actual / predicted), is ranked among the '
-                 'held-out errors of predictions at a similar price (PIT): without concept drift the ranks are '
-                 'uniform whatever the mix of stones. Prices above predictions pile up on the right, below on the '
-                 'left, noisier prices at both ends. The MSE increase also moves when the mix of stones changes; '
-                 'only the test decides.</p>')
+    if residual:
+        parts.append('<p class="sub">Each labelled prediction\'s error, actual minus predicted, is ranked among the '
+                     'held-out errors of similar predictions (PIT): without concept drift the ranks are uniform '
+                     'whatever the mix of inputs. Values above predictions pile up on the right, below on the '
+                     'left, noisier values at both ends. Only the test decides.</p>')
+    else:
+        parts.append('<p class="sub">Each labelled prediction\'s error, log(actual / predicted), is ranked among the '
+                     'held-out errors of predictions at a similar price (PIT): without concept drift the ranks are '
+                     'uniform whatever the mix of stones. Prices above predictions pile up on the right, below on the '
+                     'left, noisier prices at both ends. The MSE increase also moves when the mix of stones changes; '
+                     'only the test decides.</p>')
     if m:
         k = PIT_BINS if m >= 100 else 5
         edges = np.linspace(0, 1, k + 1)
@@ -512,6 +530,11 @@ def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapsho
                 f"Histogram of the PIT values of {m:,} labelled predictions in {k} bins, density "
                 + ", ".join(f"{d:.2f}" for d in density) + "; 1 everywhere means as at training."),
             edges.tolist(), density.tolist(), (max(0.0, 1 - half), 1 + half))
+        if residual:  # the % error against a log-scale prediction axis needs positive values
+            parts.append(f'<div class="charts"><figure>{pit}<figcaption>Bars inside the band are as at training; '
+                         f'{k} bins of {m:,} ranks.</figcaption></figure></div>')
+            parts.append("</article></section>")
+            return "".join(parts)
         err = 100.0 * (actual / predicted - 1.0)
         shown = slice(max(0, m - SCATTER_POINTS), m)  # the newest (windows are oldest first)
         xs, ys = predicted[shown], err[shown]

@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -448,19 +449,35 @@ class Store(QueuedWriter):
                                 f"ORDER BY ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
         return [self.layout.features(r) for r in reversed(rows)]
 
-    def recent_labelled(self, n: int, *, with_features: bool = False) -> list[tuple]:
-        """(actual, prediction) of the newest n labelled predictions, oldest label first; with
-        `with_features`, (actual, prediction, features) (a classifier's window needs its inputs to
-        give the probability of the true class)."""
+    def recent_labelled(self, n: int) -> list[tuple[float, float]]:
+        """(actual, prediction) of the newest n labelled predictions, oldest label first."""
         if n <= 0:
             return []
-        extra = f", {self.layout.features_sql}" if with_features else ""
         with self._reader() as conn:
-            rows = conn.execute(f"SELECT actual, prediction{extra} FROM predictions WHERE label_ts IS NOT NULL "
+            rows = conn.execute("SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL "
                                 "ORDER BY label_ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
-        if with_features:
-            return [(_num(r[0]), _num(r[1]), self.layout.features(r[2:])) for r in reversed(rows)]
         return [(_num(a), _num(p)) for a, p in reversed(rows)]
+
+    def recent_input_rows(self, n: int) -> list[tuple[tuple, float, float]]:
+        """(features, prediction, ts) of the newest n served predictions, oldest first: what the
+        input window keeps (the arrival time dates a change; the prediction feeds the estimate)."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(f"SELECT {self.layout.features_sql}, prediction, ts FROM predictions "
+                                f"ORDER BY ts DESC, rowid DESC LIMIT ?", (int(n),)).fetchall()
+        return [(self.layout.features(r[:-2]), _num(r[-2]), float(r[-1])) for r in reversed(rows)]
+
+    def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
+        """(actual, prediction, label_ts, features) of the newest n labelled predictions, oldest
+        label first: what the labelled window keeps (the grades for the concept segments)."""
+        if n <= 0:
+            return []
+        with self._reader() as conn:
+            rows = conn.execute(f"SELECT actual, prediction, label_ts, {self.layout.features_sql} FROM predictions "
+                                f"WHERE label_ts IS NOT NULL ORDER BY label_ts DESC, rowid DESC LIMIT ?",
+                                (int(n),)).fetchall()
+        return [(_num(r[0]), _num(r[1]), float(r[2]), self.layout.features(r[3:])) for r in reversed(rows)]
 
 
 class MemoryStore:
@@ -469,8 +486,9 @@ class MemoryStore:
     label answered with first=False, the latest value of an id within one call, the first record of
     an id kept). Beyond capacity the oldest prediction is forgotten (counted as pruned_rows).
 
-    Only what the join needs is kept: the prediction, not the features, so add_labels answers
-    features=None (the features of 200,000 rows as Python tuples would take ~65 MB more). Nothing
+    Only what the join and the concept-drift segments need is kept: the prediction and the grades
+    (interned, so each row costs one small tuple); add_labels answers the features with None for the
+    numbers. Nothing
     survives a restart, so recent_inputs and recent_labelled are empty; there is nothing to flush,
     prune or retry, and it is always healthy until closed. Thread-safe; no I/O."""
 
@@ -485,7 +503,8 @@ class MemoryStore:
         self.layout = layout or DIAMONDS
         self.keep_features = bool(keep_features)
         self._lock = threading.Lock()
-        self._by_id: OrderedDict[str, tuple[float, tuple | None]] = OrderedDict()   # id -> (prediction, features)
+        # id -> (prediction, features: all of them with keep_features, else the categories only), oldest first
+        self._by_id: OrderedDict[str, tuple[float, tuple]] = OrderedDict()
         self._labelled: set[str] = set()
         self._closed = False
         self._stats = new_stats()
@@ -500,13 +519,17 @@ class MemoryStore:
     def add_predictions(self, records: Sequence[PredictionRecord]) -> None:
         for r in records:
             self.layout.check(r.features)
-        keep = self.keep_features
+        keep, is_text = self.keep_features, self.layout.is_text
         with self._lock:
             self._check_open()
             by_id, added = self._by_id, 0
             for r in records:
                 if r.id not in by_id:
-                    by_id[r.id] = (float(r.prediction), tuple(r.features) if keep else None)
+                    if keep:
+                        features = tuple(r.features)
+                    else:  # the grades, interned so that each row costs one small tuple
+                        features = tuple(sys.intern(v) if text else None for v, text in zip(r.features, is_text))
+                    by_id[r.id] = (float(r.prediction), features)
                     added += 1
             evicted = 0
             while len(by_id) > self.capacity:
@@ -521,11 +544,11 @@ class MemoryStore:
         with self._lock:
             self._check_open()
             for id_, (actual, _) in joined.items():
-                held = self._by_id.get(id_)
-                if held is None:
+                found = self._by_id.get(id_)
+                if found is None:
                     unknown.append(id_)
                     continue
-                known.append((id_, actual, held[0], held[1], id_ not in self._labelled))
+                known.append((id_, actual, found[0], found[1], id_ not in self._labelled))
                 self._labelled.add(id_)
             self._stats["labels_written"] += len(known)
         return known, unknown
@@ -544,7 +567,15 @@ class MemoryStore:
         self._check_open()
         return []
 
-    def recent_labelled(self, n: int, *, with_features: bool = False) -> list[tuple]:
+    def recent_labelled(self, n: int) -> list[tuple[float, float]]:
+        self._check_open()
+        return []
+
+    def recent_input_rows(self, n: int) -> list[tuple[tuple, float, float]]:
+        self._check_open()
+        return []
+
+    def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
         self._check_open()
         return []
 

@@ -6,6 +6,7 @@ it, so predictions never wait for a check.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -46,11 +47,13 @@ class RingBuffer:
 
 
 class InputWindow:
-    """Served inputs, per feature: numbers as they came, grades as their schema codes."""
+    """Served inputs, per feature: numbers as they came, grades as their schema codes; the model's
+    prediction for each (for the performance estimate) and when each arrived (unix time), so that a
+    check can say when a change began."""
 
     def __init__(self, schema, capacity: int):
         self._schema = schema
-        self._buffer = RingBuffer(capacity, len(schema.names))
+        self._buffer = RingBuffer(capacity, len(schema.names) + 2)  # the prediction, then the arrival time
         self._categorical = [i for i, f in enumerate(schema.features) if f.kind == "categorical"]
 
     def __len__(self) -> int:
@@ -60,28 +63,39 @@ class InputWindow:
     def capacity(self) -> int:
         return self._buffer.capacity
 
-    def extend(self, rows) -> None:
-        """rows: feature tuples in schema order, grades as strings."""
-        matrix = np.empty((len(rows), len(self._schema.names)), dtype=np.float64)
+    def extend(self, rows, now: float | None = None, predictions=None) -> None:
+        """rows: feature tuples in schema order, grades as strings; `now`: their arrival time, or
+        one per row (default: the current time); `predictions`: the model's, one per row (NaN if
+        not given)."""
         names = self._schema.names
+        matrix = np.empty((len(rows), len(names) + 2), dtype=np.float64)
         for i, row in enumerate(rows):
             row_codes = list(row)
             for j in self._categorical:
                 row_codes[j] = self._schema.code(names[j], row[j])
-            matrix[i] = row_codes
+            matrix[i, :-2] = row_codes
+        matrix[:, -2] = np.nan if predictions is None else np.asarray(predictions, dtype=np.float64)
+        matrix[:, -1] = time.time() if now is None else now
         self._buffer.extend(matrix)
 
     def snapshot(self) -> dict[str, np.ndarray]:
+        return self.snapshot_all()[0]
+
+    def snapshot_all(self) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+        """(features as `snapshot` gives them, predictions, arrival times), from one copy of the window."""
         matrix = self._buffer.snapshot()
-        return {f.name: (matrix[:, j].astype(np.int64) if f.kind == "categorical" else matrix[:, j])
-                for j, f in enumerate(self._schema.features)}
+        return ({f.name: (matrix[:, j].astype(np.int64) if f.kind == "categorical" else matrix[:, j].copy())
+                 for j, f in enumerate(self._schema.features)}, matrix[:, -2].copy(), matrix[:, -1].copy())
 
 
 class LabelledWindow:
-    """(actual, predicted) pairs of the newest labelled predictions."""
+    """(actual, predicted) pairs of the newest labelled predictions; optionally the grades of their
+    inputs (`grades`: names of the categorical features, kept as schema codes, NaN when unknown)
+    and when each label arrived."""
 
-    def __init__(self, capacity: int):
-        self._buffer = RingBuffer(capacity, 2)
+    def __init__(self, capacity: int, grades: tuple[str, ...] | list[str] = ()):
+        self.grades = tuple(grades)
+        self._buffer = RingBuffer(capacity, 3 + len(self.grades))  # actual, predicted, grades..., time
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -90,10 +104,25 @@ class LabelledWindow:
     def capacity(self) -> int:
         return self._buffer.capacity
 
-    def extend(self, pairs) -> None:
-        if len(pairs):
-            self._buffer.extend(np.asarray(pairs, dtype=np.float64).reshape(-1, 2))
+    def extend(self, pairs, grades=None, now: float | None = None) -> None:
+        """pairs: (actual, predicted) rows; grades: matching rows of grade codes (None: unknown);
+        `now`: their arrival time, or one per pair (default: the current time)."""
+        if not len(pairs):
+            return
+        pairs = np.asarray(pairs, dtype=np.float64).reshape(-1, 2)
+        matrix = np.full((len(pairs), 3 + len(self.grades)), np.nan)
+        matrix[:, :2] = pairs
+        if grades is not None and self.grades:
+            matrix[:, 2:-1] = np.asarray(grades, dtype=np.float64).reshape(len(pairs), len(self.grades))
+        matrix[:, -1] = time.time() if now is None else now
+        self._buffer.extend(matrix)
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        actual, predicted, _, _ = self.snapshot_all()
+        return actual, predicted
+
+    def snapshot_all(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+        """(actual, predicted, grade codes by feature (NaN unknown), arrival times), from one copy."""
         matrix = self._buffer.snapshot()
-        return matrix[:, 0].copy(), matrix[:, 1].copy()
+        grades = {name: matrix[:, 2 + j].copy() for j, name in enumerate(self.grades)}
+        return matrix[:, 0].copy(), matrix[:, 1].copy(), grades, matrix[:, -1].copy()

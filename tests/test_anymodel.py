@@ -124,6 +124,11 @@ def test_classifier_serves_classes_with_probabilities(classifier, tmp_path):
         text = request(handle.url, "GET", "/metrics")[2]
         assert metric_value(text, "model_info", {"task": "classification", "name": "diamonds-cut"}) == 1
         assert metric_value(text, "labels_received_total") == 20
+        served = pd.Series([one["prediction"], *many["predictions"]]).value_counts()
+        for name in CUT_CLASSES:
+            assert metric_value(text, "predictions_by_class_total", {"class": name}) == served.get(name, 0)
+        assert metric_value(text, "predicted_value_count") == 0  # a regression's histogram stays empty
+        assert metric_value(text, "model_heldout_accuracy") == pytest.approx(load_artifact(path)["metrics"]["accuracy"])
         status, _, index = request(handle.url, "GET", "/")
         assert index["task"] == "classification" and index["service"] == "diamonds-cut model monitor"
     finally:
@@ -161,6 +166,8 @@ def test_classifier_drift_quiet_on_clean_traffic_and_caught_when_one_class_is_mi
         text = request(handle.url, "GET", "/metrics")[2]
         assert metric_value(text, "concept_drift_detected") == 1
         assert metric_value(text, "concept_drift") == pytest.approx(concept["score"])
+        assert metric_value(text, "concept_drift_window_accuracy") == pytest.approx(concept["accuracy"])
+        assert metric_value(text, "concept_drift_reference_log_loss") == pytest.approx(concept["reference_log_loss"])
         page = request(handle.url, "GET", "/drift/report")[2]
         assert "Concept drift" in page and "accuracy drop" in page
     finally:
@@ -249,6 +256,29 @@ def test_friedman_data_drift_quiet_on_clean_traffic_and_caught_on_a_shifted_feat
         assert [n for n, f in drifted["features"].items() if f["detected"]] == ["x4"]
         status, _, page = request(handle.url, "GET", "/drift/report")
         assert status == 200 and "x4" in page and "site" in page
+    finally:
+        handle.stop()
+
+
+def test_friedman_concept_drift_reads_residuals_quiet_on_clean_traffic_and_caught_when_targets_rise(friedman,
+                                                                                                       tmp_path):
+    """Half the targets are negative: no log ratio; the artifact chose the residual, and today's
+    log-ratio test would read every clean window as drifted."""
+    path, split = friedman
+    assert load_artifact(path)["reference_errors"]["error"] == "residual"
+    handle = _serve(path, tmp_path)
+    try:
+        X, y = split.X_test.iloc[:500], split.y_test.iloc[:500]
+        _stream(handle, X, y)
+        clean = request(handle.url, "POST", "/drift/check")[2]["concept_drift"]
+        assert clean["error"] == "residual" and clean["detected"] is False
+        assert clean["bias_pct"] is None and abs(clean["bias"]) < 0.5
+        _stream(handle, split.X_test.iloc[500:800], split.y_test.iloc[500:800] + 1.0)
+        drifted = request(handle.url, "POST", "/drift/check")[2]["concept_drift"]
+        assert drifted["detected"] is True and 0.3 < drifted["bias"] < 1.2
+        status, _, page = request(handle.url, "GET", "/drift/report")
+        assert status == 200 and "errors: live values are" in page and "actual minus predicted" in page
+        assert "chart-concept-errors" not in page  # no % error on a log scale for a target of any sign
     finally:
         handle.stop()
 

@@ -332,9 +332,10 @@ def test_dashboard_shows_what_the_issue_asks_for(dashboard):
     for metric in ("data_drift{", "concept_drift{", "data_drift_detected", "concept_drift_detected",
                    "data_drift_feature_distance", "data_drift_feature_statistic", "data_drift_feature_p_value",
                    "data_drift_feature_detected", "drift_window_samples", "labels_received_total",
-                   "predictions_total", "prediction_latency_seconds_bucket", "predicted_price_dollars_bucket",
+                   "predictions_total", "prediction_latency_seconds_bucket", "predicted_value_bucket",
                    "invalid_requests_total", "drift_check_duration_seconds_bucket", "drift_check_failures_total",
-                   "model_info", "model_heldout_mse", "up{"):
+                   "model_info", "model_heldout_mse", "up{", "predictions_by_class_total",
+                   "concept_drift_window_accuracy", "concept_drift_window_log_loss", "model_heldout_accuracy"):
         assert metric in exprs, f"no panel queries {metric}"
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
     assert "sum by (endpoint, reason)" in exprs
@@ -343,8 +344,8 @@ def test_dashboard_shows_what_the_issue_asks_for(dashboard):
     drift = panels["Data drift: largest per-feature distance"]
     assert [t["legendFormat"].split(" {{")[0] for t in drift["targets"]] == ["data drift", "KS detection boundary", "detected"]
     p_values = next(p for t, p in panels.items() if t.startswith("Per-feature p-value"))
-    assert any("data_drift_alpha" in t["expr"] and "count by" in t["expr"] for t in p_values["targets"])
-    assert panels["Predicted price distribution"]["type"] == "heatmap"
+    assert any("data_drift_alpha" in t["expr"] and "data_drift_tests" in t["expr"] for t in p_values["targets"])
+    assert panels["Predicted value distribution"]["type"] == "heatmap"
 
 
 def test_contact_point_is_discord_with_the_webhook_url_from_the_environment(alerting):

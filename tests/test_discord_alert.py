@@ -208,7 +208,7 @@ def test_data_drift_message_names_the_feature_its_numbers_and_the_dashboard(deli
 def test_concept_drift_message_says_how_much_prices_moved(delivered):
     text = _embeds_text(_firing(delivered, "ConceptDrift"))
     assert re.search(r"\[FIRING:1\] ConceptDrift \(critical\)", text)
-    match = re.search(r"actual prices \+(\d+\.\d)% against predictions, model MSE changed by [\d.]+% against the "
+    match = re.search(r"actual values \+(\d+\.\d)% against predictions, model loss changed by [\d.]+% against the "
                       r"held-out reference, p-value [\d.e+-]+, over the last 300 labelled predictions", text)
     assert match, text
     assert 15 < float(match.group(1)) < 35

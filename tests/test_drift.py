@@ -155,15 +155,48 @@ def test_ks_statistic_at_hand_computed_values(window, expected_d):
     assert result.p_value == drift.ks_p_value(result.statistic, 4 * len(window) / (4 + len(window)))
 
 
+def _two_sided_ks_p(statistic: float, n: int) -> float:
+    """ks_p_value's three regimes at an integer size n, from scipy's own distributions: twice the
+    exact one-sided tail below 150 (capped at 1), Kolmogorov's exact distribution up to 4,999,
+    Stephens' (1970) corrected limit from 5,000."""
+    if n < 150:
+        return min(1.0, float(2.0 * stats.ksone.sf(statistic, n)))
+    if n < 5000:
+        return float(stats.kstwo.sf(statistic, n))
+    return float(stats.kstwobign.sf((np.sqrt(n) + 0.12 + 0.11 / np.sqrt(n)) * statistic))
+
+
 @pytest.mark.parametrize("statistic, n_effective, n", [
     (0.1, 100.0, 100), (0.1, 99.6, 100), (0.1, 100.4, 100), (0.3, 10.6, 11), (0.3, 10.4, 10),
     (0.7, 1.0, 1), (0.7, 1.4, 1), (0.7, 1.6, 2), (0.8, 0.3, 1), (0.8, 0.0, 1), (0.05, 2000.0, 2000),
+    (0.1, 149.0, 149), (0.1, 149.4, 149), (0.1, 149.6, 150), (0.1, 150.0, 150),
+    (0.02, 4999.0, 4999), (0.02, 4999.4, 4999), (0.02, 4999.6, 5000), (0.02, 5000.0, 5000), (0.01, 30000.0, 30000),
 ])
-def test_ks_p_value_is_kolmogorovs_distribution_at_the_rounded_size(statistic, n_effective, n):
+def test_ks_p_value_at_the_rounded_size_in_each_regime(statistic, n_effective, n):
+    """Below 150 samples the p-value is twice the exact one-sided tail (special.smirnov), not kstwo's
+    exact two-sided one (a8044ca's cost fix: milliseconds to microseconds); from 5,000 Stephens'
+    limit. Each regime's value is scipy's exactly, at round(n_effective), and the regimes meet at
+    149 | 150 and 4,999 | 5,000 (the params straddle both)."""
     p = drift.ks_p_value(statistic, n_effective)
     assert type(p) is float
-    assert p == float(stats.kstwo.sf(statistic, n))
+    assert p == _two_sided_ks_p(statistic, n)
     assert 0.0 < p < 1.0
+    if n < 150:  # an upper bound of the exact two-sided p, within 1e-6 of it where p < 0.05
+        assert p >= float(stats.kstwo.sf(statistic, n))
+    if n < 5000:
+        assert p == pytest.approx(float(stats.kstwo.sf(statistic, n)), abs=1e-6 if p < 0.05 else 1e-3)
+    else:  # Stephens' limit: within 3% of kstwo in the tail
+        assert p == pytest.approx(float(stats.kstwo.sf(statistic, n)), rel=0.03)
+
+
+@pytest.mark.parametrize("statistic, n_effective, expected", [
+    (0.2, 3.0, 1.0),                      # 2 * P(D+ >= 0.2) = 1.424 at n = 3: capped at 1
+    (0.5, 1.0, 1.0),                      # 2 * (1 - 0.5) at n = 1: exactly 1
+    (0.6, 1.0, 0.8),                      # 2 * (1 - 0.6) at n = 1
+])
+def test_ks_p_value_small_sizes_by_hand(statistic, n_effective, expected):
+    assert drift.ks_p_value(statistic, n_effective) == pytest.approx(expected, abs=1e-15)
+    assert type(drift.ks_p_value(statistic, n_effective)) is float
 
 
 def test_ks_p_value_bounds():
@@ -447,16 +480,28 @@ def test_data_detector_is_the_per_feature_tests_with_holm(small_reference):
 
 
 def test_data_detection_at_exactly_alpha(small_reference):
-    """Holm's thresholds include alpha itself: a family whose smallest p-value is exactly alpha/k is drifted."""
+    """Holm's thresholds include alpha itself: a family whose smallest p-value is exactly alpha/k is
+    drifted. The family is every test of every feature at every scale plus the joint test: a window
+    of 150 is tested at 50, 100 and 150, x and y by KS, normal scores and binned chi-square, g by
+    chi-square, all three jointly: k = 3 * (3 + 1 + 3 + 1) = 24."""
     window = _small_window(150, seed=22, x_shift=0.3)
-    p_min = min(f.p_value for f in drift.DataDriftDetector(small_reference, SMALL_SCHEMA).score(window)
-                .features.values())
-    alpha = next(a for a in (3 * p_min, np.nextafter(3 * p_min, 1), np.nextafter(3 * p_min, 0)) if a / 3 == p_min)
+    report = drift.DataDriftDetector(small_reference, SMALL_SCHEMA).score(window)
+    assert report.tests == 24 and report.scales == [50, 100, 150]
+    # the family's smallest p-value: x's normal-score test on the whole window (x moved 0.3 sd)
+    p_min = drift.NormalScoreDetector(small_reference["x"].to_numpy(float)).score(window["x"]).p_value
+    # since when: the change point of x's bins (the binned test's), over the whole window it was tested on
+    binned = drift.BinnedChiSquareDetector(small_reference["x"].to_numpy(float))
+    since = drift.change_start(binned.codes(window["x"]), binned.reference_freq, 150)
+    assert report.detections == {"x": drift.Detection("normal-score", 150, p_min, since)}
+    k = report.tests
+    alpha = next(a for a in (k * p_min, np.nextafter(k * p_min, 1), np.nextafter(k * p_min, 0)) if a / k == p_min)
     assert 0 < alpha < 1
     at = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha).score(window)
-    assert at.detected and sum(f.detected for f in at.features.values()) >= 1
+    assert at.detected is True and [n for n, f in at.features.items() if f.detected] == ["x"]
+    assert at.detections["x"].p_value == p_min and at.detections["x"].test == "normal-score"
     below = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=alpha * 0.999).score(window)
-    assert not below.detected
+    assert below.detected is False and below.detections == {}
+    assert not any(f.detected for f in below.features.values())
 
 
 def test_data_window_size_boundary_and_reason(small_reference):
@@ -542,13 +587,41 @@ def test_report_to_dict_values():
                                    alpha=0.01, features={"x": feature})
     d = report.to_dict()
     assert d == {"score": 0.25, "detected": True, "window_size": 60, "alpha": 0.01,
-                 "features": {"x": feature.to_dict()}, "reason": None}
+                 "features": {"x": feature.to_dict()}, "reason": None,
+                 "multivariate": None, "tests": 0, "scales": [], "detections": {}}
     assert type(d["detected"]) is bool and type(d["window_size"]) is int and type(d["alpha"]) is float
     short = drift.DataDriftReport(max_distance=float("nan"), detected=None, window_size=3, alpha=0.5,
                                   reason="not enough data").to_dict()
     assert short == {"score": None, "detected": False, "window_size": 3, "alpha": 0.5, "features": {},
-                     "reason": "not enough data"}
+                     "reason": "not enough data", "multivariate": None, "tests": 0, "scales": [],
+                     "detections": {}}
     assert short["detected"] is False
+    # the multi-scale fields: the joint test, the family's size, the scales, what fired and since when
+    joint = drift.MultivariateDrift("pca-reconstruction", np.float64(1.5), float("nan"), np.bool_(True),
+                                    np.int64(3))
+    assert joint.to_dict() == {"test": "pca-reconstruction", "statistic": 1.5, "p_value": None, "detected": True,
+                               "components": 3}
+    assert type(joint.to_dict()["detected"]) is bool and type(joint.to_dict()["components"]) is int
+    fired = drift.Detection("normal-score", np.int64(50), np.float64(1e-7), np.int64(42), since=1700000000.5)
+    assert fired.to_dict() == {"test": "normal-score", "scale": 50, "p_value": 1e-7, "since_samples": 42,
+                               "since": 1700000000.5}
+    assert [type(v) for v in fired.to_dict().values()] == [str, int, float, int, float]
+    assert drift.Detection("chi2", 100, 0.001, 7).to_dict() == {"test": "chi2", "scale": 100, "p_value": 0.001,
+                                                                "since_samples": 7, "since": None}
+    full = drift.DataDriftReport(max_distance=0.25, detected=True, window_size=500, alpha=0.005,
+                                 features={"x": feature}, multivariate=joint, tests=np.int64(52),
+                                 scales=[np.int64(50), 100, 250, 500],
+                                 detections={"x": fired, "multivariate": drift.Detection("pca-reconstruction", 500,
+                                                                                         0.002, 480)}).to_dict()
+    assert full == {"score": 0.25, "detected": True, "window_size": 500, "alpha": 0.005,
+                    "features": {"x": feature.to_dict()}, "reason": None, "multivariate": joint.to_dict(),
+                    "tests": 52, "scales": [50, 100, 250, 500],
+                    "detections": {"x": fired.to_dict(),
+                                   "multivariate": {"test": "pca-reconstruction", "scale": 500, "p_value": 0.002,
+                                                    "since_samples": 480, "since": None}}}
+    assert type(full["tests"]) is int and [type(s) for s in full["scales"]] == [int] * 4
+    assert list(full) == ["score", "detected", "window_size", "alpha", "features", "reason", "multivariate",
+                          "tests", "scales", "detections"]
     concept = drift.ConceptDriftReport(
         mse_increase=0.5, detected=np.bool_(True), labelled_size=40, mse=150.0, reference_mse=100.0,
         statistic=0.3, p_value=float("nan"), alpha=0.005, test="pit-ks", mean_log_ratio=-float("inf"),
@@ -557,11 +630,36 @@ def test_report_to_dict_values():
     assert list(c)[0] == "score" and "mse_increase" not in c
     assert c == {"score": 0.5, "detected": True, "labelled_size": 40, "mse": 150.0, "reference_mse": 100.0,
                  "statistic": 0.3, "p_value": None, "alpha": 0.005, "test": "pit-ks", "mean_log_ratio": None,
-                 "bias_pct": 12.5, "reason": None}
+                 "bias_pct": 12.5, "reason": None, "tests": 0, "error": "log_ratio", "bias": None, "scales": [],
+                 "detection": None, "segments": {}}
     assert c["detected"] is True
     empty = drift.ConceptDriftReport(None, None, 0, None, 100.0, None, None, 0.005, "pit-ks", None, None,
                                      reason="not enough data").to_dict()
-    assert empty["score"] is None and empty["detected"] is False and empty["reason"] == "not enough data"
+    assert empty == {"score": None, "detected": False, "labelled_size": 0, "mse": None, "reference_mse": 100.0,
+                     "statistic": None, "p_value": None, "alpha": 0.005, "test": "pit-ks", "mean_log_ratio": None,
+                     "bias_pct": None, "reason": "not enough data", "tests": 0, "error": "log_ratio", "bias": None,
+                     "scales": [], "detection": None, "segments": {}}
+    assert empty["detected"] is False
+    # segments and what fired: a Detection with its segment, SegmentDrift's values and types
+    segment = drift.SegmentDrift(np.int64(25), float("nan"), np.float64(0.01), np.bool_(False))
+    assert segment.to_dict() == {"samples": 25, "bias_pct": None, "p_value": 0.01, "detected": False}
+    assert type(segment.to_dict()["samples"]) is int and segment.to_dict()["detected"] is False
+    assert drift.SegmentDrift(30, 4.5, None, True).to_dict() == {"samples": 30, "bias_pct": 4.5, "p_value": None,
+                                                                 "detected": True}
+    fired = drift.Detection("bias", 50, 1e-4, 12, segment="color=J")
+    assert fired.to_dict() == {"test": "bias", "scale": 50, "p_value": 1e-4, "since_samples": 12, "since": None,
+                               "segment": "color=J"}
+    full = drift.ConceptDriftReport(
+        mse_increase=0.5, detected=True, labelled_size=500, mse=150.0, reference_mse=100.0, statistic=0.1,
+        p_value=0.2, alpha=0.005, test="pit-ks", mean_log_ratio=0.01, bias_pct=1.0, tests=30,
+        scales=[np.int64(50), 100, 250, 500], detection=fired,
+        segments={"color=J": segment, "price 0-950": drift.SegmentDrift(40, -1.5, 0.3, False)}).to_dict()
+    assert {k: full[k] for k in ("tests", "scales", "detection", "segments")} == {
+        "tests": 30, "scales": [50, 100, 250, 500], "detection": fired.to_dict(),
+        "segments": {"color=J": segment.to_dict(),
+                     "price 0-950": {"samples": 40, "bias_pct": -1.5, "p_value": 0.3, "detected": False}}}
+    assert [type(s) for s in full["scales"]] == [int] * 4
+    assert list(full)[-6:] == ["tests", "error", "bias", "scales", "detection", "segments"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -733,8 +831,9 @@ def test_concept_score_of_a_tiny_window_by_hand():
     u = np.sort([4 / 9, 7 / 9, 0.5 / 9, 8.5 / 9, 5.5 / 9])
     d = stats.kstest(u, "uniform").statistic
     assert report.statistic == pytest.approx(d, abs=1e-12)
-    # n_eff = 1 / (1/m + (m_b/m)^2 / n_b) = 1 / (1/5 + 1/8) = 40/13, rounded to 3
-    assert report.p_value == pytest.approx(float(stats.kstwo.sf(d, 3)), rel=1e-9)
+    # n_eff = 1 / (1/m + (m_b/m)^2 / n_b) = 1 / (1/5 + 1/8) = 40/13, rounded to 3; below 150 the KS p is
+    # twice the one-sided tail, 2 * 0.712 here, capped at 1 (kstwo's two-sided value would be 0.977)
+    assert 2 * stats.ksone.sf(d, 3) > 1 and report.p_value == 1.0
     assert report.mse == (0 + 2500 + 8100 + 810000 + 100) / 5
     assert report.mse_increase == pytest.approx((report.mse - det.reference_mse) / det.reference_mse, rel=1e-12)
     assert report.mean_log_ratio == pytest.approx(q.mean(), rel=1e-12)
@@ -742,18 +841,44 @@ def test_concept_score_of_a_tiny_window_by_hand():
     assert report.bias_pct == pytest.approx(100 * np.expm1(q.mean() - reference_mean), rel=1e-12)
     assert (report.labelled_size, report.alpha, report.test, report.reason) == (5, 0.05, "pit-ks", None)
     assert report.reference_mse == det.reference_mse
-    assert report.detected == (report.p_value <= 0.05)
+    # the family: KS, bias and spread on the whole window (5 labels: no scale below it), no segment
+    # (the reference's 8 errors are fewer than min_segment = 20); nothing is rejected at 0.05
+    assert (report.tests, report.scales, report.segments, report.detection) == (3, [5], {}, None)
+    assert det.segment_names() == [] and det.bin_names == ["price 0+"]
+    z = stats.norm.ppf(u)
+    n_eff = 40 / 13
+    p_bias = 2 * stats.norm.sf(abs(z.mean()) * np.sqrt(n_eff))  # 0.750
+    p_spread = stats.chi2.sf(n_eff * np.mean(z ** 2), n_eff)  # 0.327
+    assert drift.holm_bonferroni([1.0, p_bias, p_spread], 0.05).tolist() == [False, False, False]
+    assert report.detected is False
+
+
+def _spread_of_the_tiny_window() -> float:
+    """The tiny window's spread test by hand: mean z^2 = 1.152 against chi2(n_eff) / n_eff, n_eff = 40/13."""
+    z = stats.norm.ppf([4 / 9, 7 / 9, 0.5 / 9, 8.5 / 9, 5.5 / 9])
+    return float(stats.chi2.sf(40 / 13 * np.mean(z ** 2), 40 / 13))
 
 
 def test_concept_detection_at_exactly_alpha():
+    """Holm's thresholds include alpha: the tiny window's family is KS (p = 1), bias (0.750) and
+    spread (0.327); at alpha = 3 * p_spread the spread test is rejected, just below it nothing."""
     actual, predicted = np.array([100.0, 150.0, 10.0, 1000.0, 110.0]), np.full(5, 100.0)
-    p = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), n_bins=1, min_samples=3).score(
-        actual, predicted).p_value
-    assert 0 < p < 1
-    at = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=p, n_bins=1, min_samples=3)
-    assert at.score(actual, predicted).detected is True
-    below = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=p * 0.999, n_bins=1, min_samples=3)
-    assert below.score(actual, predicted).detected is False
+    loose = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=0.99, n_bins=1, min_samples=3)
+    fired = loose.score(actual, predicted).detection
+    # every sample's PIT decile is one of the newest five's: each adds log(1.5 / 1) > 0, the change is 5 old
+    assert fired == drift.Detection("spread", 5, fired.p_value, 5, segment="all")
+    p = fired.p_value
+    assert p == pytest.approx(_spread_of_the_tiny_window(), rel=1e-12)
+    alpha = next(a for a in (3 * p, np.nextafter(3 * p, 1), np.nextafter(3 * p, 0)) if a / 3 == p)
+    assert 0 < alpha < 1
+    at = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=alpha, n_bins=1, min_samples=3)
+    report = at.score(actual, predicted)
+    assert report.detected is True and report.detection == fired
+    assert report.to_dict()["detection"] == {"test": "spread", "scale": 5, "p_value": p, "since_samples": 5,
+                                             "since": None, "segment": "all"}
+    below = drift.ConceptDriftDetector(TIED_ACTUAL, np.full(8, 100.0), alpha=alpha * 0.999, n_bins=1, min_samples=3)
+    report = below.score(actual, predicted)
+    assert report.detected is False and report.detection is None
 
 
 def test_concept_bins_and_effective_sample_size():
@@ -776,7 +901,8 @@ def test_concept_bins_and_effective_sample_size():
     d = stats.kstest(u, "uniform").statistic
     n_eff = 1 / (1 / 100 + (0.3 ** 2 + 0.7 ** 2) / 200)
     assert report.statistic == pytest.approx(d, abs=1e-12)
-    assert report.p_value == pytest.approx(float(stats.kstwo.sf(d, round(n_eff))), rel=1e-9)
+    assert round(n_eff) == 78  # below 150: twice the exact one-sided tail
+    assert report.p_value == pytest.approx(float(2 * stats.ksone.sf(d, 78)), rel=1e-9)
     q = np.log(w_actual / w_pred)
     shift = np.mean(q - np.where(bins == 0, q_ref[:200].mean(), q_ref[200:].mean()))
     assert report.bias_pct == pytest.approx(100 * np.expm1(shift), rel=1e-9)
@@ -885,6 +1011,370 @@ def test_none_is_a_missing_value():
 
 
 # --------------------------------------------------------------------------------------------------
+# The detect branch's additions, by hand and against scipy: scales, the change point, the added
+# per-feature tests, the joint test, the whole data family, concept segments
+
+
+def test_window_scales_by_hand():
+    assert drift.window_scales(500, (50, 100, 250)) == [50, 100, 250, 500]
+    assert drift.window_scales(120, (250, 50, 100, 50)) == [50, 100, 120]
+    assert drift.window_scales(100, (100, 0, -5)) == [100]
+    assert drift.window_scales(101, (100,)) == [100, 101]
+    assert drift.window_scales(2, (1,)) == [1, 2]
+    assert drift.window_scales(1, (1, 2)) == [1]
+    assert drift.window_scales(60, (50.7,)) == [50, 60]
+    assert drift.window_scales(80, ()) == [80]
+    assert drift.window_scales(0, (50,)) == [] and drift.window_scales(0, ()) == []
+
+
+def _change_start_by_hand(codes, freq, suffix, mask=None):
+    """The docstring's estimate, one sample at a time: each sample's log(p_after / p_before), the
+    newest suffix's frequencies after (half a count added), the reference's before (floored at half
+    a count); the answer is the length of the newest run with the largest sum (the shortest if tied)."""
+    codes = [int(c) for c in codes]
+    m, k = len(codes), len(freq)
+    if m == 0:
+        return 0
+    recent = [codes[i] for i in range(max(0, m - suffix), m) if mask is None or mask[i]]
+    after = np.array([(recent.count(c) + 0.5) / (len(recent) + 0.5 * k) for c in range(k)])
+    before = np.array([max(f, 0.5 / (len(recent) + 0.5 * k)) for f in freq])
+    ratio = np.log(after / before)
+    total, best, answer = 0.0, -np.inf, 0
+    for j in range(1, m + 1):
+        i = m - j
+        total += ratio[codes[i]] if mask is None or mask[i] else 0.0
+        if total > best:
+            best, answer = total, j
+    return answer
+
+
+def test_change_start_by_hand():
+    # the newest two samples read 1 where the reference is even: they are the change
+    assert drift.change_start(np.array([0, 0, 1, 1]), np.array([0.5, 0.5]), 2) == 2
+    # within a segment (mask), every masked-in sample reads 1: the change spans the whole window
+    mask = np.array([True, False, True, False, True])
+    assert drift.change_start(np.array([1, 0, 1, 0, 1]), np.array([0.5, 0.5]), 5, mask) == 5
+    assert drift.change_start(np.array([1, 0, 1, 0, 1]), np.array([0.5, 0.5]), 5) == 1
+    # a reference frequency of 0 is floored, not divided by
+    assert drift.change_start(np.array([0, 0, 0, 1, 1]), np.array([1.0, 0.0]), 2) == 2
+    assert drift.change_start(np.array([], dtype=np.int64), np.array([0.5, 0.5]), 5) == 0
+    assert type(drift.change_start(np.array([0, 1]), np.array([0.5, 0.5]), 1)) is int
+    rng = np.random.default_rng(42)
+    for trial in range(40):
+        k = int(rng.integers(2, 6))
+        freq = rng.dirichlet(np.ones(k))
+        m = int(rng.integers(1, 80))
+        codes = rng.integers(0, k, m)
+        suffix = int(rng.integers(1, m + 10))
+        mask = None if trial % 2 else rng.random(m) < 0.6
+        assert drift.change_start(codes, freq, suffix, mask) == _change_start_by_hand(codes, freq, suffix, mask), trial
+
+
+def _normal_scores_by_hand(ref, x):
+    """van der Waerden scores: Phi^-1 of the reference mid-CDF (#ref < x + #ref <= x) / 2n, clipped
+    to [1/2n, 1 - 1/2n]."""
+    ref, x = np.asarray(ref, dtype=float), np.asarray(x, dtype=float)
+    n = ref.size
+    u = ((ref[None, :] < x[:, None]).sum(axis=1) + (ref[None, :] <= x[:, None]).sum(axis=1)) / (2 * n)
+    return stats.norm.ppf(np.clip(u, 0.5 / n, 1 - 0.5 / n))
+
+
+def test_normal_score_detector_by_hand():
+    ref = np.array([1.0, 2.0, 2.0, 3.0, 5.0, 5.0, 5.0, 8.0])
+    det = drift.NormalScoreDetector(np.r_[ref, np.nan, np.inf])
+    assert det.test == "normal-score" and det.n == 8 and det.values.tolist() == [1.0, 2.0, 3.0, 5.0, 8.0]
+    x = np.array([0.0, 1.0, 1.5, 2.0, 2.5, 5.0, 6.0, 8.0, 9.0])
+    np.testing.assert_allclose(det.scores(x), _normal_scores_by_hand(ref, x), rtol=1e-13, atol=1e-15)
+    z_ref = _normal_scores_by_hand(ref, ref)
+    assert det.mean == pytest.approx(z_ref.mean(), abs=1e-15)
+    assert det.sd == pytest.approx(z_ref.std(), rel=1e-13)
+    window = np.array([5.0, 8.0, 9.0, np.nan, 2.0, 6.0])
+    result = det.score(window)
+    z = _normal_scores_by_hand(ref, window[np.isfinite(window)])
+    stat = (z.mean() - z_ref.mean()) / (z_ref.std() * np.sqrt(1 / 5 + 1 / 8))
+    assert (result.test, result.distance, result.window_size) == ("normal-score", None, 5)
+    assert result.statistic == pytest.approx(stat, rel=1e-12) and stat > 0
+    assert result.p_value == pytest.approx(2 * stats.norm.sf(abs(stat)), rel=1e-12)
+    assert type(result.statistic) is float and type(result.p_value) is float
+    low = det.score(np.array([1.0, 1.0, 2.0]))
+    z = _normal_scores_by_hand(ref, [1.0, 1.0, 2.0])
+    assert low.statistic == pytest.approx((z.mean() - z_ref.mean()) / (z_ref.std() * np.sqrt(1 / 3 + 1 / 8)), rel=1e-12)
+    assert low.statistic < 0 and low.p_value == pytest.approx(2 * stats.norm.cdf(low.statistic), rel=1e-12)
+    # suffixes count their finite values; a suffix with none has no result
+    by_suffix = det.score_suffixes(np.array([5.0, 2.0, 8.0, np.nan]), [1, 2, 4])
+    assert by_suffix[0] == drift.TestResult("normal-score", None, None, None, 0)
+    assert by_suffix[1].window_size == 1 and by_suffix[1].statistic == pytest.approx(det.score([8.0]).statistic)
+    assert by_suffix[2].window_size == 3 and by_suffix[2].p_value == pytest.approx(det.score([5.0, 2.0, 8.0]).p_value)
+    # scores given by the caller are the ones used
+    given = det.score_suffixes(window, [6], scores=np.zeros(6))[0]
+    assert given.statistic == pytest.approx(-det.mean / (det.sd * np.sqrt(1 / 5 + 1 / 8)), abs=1e-15)
+    assert det.score_suffixes(window, [6], scores=det.scores(window))[0] == result
+    # a reference of one value has no spread: nothing to test
+    flat = drift.NormalScoreDetector(np.array([4.0, 4.0, 4.0]))
+    assert flat.sd == 0.0 and flat.score([4.0, 5.0]) == drift.TestResult("normal-score", None, None, None, 2)
+    with pytest.raises(ValueError, match=r"^NormalScoreDetector needs a non-empty finite reference$"):
+        drift.NormalScoreDetector([np.nan])
+
+
+def test_binned_chi2_is_the_chi2_test_on_reference_quantile_bins():
+    rng = np.random.default_rng(40)
+    ref = rng.normal(size=4000)
+    det = drift.BinnedChiSquareDetector(np.r_[ref, np.nan], n_bins=4)
+    edges = np.quantile(ref, [0.25, 0.5, 0.75])
+    assert det.test == "binned-chi2" and det.edges.tolist() == edges.tolist() and det.n_bins == 4
+    ref_counts = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=4)
+    assert det.reference_freq.tolist() == (ref_counts / 4000).tolist()
+    window = np.r_[rng.normal(0.3, 1.0, 400), np.nan, np.inf]
+    codes = det.codes(window)
+    assert codes[:400].tolist() == np.searchsorted(edges, window[:400], side="right").tolist()
+    assert codes[400:].tolist() == [-1, -1] and det.codes([edges[1]]).tolist() == [2]  # an edge: the upper bin
+    win_counts = np.bincount(codes[:400], minlength=4)
+    expected = stats.chi2_contingency(np.array([ref_counts, win_counts]), correction=False)
+    result = det.score(window)
+    assert (result.test, result.window_size) == ("binned-chi2", 400)
+    assert result.statistic == pytest.approx(expected.statistic, rel=1e-12)
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-9) and result.p_value < 1e-3
+    assert result.distance == pytest.approx(0.5 * np.abs(win_counts / 400 - ref_counts / 4000).sum(), abs=1e-15)
+    newest = det.score_suffixes(window, [102, 402])
+    assert newest[0] == det.score(window[-102:]) and newest[0].window_size == 100 and newest[1] == result
+    # equal quantiles merge: a point mass stays in one bin
+    bunched = drift.BinnedChiSquareDetector(np.repeat([1.0, 2.0, 3.0], [10, 80, 10]), n_bins=10)
+    assert bunched.edges.tolist() == pytest.approx([1.9, 2.0, 2.1]) and bunched.n_bins == 4
+    assert bunched.reference_freq.tolist() == [0.1, 0.0, 0.8, 0.1]
+    default = drift.BinnedChiSquareDetector(ref)
+    assert default.edges.tolist() == np.quantile(ref, np.arange(1, 20) / 20).tolist() and default.n_bins == 20
+    with pytest.raises(ValueError, match=r"^BinnedChiSquareDetector needs a non-empty finite reference$"):
+        drift.BinnedChiSquareDetector([np.inf, np.nan])
+
+
+def _reconstruction_by_hand(reference: dict, window: dict, variance: float = 0.65):
+    """PCA reconstruction error of standardised normal scores, from scratch (SVD for the basis)."""
+    def standardised(columns):
+        out = []
+        for name, ref in reference.items():
+            ref = np.asarray(ref, dtype=float)
+            ref = ref[np.isfinite(ref)]
+            z_ref = _normal_scores_by_hand(ref, ref)
+            values = np.asarray(columns[name], dtype=float)
+            z = (_normal_scores_by_hand(ref, np.where(np.isfinite(values), values, 0.0)) - z_ref.mean()) / z_ref.std()
+            out.append(np.where(np.isfinite(values), z, np.nan))
+        return np.column_stack(out)
+
+    z = standardised(reference)
+    z = z[np.isfinite(z).all(axis=1)]
+    eigenvalues = np.sort(np.linalg.eigvalsh(np.cov(z, rowvar=False)))[::-1]
+    components = int(np.argmax(np.cumsum(eigenvalues) / eigenvalues.sum() >= variance)) + 1
+    vt = np.linalg.svd(z - z.mean(axis=0), full_matrices=False)[2][:components]
+    errors = ((z - z @ vt.T @ vt) ** 2).sum(axis=1)
+    w = standardised(window)
+    w = w[np.isfinite(w).all(axis=1)]
+    window_errors = ((w - w @ vt.T @ vt) ** 2).sum(axis=1)
+    n, m = len(z), len(w)
+    scale, dof = errors.var() / (2 * errors.mean()), 2 * errors.mean() ** 2 / errors.var()
+    m_eff = 1 / (1 / m + 1 / n)
+    p = stats.chi2.sf(m_eff * window_errors.mean() / scale, m_eff * dof)
+    return components, n, errors, window_errors.mean() / errors.mean(), p, m
+
+
+def test_reconstruction_detector_by_hand():
+    rng = np.random.default_rng(41)
+    a = rng.normal(size=600)
+    reference = {"a": a, "b": a + rng.normal(0, 0.5, 600), "c": rng.normal(size=600),
+                 "d": np.round(rng.normal(size=600))}
+    reference["c"][:5] = np.nan  # rows left out of the reference
+    det = drift.ReconstructionDetector(reference)
+    assert det.test == "pca-reconstruction" and det.names == ["a", "b", "c", "d"]
+    w = rng.normal(size=200)
+    window = {"a": w, "b": -w + rng.normal(0, 0.5, 200), "c": rng.normal(size=200), "d": np.round(rng.normal(size=200))}
+    window["d"][3] = np.inf
+    components, n, errors, statistic, p, m = _reconstruction_by_hand(reference, window)
+    assert (det.components, det.n) == (components, 595) and components == 2
+    assert det.mean_error == pytest.approx(errors.mean(), rel=1e-9)
+    np.testing.assert_allclose(det.error_deciles, np.quantile(errors, np.arange(1, 10) / 10), rtol=1e-9)
+    result = det.score(window)
+    assert (result.test, result.distance, result.window_size) == ("pca-reconstruction", None, m) and m == 199
+    assert result.statistic == pytest.approx(statistic, rel=1e-9) and statistic > 1.5  # a and b turned against each other
+    assert result.p_value == pytest.approx(p, rel=1e-6) and p < 1e-10
+    assert np.isnan(det.row_errors(window)[3]) and np.isfinite(np.delete(det.row_errors(window), 3)).all()
+    clean = {k: np.asarray(v)[300:] for k, v in reference.items()}
+    _, _, _, statistic, p, _ = _reconstruction_by_hand(reference, clean)
+    assert det.score(clean).statistic == pytest.approx(statistic, rel=1e-9)
+    assert det.score(clean).p_value == pytest.approx(p, rel=1e-9) and p > 0.01
+    newest = det.score_suffixes(window, [50, 200])
+    assert newest[0] == det.score({k: v[-50:] for k, v in window.items()}) and newest[1] == result
+    assert det.score({k: np.full(3, np.nan) for k in det.names}) == drift.TestResult("pca-reconstruction", None, None,
+                                                                                      None, 0)
+    # never every component: the errors would be rounding noise (and a division by a zero mean error)
+    assert drift.ReconstructionDetector(reference, variance=0.99).components == 3
+    two = drift.ReconstructionDetector({"x": rng.normal(size=500), "y": rng.normal(size=500)})
+    assert two.components == 1 and two.mean_error > 0.5  # independent: the first explains ~50% < 65%
+    assert drift.ReconstructionDetector(reference, variance=0.1).components == 1
+    # a scorer given is used as it is
+    scorer = drift.NormalScoreDetector(reference["a"])
+    assert drift.ReconstructionDetector(reference, scorers={"a": scorer}).scorers["a"] is scorer
+    # two features need at least four complete rows
+    assert drift.ReconstructionDetector({"x": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 3.0, 2.0, 4.0]}).n == 4
+    with pytest.raises(ValueError, match=r"^ReconstructionDetector needs more reference rows than features$"):
+        drift.ReconstructionDetector({"x": [1.0, 2.0, 3.0, 4.0], "y": [2.0, 1.0, 4.0, np.nan]})
+
+
+def test_data_detector_family_is_every_test_at_every_scale_with_holm(small_reference):
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA, alpha=0.01, min_samples=20, scales=(40, 100, 500))
+    window = _small_window(150, seed=26, x_shift=0.35)
+    window["g"][-30:] = 2  # the newest 30 are all "c" (20% in the reference)
+    x, y = small_reference["x"].to_numpy(float), small_reference["y"].to_numpy(float)
+    g = det.encode_column("g", small_reference["g"])
+    tests = {"x": [drift.KSDetector(x), drift.NormalScoreDetector(x), drift.BinnedChiSquareDetector(x)],
+             "g": [drift.ChiSquareDetector(g, ["a", "b", "c"])],
+             "y": [drift.KSDetector(y), drift.NormalScoreDetector(y), drift.BinnedChiSquareDetector(y)]}
+    joint = drift.ReconstructionDetector({"x": x, "g": g.astype(float), "y": y})
+    scales = [40, 100, 150]
+    family = [(name, t.test, s, t.score(np.asarray(window[name])[150 - s:]))
+              for name, ts in tests.items() for t in ts for s in scales]
+    family += [("multivariate", joint.test, s, joint.score({k: np.asarray(v, dtype=float)[150 - s:]
+                                                            for k, v in window.items()})) for s in scales]
+    rejected = drift.holm_bonferroni([r.p_value for *_, r in family], 0.01)
+    report = det.score(window)
+    assert report.tests == len(family) == 24 and report.scales == scales
+    assert (report.window_size, report.alpha, report.reason) == (150, 0.01, None)
+    for name in ("x", "g", "y"):
+        main = next(r for n, _, s, r in family if n == name and s == 150)
+        f = report.features[name]
+        assert (f.feature, f.test, f.distance) == (name, main.test, main.distance)
+        assert f.statistic == pytest.approx(main.statistic, rel=1e-12)
+        assert f.p_value == pytest.approx(main.p_value, rel=1e-9)
+        fired = [(r.p_value, t, s) for (n, t, s, r), rej in zip(family, rejected) if rej and n == name]
+        assert f.detected is bool(fired)
+        if fired:
+            p, t, s = min(fired)
+            d = report.detections[name]
+            assert (d.test, d.scale, d.segment, d.since) == (t, s, None, None)
+            assert d.p_value == pytest.approx(p, rel=1e-9)
+        else:
+            assert name not in report.detections
+    assert [n for n, f in report.features.items() if f.detected] == ["x", "g"]
+    # g's change point, on its cells: the newest 30 "c"s, found from the newest 40
+    cells = tests["g"][0].cells(window["g"])
+    assert report.detections["g"].scale == 40
+    assert report.detections["g"].since_samples == drift.change_start(cells, tests["g"][0].reference_counts / 2000, 40)
+    whole = family[-1][3]
+    joint_fired = [rej for (n, *_), rej in zip(family, rejected) if n == "multivariate"]
+    assert report.multivariate == drift.MultivariateDrift("pca-reconstruction", pytest.approx(whole.statistic, rel=1e-9),
+                                                          pytest.approx(whole.p_value, rel=1e-9), any(joint_fired),
+                                                          joint.components)
+    assert report.detected is bool(rejected.any()) is True
+    assert report.max_distance == max(r.distance for n, t, s, r in family if s == 150 and r.distance is not None
+                                      and t in ("ks", "chi2"))
+    # the joint test leaves out rows with an unseen, negative or fractional grade code
+    odd = {k: np.asarray(v, dtype=float).copy() for k, v in window.items()}
+    odd["g"][:3] = [7, -1, 1.5]
+    expected = joint.score({k: v[3:] for k, v in odd.items()})
+    assert det.score(odd).multivariate.p_value == pytest.approx(expected.p_value, rel=1e-9)
+    # too short a window: the joint test reports nothing, with its components; the family is empty
+    short = det.score({k: np.asarray(v)[:19] for k, v in window.items()})
+    assert short.multivariate == drift.MultivariateDrift("pca-reconstruction", None, None, False, joint.components)
+    assert (short.tests, short.scales, short.detections) == (0, [], {})
+    single = drift.DataDriftDetector(small_reference, {"features": SMALL_SCHEMA["features"][:1]})
+    assert single.multivariate is None and single.score({"x": window["x"]}).multivariate is None
+    assert drift.DataDriftDetector(small_reference, SMALL_SCHEMA, multivariate=False).multivariate is None
+    assert det.scales == (40, 100, 500) and drift.DataDriftDetector(small_reference, SMALL_SCHEMA).scales == (50, 100, 250)
+
+
+def test_concept_family_segments_and_detection_by_hand():
+    """Two price bands and a grade; the family is KS, bias and spread at each scale, then each
+    segment's Welch t-test and F-test against the same segment of the reference, Holm over all."""
+    rng = np.random.default_rng(50)
+    pred = np.repeat([1000.0, 8000.0], 200)
+    act = pred * np.exp(rng.normal(0, 0.1, 400))
+    ref_cut = rng.choice(3, 400, p=[0.08, 0.32, 0.6])
+    det = drift.ConceptDriftDetector(act, pred, alpha=0.01, min_samples=10, n_bins=2, scales=(50,),
+                                     grades={"cut": ["Fair", "Good", "Ideal"], "color": ["D"]},
+                                     reference_grades={"cut": ref_cut}, min_segment=20)
+    assert det.grades == {"cut": ["Fair", "Good", "Ideal"]}  # color has no reference grades: no segment
+    assert det.bin_names == ["price 0-4,500", "price 4,500+"] and det.scales == (50,) and det.min_segment == 20
+    assert det.segment_names() == ["price 0-4,500", "price 4,500+", "cut=Fair", "cut=Good", "cut=Ideal"]
+    w_pred = np.repeat([1000.0, 8000.0], 60)
+    w_act = w_pred * np.exp(rng.normal(0, 0.1, 120)) * np.where(w_pred > 5000, 1.15, 1.0)  # dearer stones 15% up
+    w_act[5] = np.nan  # this label and its grade are left out
+    w_cut = rng.choice(3, 120, p=[0.08, 0.32, 0.6]).astype(float)
+    w_cut[:4] = [-1, 5, np.nan, 1.5]  # unknown grades: in no grade segment
+    report = det.score(w_act, w_pred, grades={"cut": w_cut})
+
+    ok = np.isfinite(w_act)
+    a, p_, cut = w_act[ok], w_pred[ok], w_cut[ok]
+    m = 119
+    u, bins = det.pit(a, p_)
+    z = stats.norm.ppf(u)
+    family = []  # (segment, scale, test, p, mask)
+    for s in (50, 119):
+        counts = np.bincount(bins[m - s:], minlength=2)
+        n_eff = 1 / (1 / s + np.sum((counts / s) ** 2 / 200))
+        d = stats.kstest(u[m - s:], "uniform").statistic
+        zs = z[m - s:]
+        family += [("all", s, "pit-ks", _two_sided_ks_p(d, round(n_eff)), None),
+                   ("all", s, "bias", 2 * stats.norm.sf(abs(zs.mean()) * np.sqrt(n_eff)), None),
+                   ("all", s, "spread", stats.chi2.sf(n_eff * np.mean(zs ** 2), n_eff), None)]
+        if s == 119:
+            whole_ks = (d, family[-3][3])
+    u_ref, ref_bins = det.pit(act, pred)
+    z_ref = stats.norm.ppf(u_ref)
+    q_ref, q = np.log(act / pred), np.log(a / p_)
+    shift = q - np.array([q_ref[ref_bins == 0].mean(), q_ref[ref_bins == 1].mean()])[bins]
+    segments = {"price 0-4,500": (bins == 0, ref_bins == 0), "price 4,500+": (bins == 1, ref_bins == 1),
+                "cut=Good": (cut == 1, ref_cut == 1), "cut=Ideal": (cut == 2, ref_cut == 2)}
+    assert (cut == 0).sum() < 20 <= (ref_cut == 0).sum()  # Fair: too few labels in this window
+    for name, (mask, ref_mask) in segments.items():
+        zw, zr = z[mask], z_ref[ref_mask]
+        family += [(name, m, "bias", stats.ttest_ind(zw, zr, equal_var=False).pvalue, mask),
+                   (name, m, "spread", stats.f.sf(zw.var(ddof=1) / zr.var(ddof=1), zw.size - 1, zr.size - 1), mask)]
+    rejected = drift.holm_bonferroni([f[3] for f in family], 0.01)
+    assert (report.tests, report.scales, report.labelled_size) == (len(family), [50, 119], m) and len(family) == 14
+    assert report.statistic == pytest.approx(whole_ks[0], abs=1e-12)
+    assert report.p_value == pytest.approx(whole_ks[1], rel=1e-9)
+    assert report.bias_pct == pytest.approx(100 * np.expm1(shift.mean()), rel=1e-9)
+    assert list(report.segments) == list(segments)
+    for name, (mask, _) in segments.items():
+        mine = [(f[3], rej) for f, rej in zip(family, rejected) if f[0] == name]
+        seg = report.segments[name]
+        assert seg.samples == mask.sum()
+        assert seg.bias_pct == pytest.approx(100 * np.expm1(shift[mask].mean()), rel=1e-9)
+        assert seg.p_value == pytest.approx(min(p for p, _ in mine), rel=1e-6)
+        assert seg.detected is any(rej for _, rej in mine)
+    assert [n for n, s in report.segments.items() if s.detected] == ["price 4,500+", "cut=Ideal"]
+    assert report.detected is True
+    i = min(range(len(family)), key=lambda j: (family[j][3], j) if rejected[j] else (np.inf, j))
+    segment, s, test, p, mask = family[i]
+    deciles = np.minimum((u * 10).astype(int), 9)
+    assert report.detection == drift.Detection(test, s, pytest.approx(p, rel=1e-9),
+                                               drift.change_start(deciles, np.full(10, 0.1), s, mask), segment=segment)
+    assert (segment, s, test) == ("all", 50, "bias")
+    # without the labels' grades only the price bands are segments
+    plain = det.score(w_act, w_pred)
+    assert list(plain.segments) == ["price 0-4,500", "price 4,500+"] and plain.tests == 6 + 4
+    with pytest.raises(ValueError, match=r"^grades\['cut'\] differs in length from the labels$"):
+        det.score(w_act, w_pred, grades={"cut": w_cut[:-1]})
+    with pytest.raises(ValueError, match=r"^reference_grades\['cut'\] differs in length from the reference errors$"):
+        drift.ConceptDriftDetector(act, pred, n_bins=2, grades={"cut": ["Fair"]}, reference_grades={"cut": ref_cut[1:]})
+    # a segment of the reference with fewer than min_segment errors is never tested
+    few = drift.ConceptDriftDetector(act, pred, n_bins=2, grades={"cut": ["Fair", "Good", "Ideal"]},
+                                     reference_grades={"cut": ref_cut}, min_segment=100)
+    assert few.segment_names() == ["price 0-4,500", "price 4,500+", "cut=Good", "cut=Ideal"]
+    assert drift.ConceptDriftDetector(act, pred).min_segment == 20 and drift.ConceptDriftDetector(act, pred).scales == (50, 100, 250)
+
+
+def test_concept_bin_names_two_figures_and_whole_dollars():
+    pred = np.repeat([1234.0, 56789.0], 100)
+    assert drift.ConceptDriftDetector(pred, pred, n_bins=2).bin_names == ["price 0-29,000", "price 29,000+"]
+    # three edges that round alike: whole dollars instead
+    pred = np.repeat([990.0, 1000.0, 1010.0, 1020.0], 100)
+    det = drift.ConceptDriftDetector(pred, pred, n_bins=4)
+    assert det.edges.tolist() == pytest.approx([997.5, 1005.0, 1012.5])
+    assert det.bin_names == ["price 0-998", "price 998-1,005", "price 1,005-1,012", "price 1,012+"]
+    pred = np.repeat([90.0, 950.0, 12345.0], 100)
+    assert drift.ConceptDriftDetector(pred, pred, n_bins=3).bin_names == ["price 0-660", "price 660-4,700", "price 4,700+"]
+
+
+# --------------------------------------------------------------------------------------------------
 # scenarios and the evaluation script
 
 
@@ -945,3 +1435,367 @@ def test_evaluate_drift_runs_end_to_end(small_artifact_path):
     table = evaluate_drift.render(result, args)
     assert "| large_stones | data |" in table and "| clean |" not in table
     assert "False alarms on clean traffic: data drift" in table
+
+
+JOINT_SCHEMA = {"features": [{"name": "x", "kind": "numeric"}, {"name": "y", "kind": "numeric"},
+                             {"name": "g", "kind": "categorical", "categories": ["a", "b"]}]}
+
+
+def test_joint_detection_names_its_scale_p_and_change_point():
+    """x and y go together in the reference and against each other in the newest 120 rows: each
+    feature's own distribution stays as it was, the joint test fires, and its Detection is the
+    rejected joint hypothesis with the smallest p, dated by change_start on the rows' reconstruction
+    errors binned at the reference errors' deciles (rows with a non-finite value left out)."""
+    rng = np.random.default_rng(61)
+    x = rng.normal(size=3000)
+    reference = pd.DataFrame({"x": x, "y": x + rng.normal(0, 0.4, 3000), "g": rng.choice(["a", "b"], size=3000)})
+    det = drift.DataDriftDetector(reference, JOINT_SCHEMA, alpha=0.01, min_samples=20, scales=(50, 120))
+    w = rng.normal(size=400)
+    sign = np.where(np.arange(400) < 280, 1.0, -1.0)  # the newest 120 turned against each other
+    window = {"x": w, "y": sign * w + rng.normal(0, 0.4, 400), "g": rng.choice(2, size=400).astype(np.int64)}
+    window["y"][5] = np.nan  # a row the joint test leaves out
+    report = det.score(window)
+    joint = det.multivariate
+    columns = {"x": window["x"], "y": window["y"], "g": window["g"].astype(float)}
+    results = [(s, joint.score({k: v[400 - s:] for k, v in columns.items()})) for s in (50, 120, 400)]
+    assert report.scales == [50, 120, 400] and report.tests == 8 * 3  # x, y: 3 tests each; g: 1; joint: 1
+    # which of them Holm rejects, with the per-feature tests in the family
+    family = [r.p_value for name in ("x", "y", "g") for t in det.tests[name]
+              for r in t.score_suffixes(np.asarray(window[name]), [50, 120, 400])]
+    family += [r.p_value for _, r in results]
+    rejected = drift.holm_bonferroni(family, 0.01)[-3:]
+    fired = [(r.p_value, s) for (s, r), rej in zip(results, rejected) if rej]
+    assert fired and not report.features["x"].detected and not report.features["g"].detected
+    p, s = min(fired)
+    d = report.detections["multivariate"]
+    assert (d.test, d.scale, d.segment, d.since) == ("pca-reconstruction", s, None, None)
+    assert d.p_value == pytest.approx(p, rel=1e-9)
+    errors = joint.row_errors(columns)
+    assert np.isnan(errors[5]) and np.isfinite(np.delete(errors, 5)).all()
+    finite = errors[np.isfinite(errors)]
+    cells = np.searchsorted(joint.error_deciles, finite, side="right")
+    assert d.since_samples == drift.change_start(cells, np.full(10, 0.1), s)
+    assert 100 <= d.since_samples <= 140  # about the newest 120
+    assert report.multivariate.detected is True
+    assert report.multivariate.statistic == pytest.approx(results[-1][1].statistic, rel=1e-9)
+
+
+def test_joint_change_start_bins_finite_errors_at_the_reference_deciles():
+    rng = np.random.default_rng(62)
+    x = rng.normal(size=1000)
+    reference = pd.DataFrame({"x": x, "y": x + rng.normal(0, 0.4, 1000), "g": rng.choice(["a", "b"], size=1000)})
+    det = drift.DataDriftDetector(reference, JOINT_SCHEMA)
+    deciles = det.multivariate.error_deciles
+    assert deciles.size == 9 and np.all(np.diff(deciles) > 0)
+    low, high = deciles[0] / 2, deciles[-1] * 2  # below every decile (bin 0), above all (bin 9)
+    errors = np.array([low] * 30 + [np.nan] * 3 + [high] * 12 + [np.inf, high])
+    # 43 finite errors: the newest 13 sit in the top bin, a suffix larger than them is cut to 43
+    assert det._joint_change_start(errors, 13) == drift.change_start(np.array([0] * 30 + [9] * 13), np.full(10, 0.1), 13)
+    assert det._joint_change_start(errors, 13) == 13
+    assert det._joint_change_start(errors, 500) == drift.change_start(np.array([0] * 30 + [9] * 13), np.full(10, 0.1), 43)
+    # an error exactly on a decile belongs to the bin above it (side="right")
+    on_edge = np.array([deciles[0]] * 20 + [deciles[4]] * 20)
+    expected = drift.change_start(np.array([1] * 20 + [5] * 20), np.full(10, 0.1), 20)
+    assert det._joint_change_start(on_edge, 20) == expected == 20
+
+
+def test_segment_tests_are_welch_t_and_the_f_test_by_hand():
+    """ConceptDriftDetector._segment_tests against scipy, and its guards by hand: a one-label segment
+    (no variance of its own), a reference segment of one error, and flat scores (a variance floor
+    of 1e-12, never a division by zero)."""
+    seg = drift.ConceptDriftDetector._segment_tests
+    rng = np.random.default_rng(70)
+    zw, zr = rng.normal(0.4, 1.3, 37), rng.normal(0.0, 1.0, 250)
+    bias, spread = seg(zw, (zr.size, zr.mean(), zr.var()))
+    welch = stats.ttest_ind(zw, zr, equal_var=False)
+    assert (bias.test, bias.distance, bias.window_size) == ("bias", None, 37)
+    assert bias.statistic == pytest.approx(welch.statistic, rel=1e-12)
+    assert bias.p_value == pytest.approx(welch.pvalue, rel=1e-9)
+    ratio = zw.var(ddof=1) / zr.var(ddof=1)
+    assert (spread.test, spread.distance, spread.window_size) == ("spread", None, 37)
+    assert spread.statistic == pytest.approx(ratio, rel=1e-12)
+    assert spread.p_value == pytest.approx(stats.f.sf(ratio, 36, 249), rel=1e-9)
+    # falling spread: the one-sided F-test does not flag it
+    _, narrow = seg(zr[:40] * 0.3, (zr.size, zr.mean(), zr.var()))
+    assert narrow.p_value > 0.999
+    # one label: its own variance is 0, the reference's alone sets the error and the dof (n - 1)
+    bias, spread = seg(np.array([1.2]), (50, 0.1, 0.81))
+    var_r = 0.81 * 50 / 49
+    t = (1.2 - 0.1) / np.sqrt(var_r / 50)
+    assert bias.statistic == pytest.approx(t, rel=1e-12) and bias.window_size == 1
+    assert bias.p_value == pytest.approx(2 * stats.t.sf(t, 49), rel=1e-9)
+    assert (spread.statistic, spread.p_value) == (0.0, 1.0)
+    # a reference segment of one error: its variance taken as is (n / max(n - 1, 1) = 1), floored
+    bias, spread = seg(np.array([0.5, 1.5, 1.0]), (1, 0.25, 0.0))
+    se2_w, se2_r = 0.25 / 3, 1e-12
+    assert bias.statistic == pytest.approx((1.0 - 0.25) / np.sqrt(se2_w + se2_r), rel=1e-12)
+    dof = (se2_w + se2_r) ** 2 / (se2_w ** 2 / 2 + se2_r ** 2 / 1)
+    assert bias.p_value == pytest.approx(2 * stats.t.sf(bias.statistic, dof), rel=1e-9)
+    assert spread.statistic == pytest.approx(0.25 / 1e-12, rel=1e-12)
+    assert spread.p_value == pytest.approx(stats.f.sf(0.25 / 1e-12, 2, 1), rel=1e-9)
+    # flat scores on both sides: the standard error is floored at 1e-6, not zero
+    bias, spread = seg(np.full(4, 0.3), (10, 0.2, 0.0))
+    assert bias.statistic == pytest.approx(0.1 / 1e-6, rel=1e-9)
+    se2_r = 1e-12 / 10  # the floored variance (0 * 10 / 9 < 1e-12) over n
+    dof = se2_r ** 2 / (se2_r ** 2 / 9)
+    assert dof == pytest.approx(9.0) and bias.p_value == pytest.approx(2 * stats.t.sf(1e5, 9), rel=1e-6)
+    assert (spread.statistic, spread.p_value) == (0.0, 1.0)
+
+
+def test_segment_tests_with_two_labels_or_two_reference_errors():
+    """The smallest segments where each guard's max(. - 1, 1) is the plain count minus one."""
+    seg = drift.ConceptDriftDetector._segment_tests
+    bias, spread = seg(np.array([0.2, 1.0]), (2, -0.1, 0.09))
+    var_w, var_r = 0.32, 0.09 * 2 / 1
+    se2_w, se2_r = var_w / 2, var_r / 2
+    t = (0.6 + 0.1) / np.sqrt(se2_w + se2_r)
+    dof = (se2_w + se2_r) ** 2 / (se2_w ** 2 / 1 + se2_r ** 2 / 1)
+    assert bias.statistic == pytest.approx(t, rel=1e-12)
+    assert bias.p_value == pytest.approx(2 * stats.t.sf(t, dof), rel=1e-9)
+    assert spread.statistic == pytest.approx(var_w / var_r, rel=1e-12)
+    assert spread.p_value == pytest.approx(stats.f.sf(var_w / var_r, 1, 1), rel=1e-9)
+
+
+def test_concept_whole_window_tests_by_hand():
+    """The three whole-window concept tests as TestResults: names, statistics, p, distance, size."""
+    u = np.array([0.05, 0.2, 0.35, 0.5, 0.95, 0.9])
+    z = stats.norm.ppf(u)
+    ks = drift.ConceptDriftDetector._ks(u, 5.0)
+    d = stats.kstest(u, "uniform").statistic
+    assert ks == drift.TestResult("pit-ks", pytest.approx(d, abs=1e-12), drift.ks_p_value(d, 5.0),
+                                  pytest.approx(d, abs=1e-12), 6)
+    bias = drift.ConceptDriftDetector._bias(z, 5.0)
+    stat = z.mean() * np.sqrt(5.0)
+    assert bias == drift.TestResult("bias", pytest.approx(stat, rel=1e-12),
+                                    pytest.approx(2 * stats.norm.sf(abs(stat)), rel=1e-12), None, 6)
+    spread = drift.ConceptDriftDetector._spread(z, 5.0)
+    stat = np.mean(z ** 2)
+    assert spread == drift.TestResult("spread", pytest.approx(stat, rel=1e-12),
+                                      pytest.approx(stats.chi2.sf(5.0 * stat, 5.0), rel=1e-9), None, 6)
+
+
+def test_finite_pairs_are_float_arrays_without_missing_pairs():
+    actual, predicted = drift._finite_pairs([1, None, 3, 4], [2, 5, np.inf, 8], "pairs")
+    assert actual.dtype == predicted.dtype == np.float64
+    assert actual.tolist() == [1.0, 4.0] and predicted.tolist() == [2.0, 8.0]
+
+
+def test_dollars_of_small_edges():
+    assert [drift._dollars(x) for x in (-3.0, 0.0, 0.8, 1.0, 1.4, 950.4)] == ["0", "0", "1", "1", "1", "950"]
+
+
+def test_concept_reference_with_missing_values_and_each_segment_s_reference():
+    """Reference pairs with a missing value are left out of the segments too, grade for grade; each
+    segment's reference is (n, mean, variance) of the reference's own normal scores in it, kept
+    when it has at least min_segment errors."""
+    rng = np.random.default_rng(71)
+    pred = np.repeat([1000.0, 3000.0, 8000.0], 40)
+    act = list(pred * np.exp(rng.normal(0, 0.1, 120)))
+    act[3], act[50] = None, np.nan            # two pairs with no price
+    pred = list(pred)
+    pred[90] = np.inf                          # and one with no prediction
+    cut = np.array([0] * 20 + [1] * 100)       # Fair: 20 rows, one of them without a price
+    cut[100:] = 0                              # ... and 20 more among the dearest (one without prediction)
+    det = drift.ConceptDriftDetector(act, pred, n_bins=3, grades={"cut": ["Fair", "Good"]},
+                                     reference_grades={"cut": cut}, min_segment=39)
+    ok = np.array([i not in (3, 50, 90) for i in range(120)])
+    a, p_ = np.asarray(act, dtype=float)[ok], np.asarray(pred)[ok]
+    u, bins = det.pit(a, p_)
+    z = stats.norm.ppf(u)
+    cut_ok = cut[ok]
+    assert det.n_bins == 3 and bins.tolist() == [0] * 39 + [1] * 39 + [2] * 39
+    expected = {**{name: bins == b for b, name in enumerate(det.bin_names)},
+                "cut=Fair": cut_ok == 0, "cut=Good": cut_ok == 1}
+    kept = {name: mask for name, mask in expected.items() if mask.sum() >= 39}
+    assert (cut_ok == 0).sum() == 39 == (bins == 0).sum()   # exactly min_segment: kept
+    assert list(det._segment_reference) == list(kept) == det.segment_names()
+    for name, mask in kept.items():
+        n, mean, var = det._segment_reference[name]
+        assert n == mask.sum()
+        assert mean == pytest.approx(z[mask].mean(), rel=1e-9, abs=1e-12)
+        assert var == pytest.approx(z[mask].var(), rel=1e-9)
+
+
+def test_concept_segments_of_a_second_grade_and_at_exactly_min_segment():
+    """Labels with only the second grade's codes still get that grade's segments; a segment with
+    exactly min_segment labels is tested; a detection within a segment is dated on that segment's
+    labels (change_start with its mask)."""
+    rng = np.random.default_rng(72)
+    pred = np.repeat([1000.0, 8000.0], 300)
+    act = pred * np.exp(rng.normal(0, 0.1, 600))
+    ref_grades = {"cut": rng.choice(2, 600), "color": rng.choice(2, 600)}
+    det = drift.ConceptDriftDetector(act, pred, alpha=0.05, min_samples=10, n_bins=2, scales=(),
+                                     grades={"cut": ["Fair", "Ideal"], "color": ["D", "J"]},
+                                     reference_grades=ref_grades, min_segment=25)
+    m = 200
+    w_pred = np.tile([1000.0, 8000.0], m // 2)
+    color = np.array([0] * 175 + [1] * 25, dtype=float)   # J: exactly 25 labels, the newest
+    w_act = w_pred * np.exp(rng.normal(0, 0.1, m)) * np.where(color == 1, 1.6, 1.0)  # J stones 60% dearer
+    report = det.score(w_act, w_pred, grades={"color": color})
+    assert list(report.segments) == ["price 0-4,500", "price 4,500+", "color=D", "color=J"]
+    assert report.segments["color=J"].samples == 25 and report.segments["color=J"].detected
+    d = report.detection
+    assert d.segment == "color=J" and d.scale == m
+    u, _ = det.pit(w_act, w_pred)
+    deciles = np.minimum((u * 10).astype(int), 9)
+    assert d.since_samples == drift.change_start(deciles, np.full(10, 0.1), m, color == 1)
+    assert d.since_samples != drift.change_start(deciles, np.full(10, 0.1), m)  # the mask matters here
+
+
+def test_data_detector_shares_normal_scores_and_scorers():
+    """Each numeric feature's normal scores are computed once a check, for its normal-score test and
+    the joint test together, by the same NormalScoreDetector."""
+    rng = np.random.default_rng(73)
+    reference = pd.DataFrame({"x": rng.normal(size=500), "g": rng.choice(["a", "b"], 500),
+                              "y": rng.normal(size=500)})
+    schema = {"features": [{"name": "x", "kind": "numeric"}, {"name": "g", "kind": "categorical",
+                                                              "categories": ["a", "b"]},
+                           {"name": "y", "kind": "numeric"}]}
+    det = drift.DataDriftDetector(reference, schema, min_samples=10, scales=(20,))
+    for name in ("x", "y"):
+        assert det.multivariate.scorers[name] is det.tests[name][1]
+    calls = []
+    real = drift.NormalScoreDetector.scores
+
+    def counted(self, values):
+        calls.append(len(values))
+        return real(self, values)
+
+    window = {"x": rng.normal(size=60), "g": rng.choice(2, 60), "y": rng.normal(size=60)}
+    drift.NormalScoreDetector.scores = counted
+    try:
+        report = det.score(window)
+    finally:
+        drift.NormalScoreDetector.scores = real
+    assert calls == [60, 60, 60]   # x and y once each, and g's codes by the joint test's own scorer
+    assert report.tests == (3 + 1 + 3 + 1) * 2
+    # two features are enough for a joint test
+    two = drift.DataDriftDetector(reference, {"features": schema["features"][:2]})
+    assert two.multivariate is not None and two.multivariate.names == ["x", "g"]
+
+
+def test_joint_columns_keep_only_codes_of_the_schema():
+    rng = np.random.default_rng(74)
+    reference = pd.DataFrame({"x": rng.normal(size=300), "g": rng.choice(["a", "b", "c"], 300)})
+    schema = {"features": [{"name": "x", "kind": "numeric"},
+                           {"name": "g", "kind": "categorical", "categories": ["a", "b", "c"]}]}
+    det = drift.DataDriftDetector(reference, schema)
+    out = det._joint_columns({"x": [0.5, 1.5, -2.0, 3.0, 0.0], "g": [0, 2, 3, -1, 1.5]})
+    assert out["x"].tolist() == [0.5, 1.5, -2.0, 3.0, 0.0]
+    np.testing.assert_array_equal(out["g"], [0.0, 2.0, np.nan, np.nan, np.nan])
+
+
+def test_normal_score_suffix_of_length_zero_is_empty():
+    det = drift.NormalScoreDetector(np.arange(100.0))
+    empty, whole = det.score_suffixes(np.array([3.0, 50.0, 70.0]), [0, 3])
+    assert empty == drift.TestResult("normal-score", None, None, None, 0)
+    assert whole.window_size == 3 and whole.p_value is not None
+
+
+def test_multivariate_drift_to_dict_keeps_its_p_value():
+    joint = drift.MultivariateDrift("pca-reconstruction", 1.25, 3e-5, True, 2)
+    assert joint.to_dict() == {"test": "pca-reconstruction", "statistic": 1.25, "p_value": 3e-5,
+                               "detected": True, "components": 2}
+
+
+def test_joint_change_start_depends_on_the_reference_share_of_each_bin():
+    """change_start against 1/10 per decile bin: a reference share other than 1/10, or bins split
+    at the deciles the other way (side='left'), would date this change differently."""
+    rng = np.random.default_rng(75)
+    x = rng.normal(size=1000)
+    reference = pd.DataFrame({"x": x, "y": x + rng.normal(0, 0.4, 1000), "g": rng.choice(["a", "b"], size=1000)})
+    det = drift.DataDriftDetector(reference, JOINT_SCHEMA)
+    deciles = det.multivariate.error_deciles
+    cells = np.array([1, 4, 9, 0, 8, 1, 3, 9, 2, 2, 9, 9, 0, 0, 5, 6, 5, 9, 9, 9, 0, 0, 7, 9, 3, 9, 9, 8, 9, 9])
+    top = deciles[-1] * 2
+    lower = np.concatenate(([deciles[0] / 2], deciles))   # a value inside each bin: its lower edge, or below all
+    errors = np.where(cells == 9, top, lower[cells] + 1e-9 * (cells > 0))
+    assert np.array_equal(np.searchsorted(deciles, errors, side="right"), cells)
+    assert det._joint_change_start(errors, 12) == drift.change_start(cells, np.full(10, 0.1), 12) == 20
+    # what another share per bin would give: not the same
+    assert [drift.change_start(cells, np.full(11, 0.1), 12), drift.change_start(cells, np.full(10, 1 / 8), 12),
+            drift.change_start(cells, np.full(10, 1 / 11), 12)] == [13, 13, 28]
+    # an error exactly on a decile goes to the bin above it: side="right"
+    on_edge = np.array([deciles[0] * 0.999] * 20 + [deciles[0]] * 20)
+    assert det._joint_change_start(on_edge, 20) == 20
+
+
+def test_none_is_a_missing_value_in_every_numeric_test_and_the_joint_columns(small_reference):
+    scorer = drift.NormalScoreDetector([1.0, None, 2.0, 3.0])
+    assert scorer.n == 3
+    assert scorer.score_suffixes([None, 2.0, 2.5], [3])[0].window_size == 2
+    binned = drift.BinnedChiSquareDetector([1.0, None, 2.0, 3.0, 4.0], n_bins=2)
+    assert binned.chi2.n == 4 and binned.chi2.categories == ["0", "1"]   # bins named by their index
+    det = drift.DataDriftDetector(small_reference, SMALL_SCHEMA)
+    out = det._joint_columns({"x": [None, 1.0], "g": [None, 1], "y": [2.0, None]})
+    np.testing.assert_array_equal(out["x"], [np.nan, 1.0])
+    np.testing.assert_array_equal(out["g"], [np.nan, 1.0])
+    np.testing.assert_array_equal(out["y"], [2.0, np.nan])
+    concept = drift.ConceptDriftDetector([100.0, None] + [100.0] * 20, [100.0, 100.0, None] + [100.0] * 19, n_bins=1)
+    assert concept.n == 20
+
+
+def test_a_segment_s_detection_is_dated_on_that_segment_against_ten_deciles():
+    """J stones (about 30% of the labels) 30% dearer over the newest 80 labels: the spread test of
+    color=J fires, and its change point is change_start on that segment's PIT deciles, each with
+    a reference share of 1/10 (neither the whole window's nor eleven cells' answer)."""
+    rng = np.random.default_rng(108)
+    pred = np.repeat([1000.0, 8000.0], 300)
+    act = pred * np.exp(rng.normal(0, 0.1, 600))
+    ref_grades = {"cut": rng.choice(2, 600), "color": rng.choice(2, 600)}
+    det = drift.ConceptDriftDetector(act, pred, alpha=0.05, min_samples=10, n_bins=2, scales=(),
+                                     grades={"cut": ["Fair", "Ideal"], "color": ["D", "J"]},
+                                     reference_grades=ref_grades, min_segment=25)
+    m = 200
+    w_pred = np.tile([1000.0, 8000.0], m // 2)
+    color = (rng.random(m) < 0.3).astype(float)
+    late = np.arange(m) >= 120
+    w_act = w_pred * np.exp(rng.normal(0, 0.1, m)) * np.where((color == 1) & late, 1.3, 1.0)
+    d = det.score(w_act, w_pred, grades={"color": color}).detection
+    assert (d.test, d.scale, d.segment) == ("spread", m, "color=J")
+    u, _ = det.pit(w_act, w_pred)
+    deciles = np.minimum((u * 10).astype(int), 9)
+    assert d.since_samples == drift.change_start(deciles, np.full(10, 0.1), m, color == 1) == 99
+    assert drift.change_start(deciles, np.full(11, 0.1), m, color == 1) == 75
+    assert drift.change_start(deciles, np.full(10, 0.1), m) == 101
+
+
+def test_small_helpers_on_edge_inputs():
+    assert drift._dollars(-0.0) == "0"
+    # codes given as floats index the same cells as integers
+    codes = [0, 1, 1, 2, 2, 2, 2]
+    freq = np.array([0.5, 0.3, 0.2])
+    assert drift.change_start(np.array(codes, dtype=float), freq, 4) == drift.change_start(codes, freq, 4) == 4
+    scorer = drift.NormalScoreDetector(np.arange(10.0))
+    assert scorer.scores([None, 2.0])[1] == scorer.scores(np.array([2.0]))[0]
+    binned = drift.BinnedChiSquareDetector(np.arange(100.0), n_bins=4)
+    assert binned.codes([None, 10.0, 60.0]).tolist() == [-1, 0, 2]
+    assert binned.score([None, 10.0, 60.0]).window_size == 2
+    joint = drift.ReconstructionDetector({"a": np.arange(50.0), "b": np.arange(50.0) % 7, "c": np.arange(50.0) % 3})
+    errors = joint.row_errors({"a": [None, 3.0], "b": [1.0, 2.0], "c": [0.0, 1.0]})
+    assert np.isnan(errors[0]) and np.isfinite(errors[1])
+
+
+def test_residual_errors_rank_actual_minus_predicted_whatever_the_targets_sign():
+    """error="residual": a target that is zero or negative has no ratio. Shifting every target and
+    prediction by the same constant changes nothing but the band names; `bias` is the mean shift of
+    the residuals in the target's units, and the log-ratio figures are None."""
+    rng = np.random.default_rng(5)
+    predicted = rng.normal(0.0, 3.0, 4000)
+    actual = predicted + rng.normal(0.0, 1.0, 4000)
+    live_pred = rng.normal(0.0, 3.0, 400)
+    live = live_pred + rng.normal(0.6, 1.0, 400)
+    det = drift.ConceptDriftDetector(actual, predicted, error="residual")
+    moved = drift.ConceptDriftDetector(actual + 100.0, predicted + 100.0, error="residual")
+    a, b = det.score(live, live_pred), moved.score(live + 100.0, live_pred + 100.0)
+    assert a.p_value == b.p_value and a.statistic == b.statistic and a.detected is b.detected is True
+    assert a.error == "residual" and a.bias == pytest.approx(b.bias) and 0.4 < a.bias < 0.8
+    assert a.bias_pct is None and a.mean_log_ratio is None
+    assert all(seg.bias_pct is None for seg in a.segments.values())
+    assert det.bin_names[0].startswith("predicted < ") and det.bin_names[-1].startswith("predicted >= ")
+    u, _ = det.pit(actual[:10], predicted[:10])
+    assert np.all((u > 0) & (u < 1))
+    clean = det.score(predicted[:300] + rng.normal(0.0, 1.0, 300), predicted[:300])
+    assert clean.detected is False
+    with pytest.raises(ValueError, match="error must be"):
+        drift.ConceptDriftDetector(actual, predicted, error="ratio")

@@ -149,55 +149,164 @@ def db_now(db: str) -> float:
 # ------------------------------------------------------------------ what crosses the database
 
 def test_the_store_s_columns_give_the_windows_a_replica_would(small_artifact, heldout):
-    """A fleet check scores windows built column-wise from the store (snapshot_from_columns): they
-    must be those the replica's own InputWindow and LabelledWindow would hold."""
+    """A fleet check scores windows built column-wise from the store (windows_from_columns): they
+    must be those the replica's own InputWindow and LabelledWindow would hold, predictions, arrival
+    times and the labelled inputs' grades included (an unknown grade reads NaN there)."""
     import numpy as np
 
-    from monitoring.fleet import snapshot_from_columns
+    from monitoring.fleet import snapshot_from_columns, windows_from_columns
     from monitoring.model import Schema
     from monitoring.windows import InputWindow, LabelledWindow
 
     schema = Schema(small_artifact["schema"])
+    grades = tuple(f.name for f in schema.features if f.kind == "categorical")
     frame = heldout.iloc[:257]
     rows = [schema.parse_row(r) for r in as_payload(frame)]
+    predictions = [500.0 + k for k in range(len(rows))]
+    times = [1.8e9 + 0.25 * k for k in range(len(rows))]
     pairs = [(float(p), 1000.0 + k) for k, p in enumerate(frame["price"])]
-    inputs, labelled = InputWindow(schema, 1000), LabelledWindow(1000)
-    inputs.extend(rows)
-    labelled.extend(pairs)
+    label_grades = [[row[schema.names.index(g)] for g in grades] for row in rows]
+    label_grades[3][0] = None          # a grade the store has no value for
+    label_grades[4][1] = "Z"           # and one this schema does not know
+    codes = [[np.nan if v not in schema.features[schema.names.index(g)].categories else schema.code(g, v)
+              for g, v in zip(grades, row)] for row in label_grades]
+    inputs, labelled = InputWindow(schema, 1000), LabelledWindow(1000, grades=grades)
+    for k, row in enumerate(rows):
+        inputs.extend([row], now=times[k], predictions=[predictions[k]])
+        labelled.extend([pairs[k]], grades=[codes[k]], now=times[k] + 60)
     columns = {name: [row[j] for row in rows] for j, name in enumerate(schema.names)}
-    built = snapshot_from_columns(schema, columns, ([a for a, _ in pairs], [p for _, p in pairs]))
-    expected = inputs.snapshot()
+    columns.update(prediction=predictions, ts=times)
+    label_columns = {"actual": [a for a, _ in pairs], "prediction": [p for _, p in pairs],
+                     "label_ts": [t + 60 for t in times],
+                     **{g: [row[j] for row in label_grades] for j, g in enumerate(grades)}}
+    built = windows_from_columns(schema, columns, label_columns)
+    expected, served, arrived = inputs.snapshot_all()
     assert list(built.inputs) == list(expected)
     for name in expected:
         assert built.inputs[name].dtype == expected[name].dtype
         assert np.array_equal(built.inputs[name], expected[name])
-    actual, predicted = labelled.snapshot()
+    assert np.array_equal(built.predictions, served) and np.array_equal(built.input_times, arrived)
+    actual, predicted, grade_codes, label_times = labelled.snapshot_all()
     assert np.array_equal(built.actual, actual) and np.array_equal(built.predicted, predicted)
+    assert np.array_equal(built.label_times, label_times)
+    assert list(built.grades) == list(grade_codes) == list(grades)
+    for g in grades:
+        assert np.array_equal(built.grades[g], grade_codes[g], equal_nan=True)
+    assert np.isnan(built.grades[grades[0]][3]) and np.isnan(built.grades[grades[1]][4])
+    page = snapshot_from_columns(schema, columns, label_columns)   # what the report page draws
+    assert np.array_equal(page.actual, actual) and np.array_equal(page.inputs["carat"], expected["carat"])
 
 
-def test_a_stored_report_reads_back_as_the_same_check(small_artifact, heldout):
-    """Another replica's report comes back from its JSON into the typed reports that set the gauges:
-    the same JSON again, None (NaN) figures included."""
-    import numpy as np
+def _every_field_set(value, where: str = "check") -> None:
+    """Fail on a dataclass field (at any depth) left None or empty: a round trip of such a report
+    would not show that its reader drops a field."""
+    import dataclasses
 
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            _every_field_set(getattr(value, f.name), f"{where}.{f.name}")
+    elif isinstance(value, dict):
+        assert value, f"{where} is empty"
+        for k, v in value.items():
+            _every_field_set(v, f"{where}[{k!r}]")
+    else:
+        assert value is not None and value != [], f"{where} is not set"
+
+
+def test_a_report_with_every_field_set_reads_back_the_same():
+    """Every field of a check, the #11 ones included (the joint test, what fired at which scale and
+    since when, the concept segments, the performance estimate), crosses the database and comes back
+    typed: to_dict -> JSON -> from_dict -> to_dict gives the same JSON."""
     from monitor import DriftCheck
-    from monitoring.drift import ConceptDriftDetector, DataDriftDetector
+    from monitoring.drift import (ConceptDriftReport, DataDriftReport, Detection, FeatureDrift, MultivariateDrift,
+                                  SegmentDrift)
+    from monitoring.performance import PerformanceEstimate
 
-    errors = small_artifact["reference_errors"]
-    data = DataDriftDetector(small_artifact["reference_features"], small_artifact["schema"])
-    concept = ConceptDriftDetector(errors["actual"], errors["predicted"])
+    data = DataDriftReport(
+        max_distance=0.31, detected=True, window_size=1000, alpha=0.005,
+        features={"carat": FeatureDrift("carat", "ks", 0.31, 1e-12, 0.31, True),
+                  "cut": FeatureDrift("cut", "chi2", 3.5, 0.48, 0.012, False)},
+        reason="a reason", multivariate=MultivariateDrift("pca-reconstruction", 1.55, 6e-35, True, 3),
+        tests=25, scales=[50, 100, 250],
+        # a data detection has no segment in practice: set here so that none of its fields is unread
+        detections={"carat": Detection("ks", 100, 2e-9, 87, "all", 1.8e9 + 0.5),
+                    "multivariate": Detection("pca-reconstruction", 250, 1e-7, 240, "all", 1.8e9)})
+    concept = ConceptDriftReport(
+        mse_increase=0.52, detected=True, labelled_size=500, mse=410_000.0, reference_mse=270_000.0,
+        statistic=0.21, p_value=1.5e-9, alpha=0.005, test="pit-ks", mean_log_ratio=0.13, bias_pct=14.8,
+        reason="another reason", tests=96, scales=[50, 100, 250],
+        detection=Detection("bias", 250, 3e-8, 180, "price 6,200-9,900", 1.8e9 + 7.25),
+        segments={"price 6,200-9,900": SegmentDrift(120, 14.8, 1e-8, True),
+                  "cut=Fair": SegmentDrift(25, -0.7, 0.61, False)},
+        # a log-ratio report has no bias in units in practice: set so that none of its fields is unread
+        error="log_ratio", bias=310.0)
+    performance = PerformanceEstimate("mse", 640_000.0, 302_500.0, 250_000.0, 360_000.0, True, 1000)
+    check = DriftCheck("2026-11-27T10:00:00+00:00", "v1", data, concept, 0.042, performance, scope="fleet",
+                       checked_by="a:1")
+    _every_field_set(check)
+    as_json = json.loads(json.dumps(check.to_dict(), allow_nan=False))
+    again = DriftCheck.from_dict(as_json)
+    assert again == check                     # typed again, field by field
+    assert again.to_dict() == as_json
+    assert isinstance(again.concept.segments["cut=Fair"], SegmentDrift)
+    assert isinstance(again.data.detections["multivariate"], Detection)
+    # a report without an error model, or from before the performance estimate, reads as None
+    del as_json["performance_estimate"]
+    assert DriftCheck.from_dict(as_json).performance is None
+
+
+def test_a_fleet_check_flags_what_a_single_replica_flags(pg_url, small_artifact, heldout):
+    """The same traffic, served by one monitor with its own windows and by a replica of a fleet whose
+    check reads the windows from PostgreSQL: both checks compute the same #11 detections (the
+    tests at every scale, the joint test, the concept segments by grade and price band, the
+    performance estimate); only the times differ (each is its own clock's)."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from monitor import Monitor, MonitorConfig
     from monitoring.model import Schema
-    from monitoring.windows import InputWindow
 
-    window = InputWindow(Schema(small_artifact["schema"]), 500)
-    window.extend([Schema(small_artifact["schema"]).parse_row(r) for r in as_payload(heldout.iloc[:400])])
-    for labels in (np.empty(0), np.asarray(heldout["price"][:200], dtype=float)):   # too few: None figures
-        check = DriftCheck("2026-11-27T10:00:00+00:00", "v1", data.score(window.snapshot()),
-                           concept.score(labels, labels * 1.1), 0.01, scope="fleet", checked_by="a:1")
-        as_json = json.loads(json.dumps(check.to_dict()))
-        again = DriftCheck.from_dict(as_json)
-        assert again.to_dict() == as_json
-        assert again.data.features["carat"].p_value == check.data.features["carat"].p_value
+    schema = Schema(small_artifact["schema"])
+    # bigger stones than in training (data drift, a larger expected error), and prices 30% higher
+    # for the Premium cut only (a concept segment)
+    frame = heldout[heldout["carat"] > 0.7].iloc[:400]
+    rows = [schema.parse_row(r) for r in as_payload(frame)]
+    actual = np.where(frame["cut"].astype(str) == "Premium", 1.3, 1.0) * frame["price"].to_numpy(dtype=float)
+
+    checks = {}
+    for name, db in (("single", None), ("fleet", pg_url)):
+        monitor = Monitor(MonitorConfig(model_path=Path("unused"), check_interval=0, window=300, label_window=300,
+                                        db_path=db, replica_id=name), small_artifact, CollectorRegistry())
+        monitor.start()
+        try:
+            assert monitor.fleet == (db is not None)
+            ids = []
+            for start in range(0, len(rows), 50):     # served in lists, in order
+                ids += monitor.predict(rows[start:start + 50])[1]
+            for label_id, price in zip(ids, actual):  # one label at a time: the labels' order is the same
+                assert monitor.record_labels([(label_id, float(price))]) == (1, [])
+            checks[name] = monitor.check_drift().to_dict()
+        finally:
+            monitor.stop()
+    single, fleet = checks["single"], checks["fleet"]
+    assert (single["scope"], fleet["scope"]) == ("replica", "fleet")
+
+    def timeless(report):
+        """The report without its own clock's figures (when checked, how long, by whom, since when)."""
+        out = json.loads(json.dumps(report))
+        for key in ("checked_at", "duration_seconds", "scope", "checked_by"):
+            del out[key]
+        for detection in [*out["data_drift"]["detections"].values(), out["concept_drift"]["detection"]]:
+            assert detection["since"] is not None     # dated by each store's arrival times
+            del detection["since"]
+        return out
+
+    assert timeless(fleet) == timeless(single)
+    # and the traffic did exercise each addition
+    assert single["data_drift"]["detected"] and single["data_drift"]["multivariate"]["p_value"] is not None
+    assert single["concept_drift"]["segments"]["cut=Premium"]["detected"]
+    assert single["performance_estimate"]["detected"]
+    assert single["data_drift"]["window_size"] == fleet["data_drift"]["window_size"] == 300
 
 
 # ------------------------------------------------------------------ the database's clock

@@ -7,7 +7,10 @@ it every second, with the generated alert rules. Traffic goes through HTTP in th
   clean    600 held-out rows with their true prices (and a few invalid requests)
   concept  300 more held-out rows whose labels are 25% dearer (price_up_25): inputs unchanged
   data     300 rows of large stones (large_stones), no labels
-After each phase a check runs, Prometheus scrapes it, and every alert condition is evaluated.
+Beside it, a second monitor serves a classifier (cut from the other columns of the diamonds table,
+trained by train.py's CSV path), scraped by the same Prometheus as a group of its own: 300 clean
+labelled rows in the clean phase, 300 whose Premium stones are labelled Ideal in the concept phase.
+After each phase a check runs on both, Prometheus scrapes them, and every alert condition is evaluated.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from prometheus_client import CollectorRegistry
 from monitor import MonitorConfig, start_monitor
 from evaluation.scenarios import SCENARIOS, heldout_rows
 from evaluation.simulate import Client
-from monitoring.diamonds import as_payload
+from monitoring.diamonds import DATA_DIR, as_payload
 from tests.observability import ROOT, Prometheus, http, load_yaml, wait_until
 from tools import gen_alerts, gen_dashboard
 
@@ -39,18 +42,33 @@ def drive(client: Client, rows, labels: bool = True, batch: int = 100) -> None:
             assert answer["accepted"] == len(ids)
 
 
-def settle(client: Client, prometheus: Prometheus) -> dict:
-    """Run a check now and wait until Prometheus has scraped its result (or a later one's)."""
+def settle(client: Client, prometheus: Prometheus, *others: Client) -> dict:
+    """Run a check now on each monitor and wait until Prometheus has scraped every result (or later
+    ones); returns the first monitor's report."""
     report = client.call("POST", "/drift/check")
+    for other in others:
+        other.call("POST", "/drift/check")
     checked = time.time()
 
     def scraped():
         result = prometheus.query(f'drift_last_check_timestamp_seconds{{job="{gen_dashboard.JOB}"}}')
-        return result and float(result[0]["value"][1]) >= checked - 0.5 and result
+        return (len(result) == 1 + len(others) and all(float(r["value"][1]) >= checked - 2.5 for r in result)
+                and result)
 
-    wait_until(scraped, 15, "Prometheus to scrape the latest drift check")
+    wait_until(scraped, 15, "Prometheus to scrape the latest drift checks")
     time.sleep(1.2)  # one more scrape: every gauge of that check is in
     return report
+
+
+def _classifier_rows(split, start: int, stop: int) -> list[dict]:
+    rows = split.X_test.iloc[start:stop]
+    return [{k: (v if isinstance(v, str) else float(v)) for k, v in row.items()} for row in rows.to_dict("records")]
+
+
+def drive_classifier(client: Client, split, start: int, stop: int, relabel: dict | None = None) -> None:
+    ids = client.predict(_classifier_rows(split, start, stop))
+    labels = split.y_test.iloc[start:stop].replace(relabel or {})
+    assert client.feedback(list(zip(ids, labels)))["accepted"] == len(ids)
 
 
 def evaluate_alerts(prometheus: Prometheus) -> dict[str, list[dict]]:
@@ -71,13 +89,22 @@ def run(small_artifact, tmp_path_factory):
     config = MonitorConfig(host="127.0.0.1", port=0, check_interval=1.0, window=WINDOW, label_window=WINDOW,
                            db_path=None)
     monitor = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
+    import train  # the classifier: the diamonds table's cut, trained as `train.py --data ... --target cut` does
+
+    csv, quiet = DATA_DIR / "diamonds.csv", (lambda _: None)
+    classifier_artifact = train.train_csv(csv, "cut", n_estimators=10, n_jobs=1, say=quiet)
+    split = train.split_csv(csv, "cut", say=quiet)
+    classifier = start_monitor(MonitorConfig(host="127.0.0.1", port=0, check_interval=1.0, window=WINDOW,
+                                             label_window=WINDOW, db_path=None),
+                               artifact=classifier_artifact, registry=CollectorRegistry())
     prometheus = None
     try:
         target = monitor.url.removeprefix("http://")
-        prometheus = Prometheus(tmp, [target], rule_files=[rules])
-        client = Client(monitor.url)
+        classifier_target = classifier.url.removeprefix("http://")
+        prometheus = Prometheus(tmp, [target, classifier_target], rule_files=[rules])
+        client, classifier_client = Client(monitor.url), Client(classifier.url)
         started = time.time()
-        wait_until(lambda: prometheus.query(f'up{{job="{gen_dashboard.JOB}"}} == 1'), 20, "the first scrape")
+        wait_until(lambda: len(prometheus.query(f'up{{job="{gen_dashboard.JOB}"}} == 1')) == 2, 20, "the first scrapes")
 
         rng = np.random.default_rng(7)
         rows = heldout_rows()
@@ -88,24 +115,27 @@ def run(small_artifact, tmp_path_factory):
         for bad in ('{"carat": 1}', "{not json", '{"carat": 0.5, "cut": "Perfect", "color": "E", '
                                                  '"clarity": "VS1", "depth": 61.5, "table": 55}'):
             assert http("POST", monitor.url + "/predict", raw=bad)[0] == 400  # for "invalid requests by reason"
-        phases["clean"] = (settle(client, prometheus), evaluate_alerts(prometheus))
+        drive_classifier(classifier_client, split, 0, WINDOW)
+        phases["clean"] = (settle(client, prometheus, classifier_client), evaluate_alerts(prometheus))
 
         # the next 300 stones, each once (apply() would resample them with replacement), 25% dearer
         concept_rows = SCENARIOS["price_up_25"].sample(rows.iloc[2 * WINDOW:3 * WINDOW], WINDOW, rng, replace=False)
         drive(client, concept_rows)
-        phases["concept"] = (settle(client, prometheus), evaluate_alerts(prometheus))
+        drive_classifier(classifier_client, split, WINDOW, 2 * WINDOW, relabel={"Premium": "Ideal"})
+        phases["concept"] = (settle(client, prometheus, classifier_client), evaluate_alerts(prometheus))
 
         data_rows = SCENARIOS["large_stones"].sample(rows.iloc[3 * WINDOW:], WINDOW, rng)
         drive(client, data_rows, labels=False)
-        phases["data"] = (settle(client, prometheus), evaluate_alerts(prometheus))
+        phases["data"] = (settle(client, prometheus, classifier_client), evaluate_alerts(prometheus))
 
         time.sleep(2)  # a few more scrapes so that rate() windows after the last traffic have points
         yield {"prometheus": prometheus, "monitor": monitor, "phases": phases, "started": started,
-               "target": target}
+               "target": target, "classifier_target": classifier_target, "classifier": classifier}
     finally:
         if prometheus is not None:
             prometheus.stop()
         monitor.stop()
+        classifier.stop()
 
 
 def _grafana_substitute(expr: str, run: dict) -> str:
@@ -122,8 +152,20 @@ def _finite(values) -> bool:
 
 
 def test_the_monitor_is_scraped_under_the_project_job_name(run):
-    (series,) = run["prometheus"].query(f'up{{job="{gen_dashboard.JOB}"}}')
-    assert series["metric"]["instance"] == run["target"] and series["value"][1] == "1"
+    series = run["prometheus"].query(f'up{{job="{gen_dashboard.JOB}"}}')
+    assert {s["metric"]["instance"] for s in series} == {run["target"], run["classifier_target"]}
+    assert all(s["value"][1] == "1" for s in series)
+
+
+def test_the_classifier_is_scraped_with_its_task_and_its_classes(run):
+    prometheus = run["prometheus"]
+    (info,) = prometheus.query(f'model_info{{job="{gen_dashboard.JOB}", task="classification"}}')
+    assert info["metric"]["instance"] == run["classifier_target"] and info["metric"]["name"] == "diamonds-cut"
+    by_class = prometheus.query(f'predictions_by_class_total{{job="{gen_dashboard.JOB}"}}')
+    assert {s["metric"]["class"] for s in by_class} == {"Fair", "Good", "Ideal", "Premium", "Very Good"}
+    assert sum(float(s["value"][1]) for s in by_class) >= 2 * WINDOW
+    (accuracy,) = prometheus.query(f'concept_drift_window_accuracy{{job="{gen_dashboard.JOB}"}} >= 0')
+    assert accuracy["metric"]["instance"] == run["classifier_target"]
 
 
 def test_every_dashboard_query_returns_data(run):
@@ -184,19 +226,22 @@ def test_drift_conditions_are_false_on_clean_traffic(run):
     report, alerts = run["phases"]["clean"]
     assert report["data_drift"]["window_size"] == WINDOW and report["concept_drift"]["labelled_size"] == WINDOW
     assert not report["data_drift"]["detected"] and not report["concept_drift"]["detected"]
-    assert alerts["DataDrift"] == [] and alerts["ConceptDrift"] == []
+    assert alerts["DataDrift"] == [] and alerts["ConceptDrift"] == []  # the classifier's included
 
 
 def test_prices_up_for_the_same_stones_is_concept_drift_only(run):
     report, alerts = run["phases"]["concept"]
     assert report["concept_drift"]["detected"]
     assert not report["data_drift"]["detected"], report["data_drift"]
-    (fired,) = alerts["ConceptDrift"]
-    assert fired["metric"]["group"] == run["target"]   # a monitor with its own store: a group of one
+    # a monitor with its own store is a group of one: the regressor's prices and the classifier's
+    # relabelled class each fire once
+    assert {a["metric"]["group"] for a in alerts["ConceptDrift"]} == {run["target"], run["classifier_target"]}
+    assert len(alerts["ConceptDrift"]) == 2
     assert alerts["DataDrift"] == []
     concept = next(a for a in gen_alerts.ALERTS if a.name == "ConceptDrift")
     bias = run["prometheus"].query(next(d for d in concept.details if d.name == "bias").query)
-    assert 15 < float(bias[0]["value"][1]) < 35, "actual prices ~25% above predictions"
+    (bias,) = [b for b in bias if b["metric"]["group"] == run["target"]]
+    assert 15 < float(bias["value"][1]) < 35, "actual prices ~25% above predictions"
 
 
 def test_larger_stones_are_data_drift_named_by_feature(run):

@@ -97,7 +97,7 @@ def test_every_per_feature_panel_links_each_feature_to_its_card(page_ids):
     overrides = {o["matcher"]["options"]: {p["id"]: p["value"] for p in o["properties"]}
                  for key in ("feature-p-value", "detected-timeline")
                  for o in panels[gen_dashboard.PANEL_IDS[key]]["fieldConfig"]["overrides"]}
-    assert overrides["alpha / 6.*"]["links"] == [] and overrides["alpha \\(family.*"]["links"] == []
+    assert overrides["alpha / k.*"]["links"] == [] and overrides["alpha \\(family.*"]["links"] == []
     (concept,) = overrides["concept \\(labels\\)"]["links"]
     assert concept["url"].endswith("/drift/report#concept")
 

@@ -280,6 +280,70 @@ def test_windows_rebuilt_in_order_after_restart(db):
 
 
 @both_backends
+def test_window_rows_after_restart_carry_predictions_times_and_features(db):
+    """What the windows keep besides the values: each input's prediction and time, each label's
+    time and its input's features (the grades for the concept segments), in the windows' order."""
+    records = [record(i, ts=1_000.0 + i) for i in range(20)]
+    with open_store(db) as s:
+        s.add_predictions(records[10:])
+        s.add_predictions(records[:10])
+        s.add_labels([(records[i].id, 100.0 + i, 3_000.0 - i) for i in range(6)])   # newest label: 0
+    with open_store(db) as s:
+        assert s.recent_input_rows(3) == [(r.features, r.prediction, r.ts) for r in records[17:]]
+        assert s.recent_input_rows(100) == [(r.features, r.prediction, r.ts) for r in records]
+        assert s.recent_input_rows(0) == [] and s.recent_labelled_rows(-1) == []
+        assert s.recent_labelled_rows(2) == [(101.0, records[1].prediction, 2_999.0, records[1].features),
+                                             (100.0, records[0].prediction, 3_000.0, records[0].features)]
+        assert [row[:2] for row in s.recent_labelled_rows(100)] == s.recent_labelled(100)
+        assert [row[0] for row in s.recent_input_rows(100)] == s.recent_inputs(100)
+    with MemoryStore(capacity=10) as m:   # nothing survives a restart in memory
+        m.add_predictions(records[:2])
+        assert m.recent_input_rows(5) == [] and m.recent_labelled_rows(5) == []
+
+
+def test_a_restarted_monitor_refills_its_windows_as_they_were(tmp_path, small_artifact):
+    """A monitor restarted on its SQLite file gets back the windows a check scores: the inputs with
+    their arrival times (so "since when" stays right), the labels with their times and grades (the
+    concept segments by grade), not the restart's time and unknown grades."""
+    import numpy as np
+    from prometheus_client import CollectorRegistry
+
+    from monitor import Monitor, MonitorConfig
+    from tests.helpers import as_payload, heldout_frame
+
+    heldout = heldout_frame()
+    config = MonitorConfig(model_path=Path("unused"), check_interval=0, window=100, label_window=50,
+                           db_path=tmp_path / "monitor.db")
+    first = Monitor(config, small_artifact, CollectorRegistry())
+    first.start()
+    try:
+        rows = [first.schema.parse_row(r) for r in as_payload(heldout.iloc[:120])]
+        ids = first.predict(rows[:60])[1]
+        ids += first.predict(rows[60:])[1]
+        assert first.record_labels([(i, 1000.0 + k) for k, i in enumerate(ids[:70])])[0] == 70
+        before = first.inputs.snapshot_all(), first.labelled.snapshot_all()
+    finally:
+        first.stop()
+    second = Monitor(config, small_artifact, CollectorRegistry())
+    try:
+        (inputs, predictions, times), (actual, predicted, grades, label_times) = before
+        again_inputs, again_predictions, again_times = second.inputs.snapshot_all()
+        assert len(again_times) == 100 and list(again_inputs) == list(inputs)
+        for name in inputs:
+            assert np.array_equal(again_inputs[name], inputs[name])
+        np.testing.assert_allclose(again_predictions, predictions, rtol=1e-12)
+        np.testing.assert_allclose(again_times, times, rtol=0, atol=1e-3)   # the stored times, not now
+        a, p, g, t = second.labelled.snapshot_all()
+        assert len(a) == 50 and np.array_equal(a, actual) and np.array_equal(p, predicted)
+        np.testing.assert_allclose(t, label_times, rtol=0, atol=1e-3)
+        assert list(g) == list(grades) == ["cut", "color", "clarity"]
+        for name in grades:
+            assert np.array_equal(g[name], grades[name]) and np.isfinite(g[name]).all()
+    finally:
+        second.stop()
+
+
+@both_backends
 def test_equal_timestamps_keep_insertion_order(store):
     records = [record(i, ts=5.0) for i in range(6)]
     store.add_predictions(records[:3])
@@ -776,18 +840,20 @@ def test_postgresql_windows_read_as_arrays_keep_the_row_order(pg_url):
             s.add_predictions(records[k:k + 500])
         s.add_labels([(r.id, 10.0 + i, 5_000.0 + i // 2) for i, r in enumerate(records[::7])])
         for n, until in ((2_500, None), (5_000, None), (100, 1_500.0), (0, None)):
-            columns, (actual, predicted) = s.windows(n, n, until)
+            columns, labels = s.windows(n, n, until)
             where = "" if until is None else f"WHERE ts <= {until}"
-            rows = query(pg_url, f"SELECT {store_module.FEATURES_SQL} FROM predictions {where} "
+            rows = query(pg_url, f"SELECT {store_module.FEATURES_SQL}, prediction, ts FROM predictions {where} "
                                  f"ORDER BY ts DESC, seq DESC LIMIT {n}")[::-1]
-            for j, name in enumerate(store_module.FEATURE_COLUMNS):
+            for j, name in enumerate([*store_module.FEATURE_COLUMNS, "prediction", "ts"]):
                 assert list(columns[name]) == [row[j] for row in rows], (name, n, until)
                 assert isinstance(columns[name], list if name in CATEGORICAL_FEATURES else np.ndarray)
             label_where = "" if until is None else f"AND label_ts <= {until}"
-            labelled = query(pg_url, f"SELECT actual, prediction FROM predictions WHERE label_ts IS NOT NULL "
-                                     f"{label_where} ORDER BY label_ts DESC, label_seq DESC LIMIT {n}")[::-1]
-            assert actual.tolist() == [a for a, _ in labelled] and predicted.tolist() == [p for _, p in labelled]
-        assert len(s.windows(2_500, 2_500)[1][0]) == len(records[::7])
+            labelled = query(pg_url, f"SELECT actual, prediction, label_ts, cut, color, clarity FROM predictions "
+                                     f"WHERE label_ts IS NOT NULL {label_where} "
+                                     f"ORDER BY label_ts DESC, label_seq DESC LIMIT {n}")[::-1]
+            for j, name in enumerate(["actual", "prediction", "label_ts", "cut", "color", "clarity"]):
+                assert list(labels[name]) == [row[j] for row in labelled], (name, n, until)
+        assert len(s.windows(2_500, 2_500)[1]["actual"]) == len(records[::7])
 
 
 def test_postgresql_export_refuses_a_database_without_a_store(pg_url, tmp_path):
@@ -825,8 +891,16 @@ def join_scenario(s, a, b, c) -> list:
 
 
 def without_features(answers: list) -> list:
-    """add_labels answers with the features left out (MemoryStore keeps none)."""
+    """add_labels answers with the features left out (MemoryStore keeps only the grades)."""
     return [([k[:3] + k[4:] for k in a[0]], a[1]) if isinstance(a, tuple) else a for a in answers]
+
+
+def grades_only(features: tuple) -> tuple:
+    """The features as MemoryStore answers them: the grades (the concept segments need them), None
+    for the numbers (200,000 rows of them as Python tuples would cost ~65 MB)."""
+    from monitoring.store import _IS_TEXT
+
+    return tuple(v if text else None for v, text in zip(features, _IS_TEXT))
 
 
 @both_backends
@@ -835,7 +909,9 @@ def test_memory_store_answers_as_the_stores_do(db):
     with open_store(db) as on_disk, MemoryStore(capacity=10) as in_memory:
         from_memory, from_disk = join_scenario(in_memory, *records), join_scenario(on_disk, *records)
         assert len(from_memory[2][0]) == 2 and without_features(from_memory) == without_features(from_disk)
-        assert all(k[3] is None for answer in from_memory[2:6] for k in answer[0])
+        assert [k[3] for answer in from_memory[2:6] for k in answer[0]] == [
+            grades_only(k[3]) for answer in from_disk[2:6] for k in answer[0]]
+        assert [k[3] for k in from_memory[2][0]] == [grades_only(records[0].features), grades_only(records[1].features)]
         assert in_memory.counts() == on_disk.counts() == {"predictions": 3, "labelled": 3}
         for key in ("rows_written", "labels_written", "pending", "dropped", "write_errors"):
             assert in_memory.stats()[key] == on_disk.stats()[key], key
@@ -848,10 +924,12 @@ def test_memory_store_join_answers():
     s.add_predictions([c, PredictionRecord(a.id, 9.0, c.features, 1.0, "v9")])   # an id again: ignored
     known, unknown = s.add_labels([(a.id, 510.0, 2_000.0), ("f" * 32, 1.0, 2_000.0), (b.id, 520.0, 2_001.0)])
     assert unknown == ["f" * 32]
-    assert known == [(a.id, 510.0, a.prediction, None, True), (b.id, 520.0, b.prediction, None, True)]
-    assert s.add_labels([(a.id, 999.0, 2_005.0)]) == ([(a.id, 999.0, a.prediction, None, False)], [])
+    ga, gb, gc = (grades_only(r.features) for r in (a, b, c))
+    assert ga[1:4] == a.features[1:4] and ga[0] is None    # the grades kept, the numbers not
+    assert known == [(a.id, 510.0, a.prediction, ga, True), (b.id, 520.0, b.prediction, gb, True)]
+    assert s.add_labels([(a.id, 999.0, 2_005.0)]) == ([(a.id, 999.0, a.prediction, ga, False)], [])
     assert s.add_labels([(c.id, 1.0, 2_010.0), (c.id, 2.0, 2_011.0)]) == (
-        [(c.id, 2.0, c.prediction, None, True)], [])
+        [(c.id, 2.0, c.prediction, gc, True)], [])
     assert s.add_labels([]) == ([], [])
     assert s.counts() == {"predictions": 3, "labelled": 3}
     assert s.stats()["labels_written"] == 4 and s.stats()["rows_written"] == 3

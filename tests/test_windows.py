@@ -253,3 +253,86 @@ def test_windows_refuse_a_zero_capacity():
         LabelledWindow(capacity=0)
     with pytest.raises(ValueError, match=r"^a window needs a capacity of at least 1$"):
         InputWindow(SCHEMA, capacity=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# What a check needs besides the values: predictions, arrival times, the labelled inputs' grades
+
+
+def test_input_window_keeps_each_row_s_prediction_and_arrival_time():
+    window = InputWindow(SCHEMA, capacity=3)
+    window.extend([(0.5, "Good", 61.0, "D"), (1.25, "Fair", 59.5, "J")], now=1000.0, predictions=[1500, 7300.5])
+    window.extend([(0.7, "Ideal", 62.0, "E")], now=1001.5, predictions=np.array([2600.0]))
+    window.extend([(0.9, "Good", 60.0, "J")], now=1003.0, predictions=[4100.0])
+    features, predictions, times = window.snapshot_all()
+    np.testing.assert_array_equal(features["carat"], [1.25, 0.7, 0.9])   # the oldest row slid out
+    np.testing.assert_array_equal(features["color"], [0, 1, 0])
+    np.testing.assert_array_equal(predictions, [7300.5, 2600.0, 4100.0])
+    np.testing.assert_array_equal(times, [1000.0, 1001.5, 1003.0])
+    assert predictions.dtype == times.dtype == np.float64
+    assert list(window.snapshot()) == list(features)
+    np.testing.assert_array_equal(window.snapshot()["depth"], features["depth"])
+
+
+def test_input_window_without_predictions_or_time_reads_nan_and_the_current_time(monkeypatch):
+    import monitoring.windows as windows
+
+    monkeypatch.setattr(windows.time, "time", lambda: 1234.5)
+    window = InputWindow(SCHEMA, capacity=4)
+    window.extend([(0.5, "Good", 61.0, "D"), (0.6, "Fair", 62.0, "J")])
+    window.extend([(0.7, "Ideal", 63.0, "E")], predictions=[900.0])
+    features, predictions, times = window.snapshot_all()
+    np.testing.assert_array_equal(predictions, [np.nan, np.nan, 900.0])
+    np.testing.assert_array_equal(times, [1234.5, 1234.5, 1234.5])
+    np.testing.assert_array_equal(features["depth"], [61.0, 62.0, 63.0])
+
+
+def test_snapshot_all_copies_predictions_and_times():
+    window = InputWindow(SCHEMA, capacity=2)
+    window.extend([(0.5, "Good", 61.0, "D")], now=5.0, predictions=[10.0])
+    _, predictions, times = window.snapshot_all()
+    predictions[:] = 0.0
+    times[:] = 0.0
+    _, predictions, times = window.snapshot_all()
+    assert predictions.tolist() == [10.0] and times.tolist() == [5.0]
+
+
+def test_labelled_window_keeps_grades_and_label_times():
+    window = LabelledWindow(capacity=3, grades=("cut", "color"))
+    assert window.grades == ("cut", "color")
+    window.extend([(100.0, 90.0), (200.0, 210.0)], grades=[(1, 2), (0, np.nan)], now=50.0)
+    window.extend(np.array([[300, 280], [400, 420]]), grades=np.array([[2.0, 1.0], [1.0, 0.0]]), now=60.0)
+    actual, predicted, grades, times = window.snapshot_all()
+    np.testing.assert_array_equal(actual, [200.0, 300.0, 400.0])
+    np.testing.assert_array_equal(predicted, [210.0, 280.0, 420.0])
+    assert list(grades) == ["cut", "color"]
+    np.testing.assert_array_equal(grades["cut"], [0.0, 2.0, 1.0])
+    np.testing.assert_array_equal(grades["color"], [np.nan, 1.0, 0.0])
+    np.testing.assert_array_equal(times, [50.0, 60.0, 60.0])
+    assert all(g.dtype == np.float64 for g in grades.values()) and times.dtype == np.float64
+    grades["cut"][:] = -1.0   # a copy: the window keeps its own
+    assert window.snapshot_all()[2]["cut"].tolist() == [0.0, 2.0, 1.0]
+
+
+def test_labelled_window_with_grade_names_but_no_grades_reads_them_unknown(monkeypatch):
+    import monitoring.windows as windows
+
+    monkeypatch.setattr(windows.time, "time", lambda: 77.0)
+    window = LabelledWindow(capacity=4, grades=("cut", "color", "clarity"))
+    window.extend([(100.0, 90.0)])
+    window.extend([5.0, 6.0], grades=[(1, 2, 3)], now=80.0)   # one pair given flat, with its grades
+    actual, predicted, grades, times = window.snapshot_all()
+    np.testing.assert_array_equal(actual, [100.0, 5.0])
+    np.testing.assert_array_equal(predicted, [90.0, 6.0])
+    np.testing.assert_array_equal(grades["cut"], [np.nan, 1.0])
+    np.testing.assert_array_equal(grades["color"], [np.nan, 2.0])
+    np.testing.assert_array_equal(grades["clarity"], [np.nan, 3.0])
+    np.testing.assert_array_equal(times, [77.0, 80.0])
+
+
+def test_labelled_window_without_grade_names_ignores_grades():
+    window = LabelledWindow(capacity=2)
+    assert window.grades == ()
+    window.extend([(1.0, 2.0)], grades=[()], now=3.0)
+    actual, predicted, grades, times = window.snapshot_all()
+    assert (actual.tolist(), predicted.tolist(), grades, times.tolist()) == ([1.0], [2.0], {}, [3.0])

@@ -110,6 +110,7 @@ class Alert:
 # answers scrapes, and whether its checks fail, is each replica's own.
 FEATURE = ("job", "group", "feature")
 GROUP_OF = ("job", "group")
+SEGMENT = ("job", "group", "segment")
 INSTANCE = ("job", "instance")
 
 ALERTS: list[Alert] = [
@@ -132,7 +133,7 @@ ALERTS: list[Alert] = [
                 "p-value {p_value:%.2g}, over the last {window:%.0f} inputs ({group})",
         description="The recent inputs' {feature} no longer look like the training data: its test "
                     "rejects after the Holm correction at family-wise level {alpha:%.2g}. Distance is in "
-                    "[0, 1]: KS D for carat, depth and table, total variation for cut, color and clarity. "
+                    "[0, 1]: KS D for a numeric feature, total variation for a categorical one. "
                     "Check what changed upstream; retrain on recent data if the shift is real.",
     ),
     Alert(
@@ -146,12 +147,70 @@ ALERTS: list[Alert] = [
             Detail("p_value", f"concept_drift_p_value{{{S}}}", GROUP_OF, agg="min"),
             Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', GROUP_OF),
         ),
-        summary="Concept drift: actual prices {bias:%+.1f}% against predictions, model MSE changed by "
+        summary="Concept drift: actual values {bias:%+.1f}% against predictions, model loss changed by "
                 "{score|humanizePercentage} against the held-out reference, p-value {p_value:%.2g}, over "
                 "the last {labelled:%.0f} labelled predictions ({group})",
-        description="The prices coming back for recent predictions depart from the model's held-out "
-                    "errors (a calibrated test on the errors, not a fixed threshold on the MSE). The "
-                    "model is now wrong in a way it was not at training: retrain it with recent labels.",
+        description="The true values coming back for recent predictions depart from the model's held-out "
+                    "errors (a calibrated test on the errors, not a fixed threshold on the loss: MSE for a "
+                    "regression, log loss for a classifier, which has no bias figure). The model is now wrong in "
+                    "a way it was not at training: retrain it with recent labels.",
+    ),
+    Alert(
+        name="ConceptDriftSegment",
+        # One alert instance per segment whose own errors departed: where the model went wrong (a
+        # band of predicted prices, or a grade). Global changes flag many segments and ConceptDrift.
+        query=f"max by (job, group, segment) (concept_drift_segment_detected{{{S}}})",
+        by=SEGMENT, op=">", threshold=0,
+        for_="2m", severity="warning", panel="concept-segments",
+        details=(
+            Detail("bias", f"concept_drift_segment_bias_percent{{{S}}}", SEGMENT),
+            Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', GROUP_OF),
+        ),
+        summary="Concept drift in segment {segment}: actual values {bias:%+.1f}% against predictions there, "
+                "over the last {labelled:%.0f} labelled predictions ({group})",
+        description="The labelled errors of {segment} depart from the model's held-out errors at the same "
+                    "predicted value (bias or spread of their PIT values, Holm-corrected with every other "
+                    "concept test). The model is wrong there: check what changed for these inputs, and "
+                    "retrain with recent labels.",
+    ),
+    Alert(
+        name="JointDataDrift",
+        # The joint test can reject while no feature's own test does: no DataDrift instance then.
+        query=f"max by (job, group) (data_drift_multivariate_detected{{{S}}})",
+        by=GROUP_OF, op=">", threshold=0,
+        for_="2m", severity="warning", panel="joint-drift",
+        details=(
+            Detail("ratio", f"data_drift_multivariate_statistic{{{S}}}", GROUP_OF),
+            Detail("p_value", f"data_drift_multivariate_p_value{{{S}}}", GROUP_OF, agg="min"),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', GROUP_OF),
+        ),
+        summary="Joint data drift: the features no longer go together as in training (reconstruction error "
+                "{ratio:%.2f}x the reference's, p-value {p_value:%.2g}) over the last {window:%.0f} inputs "
+                "({group})",
+        description="The recent inputs leave the training data's principal components (PCA reconstruction "
+                    "error of the features' normal scores, Holm-corrected with the per-feature tests): "
+                    "combinations of features the model rarely saw, even where each feature alone looks "
+                    "as before. Check what changed upstream.",
+    ),
+    Alert(
+        name="PerformanceEstimate",
+        # No labels needed: the MSE the served predictions are expected to have left the range it
+        # keeps on clean traffic (at most --alpha of clean checks).
+        query=f"max by (job, group) (performance_estimate_detected{{{S}}})",
+        by=GROUP_OF, op=">", threshold=0,
+        for_="2m", severity="warning", panel="model-error",
+        details=(
+            Detail("estimated", f"sqrt(performance_estimated_mse{{{S}}})", GROUP_OF),
+            Detail("reference", f"sqrt(performance_estimate_reference_mse{{{S}}})", GROUP_OF),
+            Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', GROUP_OF),
+        ),
+        summary="Estimated model error out of its band: RMSE about {estimated:%.4g} (the target's units) expected on the "
+                "last {window:%.0f} predictions against {reference:%.4g} on clean traffic, before any label "
+                "({group})",
+        description="The served predictions are of a kind on which the model errs more (or less) than on "
+                    "clean traffic: the estimate (direct loss estimation, fitted on held-out errors by "
+                    "predicted value) left the range it keeps on clean windows. It cannot see changed "
+                    "targets for the same inputs; the concept-drift tests do, once labels arrive.",
     ),
     Alert(
         name="MonitorDown",

@@ -137,7 +137,7 @@ def _override(regex: str, props: dict) -> dict:
 # names panels that alert rules link to (tools/gen_alerts.py), through PANEL_IDS.
 
 def _panels():
-    n_features = f"count by (group) (max by (group, feature) ({sel('data_drift_feature_p_value')}))"
+    n_tests = f"max by (group) ({sel('data_drift_tests')})"  # the Holm family: features x tests x scales
     alpha = f"max by (group) ({sel('data_drift_alpha')})"
     inputs = sel("drift_window_samples", 'window="inputs"')
     input_window = f"max by (group) ({inputs})"
@@ -173,14 +173,16 @@ def _panels():
     yield ("data-drift", 12, 9, timeseries(
         "Data drift: largest per-feature distance",
         "data_drift: the largest per-feature distance between the recent inputs and the training data "
-        "(KS D for numeric features, total variation for grades), in [0, 1]. Dashed: the distance a "
-        "numeric feature needs for the first Holm step to reject, c(alpha/6) * sqrt(1/window) with "
-        "c(a) = sqrt(-ln(a/2)/2) (asymptotic KS, ignoring the large reference); grades are tested with "
-        "chi-square, whose boundary in total variation depends on the category mix. Red band: "
+        "(KS D for numeric features, total variation for grades), in [0, 1], over the whole window. "
+        "Dashed: the whole-window KS distance a numeric feature needs for the first Holm step to reject, "
+        "c(alpha/k) * sqrt(1/window) with c(a) = sqrt(-ln(a/2)/2) (asymptotic KS, ignoring the large "
+        "reference) and k = data_drift_tests, the hypotheses of a check (every feature's tests on the "
+        "whole window and on its newest 50/100/250 inputs, and the joint test): a change can be flagged "
+        "below the line by a test on the newest inputs or by another test. Red band: "
         "data_drift_detected, the alert's condition (it fires when the band lasts 2 minutes).",
         targets(
             (f"max by (group) ({sel('data_drift')})", "data drift {{group}}"),
-            (f"sqrt(-ln({alpha} / (2 * {n_features})) / 2) * sqrt(1 / {input_window})",
+            (f"sqrt(-ln({alpha} / (2 * {n_tests})) / 2) * sqrt(1 / {input_window})",
              "KS detection boundary {{group}}"),
             (f"max by (group) ({sel('data_drift_detected')})", "detected {{group}}"),
         ),
@@ -188,13 +190,14 @@ def _panels():
         overrides=[_override("KS detection boundary.*", DASHED_LINE), _override("detected.*", DETECTED_BAND)]))
     yield ("concept-drift", 12, 9, timeseries(
         "Concept drift: model error vs held-out reference",
-        "concept_drift: relative increase of the labelled window's MSE over the held-out MSE (0.25 = 25% "
-        "worse); bias: how far actual prices sit above predictions, relative to the reference. Red band: "
+        "concept_drift: relative increase of the labelled window's loss over the held-out loss (0.25 = 25% "
+        "worse): MSE for a regression, log loss for a classifier; bias: how far actual values sit above "
+        "predictions, relative to the reference (a regression with positive targets). Red band: "
         "concept_drift_detected, the alert's condition (a calibrated test on the errors; it fires when "
         "the band lasts 2 minutes). A covariate shift also moves the MSE; only the test decides.",
         targets(
-            (f"max by (group) ({sel('concept_drift')})", "MSE increase {{group}}"),
-            (f"max by (group) ({sel('concept_drift_bias_percent')}) / 100", "price bias {{group}}"),
+            (f"max by (group) ({sel('concept_drift')})", "loss increase {{group}}"),
+            (f"max by (group) ({sel('concept_drift_bias_percent')}) / 100", "bias {{group}}"),
             (f"max by (group) ({sel('concept_drift_detected')})", "detected {{group}}"),
         ),
         unit="percentunit", custom={"axisSoftMin": None},
@@ -209,37 +212,46 @@ def _panels():
         minimum=0, custom={"fillOpacity": 0}, data_links=[FEATURE_REPORT_LINK]))
     yield ("feature-p-value", 12, 8, timeseries(
         "Per-feature p-value (log scale) and the corrected significance",
-        "data_drift_feature_p_value per feature (KS or chi-square), clamped at 1e-20 for the log axis. "
-        "Holm's correction compares the smallest p-value with alpha/6 (dashed), the next with alpha/5, "
-        "... and the largest with alpha (dotted): a feature under the dashed line is drifted.",
+        "data_drift_feature_p_value per feature: its main test (KS or chi-square) on the whole window, "
+        "clamped at 1e-20 for the log axis. Holm's correction compares the smallest p-value of a check's "
+        "k hypotheses (data_drift_tests: each feature's tests on the whole window and its newest inputs, "
+        "and the joint test) with alpha/k (dashed), the next with alpha/(k-1), ... and the largest with "
+        "alpha (dotted): a feature under the dashed line is drifted; one above it may still be flagged "
+        "by another of its tests (see the table's scale column).",
         targets(
             (f"clamp_min(max by (feature) ({sel('data_drift_feature_p_value')}), 1e-20)", "{{feature}}"),
-            (f"{alpha} / {n_features}", "alpha / 6 (Holm, first step)"),
+            (f"{alpha} / {n_tests}", "alpha / k (Holm, first step)"),
             (alpha, "alpha (family-wise)"),
         ),
         custom={"scaleDistribution": {"type": "log", "log": 10}, "fillOpacity": 0, "axisSoftMin": None},
         data_links=[FEATURE_REPORT_LINK],
-        overrides=[_override("alpha / 6.*", {**DASHED_LINE, "links": []}),
+        overrides=[_override("alpha / k.*", {**DASHED_LINE, "links": []}),
                    _override("alpha \\(family.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
                                                    "color": {"mode": "fixed", "fixedColor": "yellow"}, "links": []})]))
 
     yield ("feature-table", 12, 8, {
         "type": "table", "title": "Per-feature drift now",
-        "description": "The latest check, per feature: test (ks or chi2), its statistic and p-value, the "
-                       "distance in [0, 1], and whether the feature drifted after the Holm correction.",
+        "description": "The latest check, per feature: its main test (ks or chi2) on the whole window, its "
+                       "statistic and p-value, the distance in [0, 1], whether the feature drifted after the "
+                       "Holm correction, and if so how many of the newest inputs the test that flagged it "
+                       "looked at (scale) and when the change began (since, estimated from the window).",
         "targets": [
             target(f"max by (feature, test) ({sel('data_drift_feature_statistic')})", ref="A", instant=True, fmt="table"),
             target(f"max by (feature) ({sel('data_drift_feature_p_value')})", ref="B", instant=True, fmt="table"),
             target(f"max by (feature) ({sel('data_drift_feature_distance')})", ref="C", instant=True, fmt="table"),
             target(f"max by (feature) ({sel('data_drift_feature_detected')})", ref="D", instant=True, fmt="table"),
+            target(f"max by (feature) ({sel('data_drift_feature_scale')})", ref="E", instant=True, fmt="table"),
+            target(f"max by (feature) ({sel('data_drift_feature_since_timestamp_seconds')}) * 1000", ref="F",
+                   instant=True, fmt="table"),
         ],
         "transformations": [
             {"id": "merge", "options": {}},
             {"id": "organize", "options": {
                 "excludeByName": {"Time": True},
-                "indexByName": {"feature": 0, "test": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4, "Value #D": 5},
+                "indexByName": {"feature": 0, "test": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4, "Value #D": 5,
+                                "Value #E": 6, "Value #F": 7},
                 "renameByName": {"Value #A": "statistic", "Value #B": "p-value", "Value #C": "distance",
-                                 "Value #D": "drifted"}}},
+                                 "Value #D": "drifted", "Value #E": "scale", "Value #F": "since"}}},
         ],
         "fieldConfig": {"defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}},
                                      "thresholds": thresholds(("green", None)),
@@ -251,6 +263,10 @@ def _panels():
                                             {"id": "custom.cellOptions", "value": {"type": "color-background"}}]},
                             {"matcher": {"id": "byName", "options": "p-value"},
                              "properties": [{"id": "decimals", "value": 4}]},
+                            {"matcher": {"id": "byName", "options": "scale"},
+                             "properties": [{"id": "decimals", "value": 0}, {"id": "unit", "value": "none"}]},
+                            {"matcher": {"id": "byName", "options": "since"},
+                             "properties": [{"id": "unit", "value": "dateTimeFromNow"}]},
                             {"matcher": {"id": "byName", "options": "distance"},
                              "properties": [{"id": "decimals", "value": 3},
                                             {"id": "custom.cellOptions", "value": {"type": "gauge", "mode": "basic"}},
@@ -282,17 +298,30 @@ def _panels():
         targets((f"max by (window) ({sel('drift_window_samples')})", "{{window}} window"))))
     yield ("labels", 8, 8, timeseries(
         "Labels received",
-        "Ground-truth prices joined to their prediction (/feedback), and labels whose prediction id is "
+        "Ground-truth values joined to their prediction (/feedback), and labels whose prediction id is "
         "unknown (expired or never served).",
         targets((f"sum(rate({sel('labels_received_total')}[$__rate_interval]))", "accepted"),
                 (f"sum(rate({sel('labels_unknown_total')}[$__rate_interval]))", "unknown id")),
         unit="reqps"))
     yield ("model-error", 8, 8, timeseries(
-        "Model error: labelled window vs held-out",
-        "Root of the labelled window's MSE, and of the held-out MSE it is compared with, in dollars.",
+        "Model error: labelled window, estimate before labels, held-out",
+        "Root of the labelled window's MSE (realised: needs the labels), of the MSE estimated from the "
+        "served predictions alone (performance_estimated_mse, direct loss estimation: the held-out "
+        "squared error by predicted-value band; it sees inputs the model errs more on, not changed "
+        "targets; a regression with positive targets only), the band that estimate keeps on clean traffic "
+        "(dotted), and the held-out MSE, in the target's units (dollars for the diamond model). Red "
+        "band: the estimate left its band (the PerformanceEstimate alert's condition). Empty for a classifier.",
         targets((f"sqrt(max by (group) ({sel('concept_drift_window_mse')}))", "window RMSE {{group}}"),
-                (f"sqrt(max by (group) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{group}}")),
-        unit="currencyUSD", overrides=[_override("held-out.*", DASHED_LINE)]))
+                (f"sqrt(max by (group) ({sel('performance_estimated_mse')}))", "estimated RMSE {{group}}"),
+                (f"sqrt(max by (group, bound) ({sel('performance_estimate_band_mse')}))",
+                 "estimate band {{bound}} {{group}}"),
+                (f"sqrt(max by (group) ({sel('concept_drift_reference_mse')}))", "held-out RMSE {{group}}"),
+                (f"max by (group) ({sel('performance_estimate_detected')})", "estimate out of band {{group}}")),
+        unit="short", overrides=[_override("held-out.*", DASHED_LINE),
+                                       _override("estimate band.*", {**DASHED_LINE, "custom.lineStyle": {"fill": "dot"},
+                                                                     "custom.lineWidth": 1,
+                                                                     "color": {"mode": "fixed", "fixedColor": "purple"}}),
+                                       _override("estimate out of band.*", DETECTED_BAND)]))
 
     yield ("row", 24, 1, {"type": "row", "title": "Traffic", "collapsed": False, "panels": []})
     yield ("prediction-rate", 8, 8, timeseries(
@@ -307,16 +336,17 @@ def _panels():
         "Time to answer one /predict request (parsing to response), p50 and p99 from the histogram.",
         targets((f"histogram_quantile(0.5, {latency})", "p50"), (f"histogram_quantile(0.99, {latency})", "p99")),
         unit="s"))
-    yield ("predicted-price", 8, 8, {
-        "type": "heatmap", "title": "Predicted price distribution",
-        "description": "Predictions per price bucket over time (predicted_price_dollars histogram): a "
-                       "change in the mix of stones shows up here before any label arrives.",
-        "targets": [target(f"sum by (le) (increase({sel('predicted_price_dollars_bucket')}[$__rate_interval]))",
+    yield ("predicted-value", 8, 8, {
+        "type": "heatmap", "title": "Predicted value distribution",
+        "description": "Predictions per bucket over time (predicted_value histogram, buckets at the held-out "
+                       "predictions' quantiles): a change in the mix of inputs shows up here before any label "
+                       "arrives. A classifier's predictions are counted by class in the Classifier row.",
+        "targets": [target(f"sum by (le) (increase({sel('predicted_value_bucket')}[$__rate_interval]))",
                            "{{le}}", fmt="heatmap")],
         "fieldConfig": {"defaults": {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False},
                                                 "scaleDistribution": {"type": "linear"}}},
                         "overrides": []},
-        "options": {"calculate": False, "cellGap": 1, "yAxis": {"axisPlacement": "left", "unit": "currencyUSD"},
+        "options": {"calculate": False, "cellGap": 1, "yAxis": {"axisPlacement": "left", "unit": "short"},
                     "rowsFrame": {"layout": "le"},
                     "color": {"mode": "scheme", "scheme": "Oranges", "fill": "dark-orange", "scale": "exponential",
                               "exponent": 0.5, "steps": 64, "reverse": False},
@@ -350,20 +380,23 @@ def _panels():
     yield ("row", 24, 1, {"type": "row", "title": "Model", "collapsed": False, "panels": []})
     yield ("model-info", 12, 5, {
         "type": "table", "title": "Served model",
-        "description": "model_info: the artifact's version, training date and scikit-learn version.",
-        "targets": [target(f"max by (instance, version, trained_at, sklearn_version) ({sel('model_info')})",
+        "description": "model_info: the model's name and task (regression or classification), the artifact's "
+                       "version, training date and scikit-learn version.",
+        "targets": [target(f"max by (instance, name, task, version, trained_at, sklearn_version) ({sel('model_info')})",
                            instant=True, fmt="table")],
         "transformations": [{"id": "organize", "options": {
             "excludeByName": {"Time": True, "Value": True},
-            "indexByName": {"instance": 0, "version": 1, "trained_at": 2, "sklearn_version": 3},
+            "indexByName": {"instance": 0, "name": 1, "task": 2, "version": 3, "trained_at": 4, "sklearn_version": 5},
             "renameByName": {"trained_at": "trained at", "sklearn_version": "scikit-learn"}}}],
         "fieldConfig": {"defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}},
                                      "thresholds": thresholds(("green", None))}, "overrides": []},
         "options": {"showHeader": True, "cellHeight": "sm", "footer": {"show": False}},
     })
     yield ("heldout-rmse", 4, 5, stat(
-        "Held-out RMSE", "Square root of model_heldout_mse, the MSE on the 20% held-out split at training.",
-        targets((f"sqrt(max({sel('model_heldout_mse')}))", "")), unit="currencyUSD", decimals=0,
+        "Held-out RMSE / accuracy", "A regression: the square root of model_heldout_mse, the MSE on the 20% "
+        "held-out split at training, in the target's units; a classifier: model_heldout_accuracy.",
+        targets((f"sqrt(max({sel('model_heldout_mse')}))", "RMSE"), (f"max({sel('model_heldout_accuracy')})", "accuracy")),
+        unit="short", decimals=3, text_mode="value_and_name",
         steps=thresholds(("blue", None))))
     yield ("model-age", 4, 5, stat(
         "Model trained", "model_trained_timestamp_seconds: when the served model was trained.",
@@ -373,6 +406,82 @@ def _panels():
         "Drift checks in range", "Drift checks run over the dashboard's time range (drift_checks_total).",
         targets((f"sum(increase({sel('drift_checks_total')}[$__range]))", "")), decimals=0,
         steps=thresholds(("blue", None))))
+
+    yield ("row", 24, 1, {"type": "row", "title": "Detection: joint drift, concept segments, when it began",
+                          "collapsed": False, "panels": []})
+    yield ("joint-drift", 12, 8, timeseries(
+        "Joint drift: PCA reconstruction error",
+        "data_drift_multivariate_statistic: the window's mean reconstruction error of the features' "
+        "normal scores on the reference's main principal components, over the reference's own (1 = as "
+        "in training). It rises when features stop going together as they did (better clarity on larger "
+        "stones) even if no feature's own distribution moved. Red band: data_drift_multivariate_detected "
+        "(the joint test rejected at some scale, in the same Holm family as the per-feature tests).",
+        targets(
+            (f"max by (group) ({sel('data_drift_multivariate_statistic')})", "reconstruction error ratio {{group}}"),
+            (f"max by (group) ({sel('data_drift_multivariate_detected')})", "detected {{group}}"),
+        ),
+        overrides=[_override("detected.*", DETECTED_BAND)]))
+    yield ("concept-segments", 12, 8, {
+        "type": "state-timeline", "title": "Concept drift by segment",
+        "description": "concept_drift_segment_detected: the labelled errors of each predicted-value band and "
+                       "each category tested on their own (bias and spread of the PIT values, in concept drift's "
+                       "Holm family): where the model went wrong. The ConceptDriftSegment alert names them.",
+        "targets": targets((f"max by (segment) ({sel('concept_drift_segment_detected')})", "{{segment}}")),
+        "fieldConfig": {"defaults": {"mappings": OK_DRIFT, "thresholds": thresholds(("green", None), ("red", 1)),
+                                     "color": {"mode": "thresholds"},
+                                     "custom": {"fillOpacity": 80, "lineWidth": 0}},
+                        "overrides": []},
+        "options": {"showValue": "never", "mergeValues": True, "rowHeight": 0.8, "alignValue": "left",
+                    "legend": {"showLegend": False, "displayMode": "list", "placement": "bottom"},
+                    "tooltip": {"mode": "single", "sort": "none"}},
+    })
+    yield ("segment-bias", 12, 8, timeseries(
+        "Concept drift: bias by segment",
+        "concept_drift_segment_bias_percent: how far actual values sit above predictions within each "
+        "segment, against the held-out reference at the same predicted value, in percent (a regression "
+        "with positive targets).",
+        targets((f"max by (segment) ({sel('concept_drift_segment_bias_percent')}) / 100", "{{segment}}")),
+        unit="percentunit", custom={"axisSoftMin": None, "fillOpacity": 0}))
+    yield ("concept-detection", 12, 8, stat(
+        "Concept drift: scale and start",
+        "concept_drift_scale: how many of the newest labels the test that flagged concept drift looked "
+        "at; concept_drift_since_timestamp_seconds: when the change began, estimated from the labelled "
+        "window. Empty while nothing is flagged.",
+        # instant: the latest check's values (NaN while nothing is flagged, so a range has no point)
+        [target(f"max({sel('concept_drift_scale')})", "scale (labels)", "A", instant=True),
+         target(f"max({sel('concept_drift_since_timestamp_seconds')}) * 1000", "began", "B", instant=True)],
+        text_mode="value_and_name") | {"fieldConfig": {"defaults": {
+            "unit": "none", "mappings": [], "thresholds": thresholds(("blue", None)), "color": {"mode": "thresholds"},
+            "decimals": 0}, "overrides": [_override("began", {"unit": "dateTimeFromNow"})]}})
+
+    # A classifier's own panels: their series are NaN or absent for a regression model.
+    classifier = sel("model_info", 'task="classification"')
+    yield ("row", 24, 1, {"type": "row", "title": "Classifier (a model whose model_info task is classification)",
+                          "collapsed": False, "panels": []})
+    yield ("class-accuracy", 8, 8, timeseries(
+        "Classifier: accuracy, labelled window vs held-out",
+        "concept_drift_window_accuracy: the share of the labelled window's predictions that were the true "
+        "class; concept_drift_reference_accuracy: the same on the held-out split (dashed). Red band: "
+        "concept_drift_detected (the window's log losses or its accuracy departed from held-out).",
+        targets((f"max by (group) ({sel('concept_drift_window_accuracy')})", "window {{group}}"),
+                (f"max by (group) ({sel('concept_drift_reference_accuracy')})", "held-out {{group}}"),
+                (f"max by (group) ({sel('concept_drift_detected')}) and on (group) max by (group) ({classifier})",
+                 "detected {{group}}")),
+        unit="percentunit", minimum=0, maximum=1,
+        overrides=[_override("held-out.*", DASHED_LINE), _override("detected.*", DETECTED_BAND)]))
+    yield ("class-log-loss", 8, 8, timeseries(
+        "Classifier: log loss, labelled window vs held-out",
+        "concept_drift_window_log_loss: the mean of -log p(true class) over the labelled window, with the "
+        "probabilities the model served; concept_drift_reference_log_loss: on the held-out split (dashed).",
+        targets((f"max by (group) ({sel('concept_drift_window_log_loss')})", "window {{group}}"),
+                (f"max by (group) ({sel('concept_drift_reference_log_loss')})", "held-out {{group}}")),
+        overrides=[_override("held-out.*", DASHED_LINE)]))
+    yield ("class-predictions", 8, 8, timeseries(
+        "Classifier: predictions by class",
+        "predictions_by_class_total: rows predicted as each class per second; a change in the mix of "
+        "predicted classes shows up here before any label arrives.",
+        targets((f"sum by (class) (rate({sel('predictions_by_class_total')}[$__rate_interval]))", "{{class}}")),
+        unit="reqps", custom={"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal", "group": "A"}}))
 
 
 def build() -> tuple[dict, dict[str, int]]:
@@ -393,9 +502,10 @@ def build() -> tuple[dict, dict[str, int]]:
     dashboard = {
         "uid": DASHBOARD_UID,
         "title": DASHBOARD_TITLE,
-        "description": "Data drift, concept drift and serving health of the diamond-price model "
-                       "(provisioned from grafana-provisioning/; generated by tools/gen_dashboard.py).",
-        "tags": ["ml", "drift", "diamonds"],
+        "description": "Data drift, concept drift and serving health of the served model, a regressor or a "
+                       "classifier (the diamond-price model by default; model_info names it) (provisioned from "
+                       "grafana-provisioning/; generated by tools/gen_dashboard.py).",
+        "tags": ["ml", "drift"],
         "timezone": "browser",
         "editable": True,
         "graphTooltip": 1,
