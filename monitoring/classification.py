@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special, stats
 
-from monitoring.drift import DEFAULT_ALPHA, NOT_ENOUGH_DATA, holm_bonferroni
+from monitoring.drift import DEFAULT_ALPHA, NOT_ENOUGH_DATA, _finite_pairs, holm_bonferroni
 
 __all__ = ["ClassificationConceptDetector", "ClassificationConceptReport", "labelled_pairs"]
 
@@ -140,12 +140,7 @@ class ClassificationConceptDetector:
     def score(self, correct, loss, grades=None) -> ClassificationConceptReport:
         """`grades` is accepted and unused: the regression detector's per-grade segments have no
         classification counterpart here yet."""
-        correct = np.asarray(correct, dtype=np.float64).ravel()
-        loss = np.asarray(loss, dtype=np.float64).ravel()
-        if correct.shape != loss.shape:
-            raise ValueError("correct and loss differ in length")
-        ok = np.isfinite(correct) & np.isfinite(loss)
-        correct, loss = correct[ok], loss[ok]
+        correct, loss = _finite_pairs(correct, loss, "correct and loss")
         m = int(correct.size)
         if m < self.min_samples:
             return ClassificationConceptReport(
