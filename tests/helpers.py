@@ -34,6 +34,25 @@ def heldout_frame():
     return scenarios.heldout_rows()
 
 
+def heldout_predicted(artifact: dict):
+    """heldout_frame() with the artifact's predictions in a `predicted` column."""
+    import train
+
+    rows = heldout_frame()
+    rows["predicted"] = artifact["pipeline"].predict(rows[train.FEATURES])
+    return rows
+
+
+def split_halves(rows):
+    """Rows split in two at random (seed 0): reference half A, streamed half B (as evaluate_drift.py
+    does with the held-out rows)."""
+    import numpy as np
+
+    order = np.random.default_rng(0).permutation(len(rows))
+    half = len(order) // 2
+    return rows.iloc[order[:half]].reset_index(drop=True), rows.iloc[order[half:]].reset_index(drop=True)
+
+
 def metric_value(text: str, name: str, labels: dict | None = None) -> float:
     """The value of one sample in Prometheus text exposition, or raise KeyError."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -15,22 +15,19 @@ import pytest
 import train
 from evaluation import scenarios
 from monitoring import drift
+from tests.helpers import heldout_predicted, split_halves
 
 WINDOW, EVERY = 500, 50
 
 
 @pytest.fixture(scope="module")
 def heldout(small_artifact):
-    rows = scenarios.heldout_rows()
-    rows["predicted"] = small_artifact["pipeline"].predict(rows[train.FEATURES])
-    return rows
+    return heldout_predicted(small_artifact)
 
 
 @pytest.fixture(scope="module")
 def halves(heldout):
-    order = np.random.default_rng(0).permutation(len(heldout))
-    half = len(order) // 2
-    return heldout.iloc[order[:half]].reset_index(drop=True), heldout.iloc[order[half:]].reset_index(drop=True)
+    return split_halves(heldout)
 
 
 @pytest.fixture(scope="module")

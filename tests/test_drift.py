@@ -12,6 +12,7 @@ from scipy import stats
 
 from evaluation import scenarios
 from monitoring import drift
+from tests.helpers import heldout_predicted, split_halves
 import train
 
 NUMERIC = ["carat", "depth", "table"]
@@ -23,17 +24,12 @@ NUMERIC = ["carat", "depth", "table"]
 
 @pytest.fixture(scope="module")
 def heldout(small_artifact):
-    rows = scenarios.heldout_rows()
-    rows["predicted"] = small_artifact["pipeline"].predict(rows[train.FEATURES])
-    return rows
+    return heldout_predicted(small_artifact)
 
 
 @pytest.fixture(scope="module")
 def halves(heldout):
-    """Held-out rows split in two: reference half A, streamed half B (as evaluate_drift.py does)."""
-    order = np.random.default_rng(0).permutation(len(heldout))
-    half = len(order) // 2
-    return heldout.iloc[order[:half]].reset_index(drop=True), heldout.iloc[order[half:]].reset_index(drop=True)
+    return split_halves(heldout)
 
 
 @pytest.fixture(scope="module")

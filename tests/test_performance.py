@@ -11,21 +11,17 @@ import train
 from evaluation import scenarios
 from monitor import MonitorConfig, start_monitor
 from monitoring import performance
-from tests.helpers import as_payload, metric_value, request
+from tests.helpers import as_payload, heldout_predicted, metric_value, request, split_halves
 
 
 @pytest.fixture(scope="module")
 def heldout(small_artifact):
-    rows = scenarios.heldout_rows()
-    rows["predicted"] = small_artifact["pipeline"].predict(rows[train.FEATURES])
-    return rows
+    return heldout_predicted(small_artifact)
 
 
 @pytest.fixture(scope="module")
 def halves(heldout):
-    order = np.random.default_rng(0).permutation(len(heldout))
-    half = len(order) // 2
-    return heldout.iloc[order[:half]].reset_index(drop=True), heldout.iloc[order[half:]].reset_index(drop=True)
+    return split_halves(heldout)
 
 
 @pytest.fixture(scope="module")
