@@ -1,5 +1,6 @@
-"""The request contract: Schema.parse_row, parse_label, parse_positive_number and describe_json,
-messages word for word; Schema.fits for rows read back from a store.
+"""The request contract: Schema.parse_row, parse_label, parse_positive_number, parse_finite_number,
+describe_json and json_text, messages word for word; Schema.fits for rows read back from a store;
+a Schema built from any artifact's schema (a classifier's classes, a target of any sign).
 
 A client reads these messages to fix its request, and the reason labels are counted in metrics, so
 each test pins the whole message and the reason, not just their first words.
@@ -10,8 +11,8 @@ import re
 
 import pytest
 
-from monitoring.model import (MAX_ID_LENGTH, Feature, InvalidInput, Schema, describe_json, parse_label,
-                              parse_positive_number)
+from monitoring.model import (MAX_ID_LENGTH, Feature, InvalidInput, Schema, describe_json, json_text,
+                              parse_finite_number, parse_label, parse_positive_number)
 
 # The artifact's schema as train.py writes it (test_artifact_schema_is_this_one checks it).
 SCHEMA_DICT = {"task": "regression", "features": [
@@ -187,6 +188,56 @@ def test_non_numbers_are_refused(value, described):
 
 
 # --------------------------------------------------------------------------------------------------
+# parse_finite_number (the numbers of a model without sign constraints: features and targets)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0, 0.0), (-0.0, -0.0), (-1, -1.0), (-2.5, -2.5), (5e-324, 5e-324), (-1e308, -1e308), (-10 ** 300, -1e300),
+    (7, 7.0),
+])
+def test_finite_numbers_of_any_sign_are_accepted_as_floats(value, expected):
+    number = parse_finite_number("x", value)
+    assert number == expected and type(number) is float
+    assert str(number) == str(expected)  # -0.0 stays -0.0
+
+
+@pytest.mark.parametrize("value, reason, message", [
+    (float("nan"), "non_finite", "expected a finite number, got nan"),
+    (float("inf"), "non_finite", "expected a finite number, got inf"),
+    (float("-inf"), "non_finite", "expected a finite number, got -inf"),
+    (10 ** 400, "non_finite", "expected a finite number, got an integer too large for a float"),
+    (-10 ** 400, "non_finite", "expected a finite number, got an integer too large for a float"),
+    (True, "not_a_number", "expected a number, got a boolean"),
+    (False, "not_a_number", "expected a number, got a boolean"),
+    ("0", "not_a_number", "expected a number, got the string '0'"),
+    (None, "not_a_number", "expected a number, got null"),
+    ({"v": 0}, "not_a_number", "expected a number, got an object"),
+])
+def test_what_is_not_a_finite_number_is_refused(value, reason, message):
+    _refused(lambda: parse_finite_number("[1].x", value), reason, f"[1].x: {message}")
+
+
+# --------------------------------------------------------------------------------------------------
+# json_text (how a message shows a class it does not know)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("ham", "ham"), ("", ""), ('say "hi"', 'say "hi"'), (1, "1"), (2.5, "2.5"), (-1.0, "-1.0"), (True, "true"),
+    (None, "null"), (float("nan"), "NaN"), ([1, "a"], '[1, "a"]'), ({"k": None}, '{"k": null}'),
+])
+def test_json_text_shows_a_value_as_json_has_it(value, expected):
+    assert json_text(value) == expected
+
+
+def test_json_text_of_what_json_cannot_write_is_its_python_text():
+    circular = []
+    circular.append(circular)
+    assert json_text(circular) == "[[...]]"   # json.dumps: ValueError (circular reference)
+    assert json_text({1, 2}) == "{1, 2}"      # json.dumps: TypeError (a set)
+    assert json_text(b"raw") == "b'raw'"
+
+
+# --------------------------------------------------------------------------------------------------
 # describe_json
 
 
@@ -294,7 +345,7 @@ def test_a_stored_row_fits_when_this_schema_could_have_served_it(schema):
 ANY_FIELDS = "size, colour, grade"
 
 
-def _features() -> "pd.DataFrame":
+def _features():
     import pandas as pd
 
     return pd.DataFrame({"size": [-1.5, 0.0, 2.25] * 10, "colour": ["red", "green", "blue"] * 10,
@@ -410,7 +461,8 @@ def test_a_schema_from_before_any_model_is_the_diamond_contract():
 def test_a_classification_schema_without_classes_accepts_no_label():
     schema = Schema({"task": "classification", "features": ANY_FEATURES, "target": "y"})
     assert schema.classes == [] and schema.is_classification
-    _refused(lambda: schema.parse_label({"id": "a", "actual": 0}), "unknown_class", "actual: unknown class '0'; accepted: ")
+    _refused(lambda: schema.parse_label({"id": "a", "actual": 0}), "unknown_class",
+             "actual: unknown class '0'; accepted: ")
 
 
 @pytest.mark.parametrize("name", ["words", "change"])
