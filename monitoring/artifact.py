@@ -179,7 +179,8 @@ def build_artifact(pipeline, X_train: pd.DataFrame, y_train, X_heldout: pd.DataF
         reference_errors = {"actual": actual, "predicted": predicted, "probabilities": probabilities}
     else:
         if schema is None:
-            schema = infer_schema(X_train, target, task, target_positive=bool((y_train > 0).all()))
+            schema = infer_schema(X_train, target, task, ordered=ordered,
+                                  target_positive=bool((y_train > 0).all()))
         predicted = np.asarray(pipeline.predict(X_heldout), dtype=np.float64)
         actual = y_heldout.to_numpy(dtype=np.float64)
         metrics = _regression_metrics(actual, predicted)

@@ -603,3 +603,20 @@ def test_a_regression_with_positive_targets_refuses_zero_and_negatives(schema_di
     assert schema.parse_label({"id": "p", "actual": 5e-324}) == ("p", 5e-324)
     _refused(lambda: schema.parse_label({"id": "p", "actual": float("nan")}), "non_finite",
              "actual: expected a finite number, got nan")
+
+
+@pytest.mark.parametrize("regression", [False, True], ids=["classification", "regression"])
+def test_build_artifact_takes_a_category_order_for_either_task(regression):
+    """`ordered=` sets a text feature's category order (and so its codes) whatever the task."""
+    import pandas as pd
+    from sklearn.dummy import DummyClassifier, DummyRegressor
+    from sklearn.pipeline import make_pipeline
+
+    from monitoring.artifact import build_artifact
+
+    X = _features()
+    y = pd.Series([1.0, 2.0, 3.0] * 10, name="y")
+    pipeline = make_pipeline(DummyRegressor() if regression else DummyClassifier()).fit(X, y)
+    schema = build_artifact(pipeline, X, y, X, y, ordered={"colour": ["red", "green", "blue"]})["schema"]
+    assert schema["features"][1] == {"name": "colour", "kind": "categorical", "categories": ["red", "green", "blue"]}
+    assert Schema(schema).code("colour", "red") == 0
