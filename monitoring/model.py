@@ -123,7 +123,7 @@ class Schema:
     def parse_label(self, obj: Any, where: str = "") -> tuple[str, float]:
         """One /feedback object -> (prediction id, actual): a number, or a class's code (its index in
         `classes`) for a classification."""
-        return parse_label(obj, where, self._parse_actual, self._label_hint)
+        return parse_label(obj, where, self._parse_actual, self._label_hint, self.target)
 
     def _parse_actual(self, field: str, value: Any) -> float:
         if self.is_classification:
@@ -186,13 +186,13 @@ class Schema:
 
 
 def parse_label(obj: Any, where: str = "", parse_actual=None,
-                hint: str = "the true price in dollars") -> tuple[str, float]:
+                hint: str = "the true price in dollars", target: str = "price") -> tuple[str, float]:
     """One /feedback object -> (prediction id, actual), or InvalidInput naming the field. `actual` is
     read by parse_actual(field, value) (by default a positive number, the diamond model's price);
-    `hint` says what it is when it is missing."""
+    `hint` says what it is when it is missing; `target` names it in the expected shape."""
     if not isinstance(obj, dict):
         raise InvalidInput("not_an_object", f"{_item(where)}: expected an object "
-                                            '{"id": "<prediction id>", "actual": <price>}, '
+                                            f'{{"id": "<prediction id>", "actual": <{target}>}}, '
                                             f"got {describe_json(obj)}")
     extra = [k for k in obj if k not in ("id", "actual")]
     if extra:

@@ -620,3 +620,9 @@ def test_build_artifact_takes_a_category_order_for_either_task(regression):
     schema = build_artifact(pipeline, X, y, X, y, ordered={"colour": ["red", "green", "blue"]})["schema"]
     assert schema["features"][1] == {"name": "colour", "kind": "categorical", "categories": ["red", "green", "blue"]}
     assert Schema(schema).code("colour", "red") == 0
+
+
+@pytest.mark.parametrize("name,target", [("words", "kind"), ("change", "change"), ("price", "price")])
+def test_a_label_that_is_not_an_object_is_shown_the_shape_with_the_models_target(schema_dicts, name, target):
+    _refused(lambda: Schema(schema_dicts[name]).parse_label([1], "[0]."), "not_an_object",
+             f'[0]: expected an object {{"id": "<prediction id>", "actual": <{target}>}}, got an array')
