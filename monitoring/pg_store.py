@@ -61,6 +61,7 @@ import numpy as np
 import psycopg
 from psycopg.adapt import Loader
 
+from monitoring.pg_windows import GONE_RETENTION, Feature, WindowCache
 from monitoring.store import FEATURE_COLUMNS, PRUNE_CHUNK, _check_features, _IS_TEXT, _num, _SQL_NAMES
 from monitoring.writer import Job, QueuedWriter, StoreError
 
@@ -110,6 +111,36 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     report        jsonb NOT NULL
 )""",
         "CREATE INDEX drift_reports_checked_at ON drift_reports (checked_at, id)",
+    ]),
+    # monitoring/pg_windows.py: which rows each transaction changed or deleted, so that a fleet
+    # check reads only those. Rows stored before this migration have no `changed` (NULL, outside
+    # the partial index): a replica's first check reads them in full, and a label sets it.
+    (2, "change tracking for fleet checks that read only what changed", [
+        "ALTER TABLE predictions ADD COLUMN changed xid8",
+        "ALTER TABLE predictions ALTER COLUMN changed SET DEFAULT pg_current_xact_id()",
+        "CREATE INDEX predictions_changed ON predictions (changed) WHERE changed IS NOT NULL",
+        # any UPDATE (a label, a relabel) marks the row, whoever's SQL runs it
+        "CREATE FUNCTION predictions_mark_changed() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN NEW.changed := pg_current_xact_id(); RETURN NEW; END$$",
+        "CREATE TRIGGER predictions_mark_changed BEFORE UPDATE ON predictions "
+        "FOR EACH ROW EXECUTE FUNCTION predictions_mark_changed()",
+        """CREATE TABLE predictions_gone (
+    xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    at        double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp()),
+    seq       bigint NOT NULL,
+    ts        double precision,
+    label_ts  double precision,
+    label_seq bigint
+)""",
+        "CREATE INDEX predictions_gone_xid ON predictions_gone (xid)",
+        "CREATE FUNCTION predictions_log_gone() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO predictions_gone (seq, ts, label_ts, label_seq) "
+        "SELECT seq, ts, label_ts, label_seq FROM gone; RETURN NULL; END$$",
+        "CREATE TRIGGER predictions_log_gone AFTER DELETE ON predictions REFERENCING OLD TABLE AS gone "
+        "FOR EACH STATEMENT EXECUTE FUNCTION predictions_log_gone()",
+        # the newest transaction whose log entries were trimmed: a cache read before it is stale
+        "CREATE TABLE predictions_gone_horizon (xid xid8)",
+        "INSERT INTO predictions_gone_horizon VALUES (NULL)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -270,6 +301,9 @@ class PgStore(QueuedWriter):
         self._init_writer(max_pending)
         self._checker: psycopg.Connection | None = None
         self._checker_lock = threading.Lock()
+        # the windows of this replica's last fleet check, used under _checker_lock
+        self._window_cache = WindowCache([Feature(c, name, text) for c, name, text in zip(_COLS, FEATURE_COLUMNS, _IS_TEXT)],
+                                         _columns_cursor)
         self._watch: psycopg.Connection | None = None   # latest_report's
         self._watch_lock = threading.Lock()
         self._connect_failed: dict[str, tuple[float, Exception]] = {}   # role: (when, error)
@@ -488,6 +522,13 @@ class PgStore(QueuedWriter):
                 # a report per check: keep a day's worth at 1-s checks
                 with bound(conn, self._call_bound), conn.transaction():
                     conn.execute("DELETE FROM drift_reports WHERE id < (SELECT max(id) - 100000 FROM drift_reports)")
+                    # The deletion log serves fleet checks' caches (pg_windows.py): an hour of it is
+                    # plenty at any check interval under an hour; a cache read before the newest
+                    # transaction trimmed is read in full (the horizon says which).
+                    conn.execute(f"WITH d AS (DELETE FROM predictions_gone WHERE at < {_EPOCH_NOW} - %s "
+                                 f"RETURNING xid) UPDATE predictions_gone_horizon "
+                                 f"SET xid = greatest(xid, (SELECT max(xid) FROM d)) WHERE EXISTS (SELECT FROM d)",
+                                 (GONE_RETENTION,))
             finally:
                 with bound(conn, self._call_bound):
                     conn.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK,))
@@ -578,7 +619,7 @@ class PgStore(QueuedWriter):
                         (max(float(interval), 1e-3),)).fetchone()
                     if not force and last_slot is not None and last_slot >= slot:
                         return None
-                    columns, labelled = _window_and_label_columns(conn, window, label_window)
+                    columns, labelled = self._window_cache.read(conn, window, label_window)
                     report, model_version = score(columns, labelled, float(now))
                     by = checked_by or self.replica
                     stored = conn.execute(
@@ -630,6 +671,13 @@ class PgStore(QueuedWriter):
             raise
         self._connect_failed.pop(role, None)
         return conn
+
+    @property
+    def window_reads(self) -> dict:
+        """How this replica's fleet checks read their windows: {"full": reads of both windows in
+        full, "incremental": reads of what changed only, "changed_rows": rows those read}."""
+        with self._checker_lock:
+            return dict(self._window_cache.reads)
 
     def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, dict]:
         """The fleet's windows by columns, oldest first: ({feature: values} of the newest `window`

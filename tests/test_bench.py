@@ -89,7 +89,8 @@ def test_the_fleet_bench_runs_both_backends_side_by_side(small_artifact_path, po
     url = postgres_server.new_database()
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_bench.py"), "--model", str(small_artifact_path),
                            "--db", url, "--rounds", "1", "--duration", "1", "--warmup", "1", "--batch-duration", "1",
-                           "--window", "300", "--checks", "2"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+                           "--window", "300", "--checks", "2", "--rate", "2", "--steady-checks", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"fleet_bench.py failed:\n{proc.stdout}\n{proc.stderr}"
     results = json.loads(proc.stdout)
     for backend in ("sqlite", "postgresql"):
@@ -99,6 +100,10 @@ def test_the_fleet_bench_runs_both_backends_side_by_side(small_artifact_path, po
         checks = results["checks"][backend]
         assert checks["window_size"] == 300 and checks["labelled_size"] == 300, backend
         assert 0 < checks["server_median_ms"] <= checks["server_max_ms"], backend
+        assert checks["cold_ms"] > 0, backend
+        steady = checks["steady"]   # two checks, each after a minute's traffic at 2 rows/s
+        assert steady["checks"] == 2 and steady["rows_between_checks"] == 120, backend
+        assert 0 < steady["server_median_ms"] <= steady["server_max_ms"], backend
     assert url.split("@")[0].split(":")[2] not in proc.stdout + proc.stderr   # the password stays out
 
 
