@@ -122,3 +122,19 @@ def test_compare_runs_two_commits_in_turn_and_cleans_up():
         assert rps > 0
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "monitor-compare-" not in worktrees                                      # baseline removed
+
+
+def test_compare_fleet_alternates_the_fleet_bench_between_two_commits():
+    # This checkout against its own HEAD: each side's monitor.py under this checkout's fleet_bench.py.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "HEAD", "--fleet", "--rounds", "1",
+                           "--n-estimators", "5", "--window", "300", "--checks", "1", "--rate", "1",
+                           "--steady-checks", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"compare.py --fleet failed:\n{proc.stdout}\n{proc.stderr}"
+    rounds = [line for line in proc.stderr.splitlines() if line.startswith("round ")]
+    assert [r.split()[2].rstrip(":") for r in rounds] == ["baseline", "this"]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| |"))
+    assert "postgresql cold" in header and "postgresql steady" in header
+    table = [line for line in proc.stdout.splitlines() if line.startswith(("| baseline", "| this"))]
+    assert len(table) == 2
+    for row in table:
+        assert all(float(cell.split()[0]) > 0 for cell in row.strip("|").split("|")[1:])
