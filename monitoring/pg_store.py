@@ -23,7 +23,8 @@ What the fleet adds:
   (UPDATE ... FROM unnest(ids, actuals) ... RETURNING): `unknown` means unknown to the fleet.
 * Fleet drift checks (`fleet_check`): one transaction takes `pg_try_advisory_xact_lock`, decides
   on the database clock whether this interval's check is still to do, reads the fleet's newest
-  inputs and labels, lets the caller score them, and stores the report, so each scheduled check
+  inputs and labels (only what changed since this replica's last read: pg_windows.py, exact),
+  lets the caller score them, and stores the report, so each scheduled check
   runs once in the fleet whichever replica's timer fires first. Every session sets
   statement_timeout and idle_in_transaction_session_timeout (`timeout`) and TCP keepalives, so a
   replica that hangs or is stopped mid-check loses its session, its lock and its unwritten report

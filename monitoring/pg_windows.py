@@ -33,6 +33,7 @@ name, text or not).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -63,16 +64,71 @@ def _text_agg(column: str) -> str:
     return f"string_agg(COALESCE({column}, ''), E'\\x1f')"
 
 
-def _texts(value: str | None, n: int) -> np.ndarray:
-    """A string_agg of n grades read back: an object array of text, None for none."""
-    out = np.empty(n, dtype=object)
-    if n:
-        out[:] = [v or None for v in value.split(_SEPARATOR)]
-    return out
+class TextColumn(Sequence):
+    """A window's grades as codes into a vocabulary of the distinct texts (None for none): reads as
+    a sequence of text, as a list would, and lets monitoring/fleet.py map each distinct text to
+    its schema code once instead of each row (and the windows move int32 codes, not Python objects,
+    when they merge)."""
+    __slots__ = ("codes", "vocab")
+
+    def __init__(self, codes: np.ndarray, vocab: np.ndarray):
+        self.codes, self.vocab = codes, vocab   # vocab: an object array, indexed by the codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, i):
+        return self.vocab[self.codes[i]].tolist() if isinstance(i, slice) else self.vocab[self.codes[i]]
+
+    def __iter__(self):
+        return iter(self.tolist())
+
+    def tolist(self) -> list:
+        return self.vocab[self.codes].tolist()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and len(other) == len(self) and self.tolist() == list(other)
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return f"TextColumn({self.tolist()!r})"
+
+
+class _Vocabulary:
+    """The distinct texts of one feature seen by a cache, in the order first seen ('' read back as
+    None: the aggregate's stand-in for NULL)."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.texts: list[str | None] = []
+        self.array = np.empty(0, dtype=object)
+
+    def codes(self, value: str | None, n: int) -> np.ndarray:
+        """A string_agg of n texts read back as codes."""
+        if not n:
+            return np.empty(0, dtype=np.int32)
+        parts = value.split(_SEPARATOR)
+        new = [v for v in set(parts) if v not in self.index]
+        if new:
+            for v in new:
+                self.index[v] = len(self.texts)
+                self.texts.append(v or None)
+            self.array = np.empty(len(self.texts), dtype=object)
+            self.array[:] = self.texts
+        return np.fromiter(map(self.index.__getitem__, parts), dtype=np.int32, count=n)
 
 
 def _floats(value, n: int) -> np.ndarray:
     return np.empty(0) if value is None else np.asarray(value, dtype=np.float64)[:n]
+
+
+def _frozen(columns: dict) -> dict:
+    """The cached arrays are handed to the check as they are (no copy): read-only, so that nothing
+    downstream can change the cache by accident."""
+    for values in columns.values():
+        values.setflags(write=False)
+    return columns
 
 
 def _order(k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
@@ -96,6 +152,8 @@ def _merge(side: _Side, rows: dict, candidate: np.ndarray, replaced: np.ndarray,
     than n rows are known above a boundary: only a full read can tell what comes next."""
     keep = ~np.isin(side.columns["_seq"], replaced)
     take = candidate if side.bound is None else candidate & ~_below(rows["_k1"], rows["_k2"], side.bound)
+    if keep.all() and not take.any():
+        return side   # nothing of this window changed
     columns = {name: np.concatenate([values[keep], rows[name][take]]) for name, values in side.columns.items()}
     order = _order(columns["_k1"], columns["_k2"])
     bound = side.bound
@@ -104,14 +162,14 @@ def _merge(side: _Side, rows: dict, candidate: np.ndarray, replaced: np.ndarray,
     if len(order) > n:
         order = order[len(order) - n:]
         bound = (float(columns["_k1"][order[0]]), float(columns["_k2"][order[0]])) if n else None
-    return _Side({name: values[order] for name, values in columns.items()}, bound)
+    return _Side(_frozen({name: values[order] for name, values in columns.items()}), bound)
 
 
 def _side_from_rows(columns: dict, n: int, count: int) -> _Side:
     """A window read in full (LIMIT n gave `count` rows), sorted here: an aggregate's order is not
     promised, the LIMIT's rows are."""
     order = _order(columns["_k1"], columns["_k2"])
-    columns = {name: values[order] for name, values in columns.items()}
+    columns = _frozen({name: values[order] for name, values in columns.items()})
     bound = None
     if count >= n and count:   # the LIMIT was reached: older rows may exist
         bound = (float(columns["_k1"][0]), float(columns["_k2"][0]))
@@ -129,6 +187,7 @@ class WindowCache:
         self._grades = [f for f in self._features if f.text]
         self._cursor = cursor   # a binary cursor loading float8[] as numpy (pg_store._columns_cursor)
         self._state: tuple | None = None   # (n, m, xmin, filenode, inputs, labels)
+        self._vocabulary: dict[str, _Vocabulary] = {}   # by feature name, both windows'
         self.reads = {"full": 0, "incremental": 0, "changed_rows": 0}
         feature_sql = ", ".join(f.sql for f in self._features)
         aggs = ", ".join(_text_agg(f.sql) if f.text else f"array_agg({f.sql})" for f in self._features)
@@ -154,7 +213,11 @@ class WindowCache:
             f"array_agg(COALESCE(actual, 'NaN')), array_agg(COALESCE(label_ts, 'NaN')), "
             f"array_agg(COALESCE(label_seq::float8, 'NaN')) FROM "
             f"(SELECT seq, ts, {feature_sql}, prediction, actual, label_ts, label_seq FROM predictions "
-            f"WHERE changed >= %s::xid8 LIMIT %s) r) c, "
+            # Bounded on both sides: without statistics on `changed` (a new column, a table not
+            # analysed yet) PostgreSQL estimates `changed >= x` at a third of the table and scans
+            # it all; a range gets its 0.5% default, and the index. Every row this snapshot sees
+            # was changed below its xmax.
+            f"WHERE changed >= %s::xid8 AND changed < pg_snapshot_xmax(pg_current_snapshot()) LIMIT %s) r) c, "
             f"(SELECT array_agg(seq::float8) FROM predictions_gone WHERE xid >= %s::xid8 "
             f"AND ((ts, seq) >= (%s, %s) OR seq >= %s)) g")
 
@@ -162,7 +225,9 @@ class WindowCache:
         n, m = max(0, int(n)), max(0, int(m))
         state = self._state
         self._state = None   # a read that fails half way leaves no cache: the next one is in full
-        if state is not None and state[:2] == (n, m):
+        # a vocabulary only grows: past a few texts per row held, start afresh (a full read)
+        fresh = all(len(v.texts) <= 4 * (n + m) + 64 for v in self._vocabulary.values())
+        if state is not None and state[:2] == (n, m) and fresh:
             done = self._incremental(conn, state)
             if done is not None:
                 self.reads["incremental"] += 1
@@ -174,13 +239,14 @@ class WindowCache:
 
     def _full(self, conn, n: int, m: int) -> tuple[dict, dict]:
         row = self._cursor(conn).execute(self._full_sql, (n, m), prepare=False).fetchone()
+        self._vocabulary = {f.name: _Vocabulary() for f in self._grades}
         xmin, filenode, _ = row[:3]
         values = iter(row[3:])
         count = next(values)
         inputs = {"_k1": _floats(next(values), count)}
         inputs["_k2"] = inputs["_seq"] = _floats(next(values), count)
         for f in self._features:
-            inputs[f.name] = _texts(next(values), count) if f.text else _floats(next(values), count)
+            inputs[f.name] = self._codes(f, next(values), count) if f.text else _floats(next(values), count)
         inputs["prediction"] = _floats(next(values), count)
         inputs["ts"] = inputs["_k1"]
         count = next(values)
@@ -189,7 +255,7 @@ class WindowCache:
                   "prediction": _floats(next(values), count)}
         labels["label_ts"] = labels["_k1"]
         for g in self._grades:
-            labels[g.name] = _texts(next(values), count)
+            labels[g.name] = self._codes(g, next(values), count)
         state = (n, m, int(xmin), filenode, _side_from_rows(inputs, n, len(inputs["_seq"])),
                  _side_from_rows(labels, m, len(labels["_seq"])))
         self._state = state
@@ -214,7 +280,7 @@ class WindowCache:
         seq = _floats(next(values), count)
         rows = {"_seq": seq, "ts": _floats(next(values), count)}
         for f in self._features:
-            rows[f.name] = _texts(next(values), count) if f.text else _floats(next(values), count)
+            rows[f.name] = self._codes(f, next(values), count) if f.text else _floats(next(values), count)
         rows["prediction"] = _floats(next(values), count)
         rows["actual"] = _floats(next(values), count)
         rows["label_ts"] = _floats(next(values), count)
@@ -233,11 +299,15 @@ class WindowCache:
         self._state = state
         return self._windows(state)
 
+    def _codes(self, feature: Feature, value: str | None, n: int) -> np.ndarray:
+        return self._vocabulary[feature.name].codes(value, n)
+
     def _windows(self, state: tuple) -> tuple[dict, dict]:
-        """The windows as pg_store._window_and_label_columns gives them: grades as lists."""
+        """The windows as pg_store._window_and_label_columns gives them (grades as TextColumn
+        sequences rather than lists); the arrays are the cache's own, read-only."""
         def out(side: _Side, names: list[str]) -> dict:
-            return {name: side.columns[name].tolist() if side.columns[name].dtype == object
-                    else side.columns[name].copy() for name in names}
+            return {name: TextColumn(side.columns[name], self._vocabulary[name].array) if name in self._vocabulary
+                    else side.columns[name] for name in names}
 
         inputs, labels = state[4], state[5]
         return (out(inputs, [*(f.name for f in self._features), "prediction", "ts"]),

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from monitoring.pg_store import PgStore, _window_and_label_columns
+from monitoring.pg_windows import TextColumn
 from tests.test_store import record
 
 WINDOW, LABEL_WINDOW = 40, 25
@@ -25,11 +26,12 @@ WINDOW, LABEL_WINDOW = 40, 25
 def _same(given: dict, full: dict, what: str) -> None:
     assert given.keys() == full.keys(), what
     for name, values in full.items():
-        assert type(given[name]) is type(values), (what, name)
         if isinstance(values, np.ndarray):
+            assert isinstance(given[name], np.ndarray), (what, name)
             np.testing.assert_array_equal(given[name], values, err_msg=f"{what}: {name}")
-        else:
-            assert given[name] == values, (what, name)
+        else:   # grades: a sequence of text (pg_windows.TextColumn), as the full read's list
+            assert isinstance(given[name], TextColumn) and given[name] == values, (what, name)
+            assert list(given[name]) == values and len(given[name]) == len(values), (what, name)
 
 
 class _Fleet:
