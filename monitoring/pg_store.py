@@ -598,9 +598,10 @@ class PgStore(QueuedWriter):
         the database's clock, so each slot gets one check whichever replica's timer fires first);
         read the fleet's newest `window` inputs and `label_window` labelled predictions; call
         `score(columns, labelled, checked_at)` -> (report dict, model_version): the two windows'
-        columns, oldest first, as `windows()` gives them, checked_at the database's time of
-        the check (unix seconds, the report's time); store the report. Returns the
-        stored report. Raises StoreError if the database fails (nothing is stored then)."""
+        columns, oldest first, as `windows()` gives them (grades as pg_windows.TextColumn
+        sequences; read only what changed since this replica's last check, see pg_windows.py),
+        checked_at the database's time of the check (unix seconds, the report's time); store the
+        report. Returns the stored report. Raises StoreError if the database fails (nothing is stored then)."""
         with self._held(self._checker_lock, "another fleet check on this replica"):
             try:
                 conn = self._checker_conn()
