@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     baseline_tree = tmp / "baseline"
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(baseline_tree), args.baseline],
                    check=True, capture_output=True)
+    B.say(f"baseline {args.baseline} checked out at {baseline_tree}")
     procs = B.Processes()
     try:
         rows, _ = B.heldout()

@@ -120,8 +120,10 @@ def test_compare_runs_two_commits_in_turn_and_cleans_up():
     for row in table:
         rps = float(row.split("|")[2].split()[0].replace(",", ""))
         assert rps > 0
+    # its own baseline removed (other checkouts of this repository may be running compare.py too)
+    tree = next(line.split(" checked out at ")[1] for line in proc.stderr.splitlines() if " checked out at " in line)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert "monitor-compare-" not in worktrees                                      # baseline removed
+    assert "monitor-compare-" in tree and tree not in worktrees and not Path(tree).exists()
 
 
 def test_compare_fleet_alternates_the_fleet_bench_between_two_commits():
