@@ -943,6 +943,13 @@ class _Handler(BaseHTTPRequestHandler):
                 counter.labels(endpoint, exc.reason).inc()
                 self._send_json(status, {"error": exc.message}, getattr(exc, "headers", None))
                 return
+            except Exception as exc:  # a bug of ours: the client still gets JSON, the log the traceback
+                log.exception("%s %s failed", method, path[:100])
+                self.monitor.metrics.refused_requests.labels(endpoint, "internal_error").inc()
+                self.close_connection = True  # its body may be unread: the connection is out of sync
+                self._send_json(500, {"error": f"internal error ({type(exc).__name__}); the monitor's log "
+                                               "has the details"})
+                return
             if isinstance(payload, _Text):
                 self._send(status, payload.body, payload.content_type, payload.headers)
             else:

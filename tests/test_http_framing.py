@@ -191,3 +191,30 @@ def test_fuzzed_framing_never_desyncs_or_smuggles(server, spellings, chunked, me
     ran = _predictions(server) - before
     executed_first = responses[0][0] == 200 and method == b"POST" and path == b"/predict"
     assert ran == (1 if executed_first else 0), "a request ran that was not sent as one"
+
+
+def test_a_bug_in_a_handler_is_a_json_500_and_the_server_goes_on(server, monkeypatch, caplog):
+    """An unexpected exception (a bug, not bad input) answers JSON 500, is counted and logged with
+    its traceback, and neither drops the connection unanswered nor stops the server."""
+    import monitor
+
+    def broken(_monitor, _body):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(monitor.ROUTES["/drift"], "GET", monitor._Route(broken))
+    def internal_errors() -> float:
+        text = request(server.url, "GET", "/metrics")[2]
+        try:
+            return metric_value(text, "refused_requests_total", {"endpoint": "/drift", "reason": "internal_error"})
+        except KeyError:  # the labelled counter exists from its first increment
+            return 0.0
+
+    before = internal_errors()
+    responses, closed = _exchange(server, b"GET /drift HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert responses == [(500, {"error": "internal error (ZeroDivisionError); the monitor's log has the details"})]
+    assert closed
+    assert internal_errors() == before + 1
+    assert any("GET /drift failed" in r.getMessage() and r.exc_info for r in caplog.records)
+    monkeypatch.undo()
+    status, _, reply = request(server.url, "GET", "/healthz")
+    assert status == 200, reply
