@@ -67,8 +67,8 @@ class MonitorMetrics:
                                       registry=registry)
         self.invalid_requests = Counter("invalid_requests", "Requests refused with a 4xx, by reason",
                                         ["endpoint", "reason"], registry=registry)
-        self.refused_requests = Counter("refused_requests", "Valid requests the server could not take (503): "
-                                        "store unavailable, too many connections", ["endpoint", "reason"],
+        self.refused_requests = Counter("refused_requests", "Requests the server could not take: 503 "
+                                        "(store unavailable, too many connections) or 500 (internal_error: a bug)", ["endpoint", "reason"],
                                         registry=registry)
         # Both reasons exist from the start, so that a rate over them reads 0 rather than no data.
         self.refused_requests.labels("/feedback", "store_unavailable")
