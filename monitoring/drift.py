@@ -405,7 +405,7 @@ class BinnedChiSquareDetector:
                 expected += m * freq
                 if expected >= self.min_expected:
                     g, expected = g + 1, 0.0
-            if g > 0 and (group == g).any():
+            if g > 0:  # the bins after the last full group (none when it closed on the last bin)
                 group[group == g] = g - 1
             self._groups[m] = group
         return group
@@ -431,7 +431,7 @@ class BinnedChiSquareDetector:
         table = np.array([np.bincount(group, self.reference_counts, k), np.bincount(group, counts, k)])
         expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
         statistic = float(((table - expected) ** 2 / expected).sum())
-        return TestResult(self.test, statistic, float(np.clip(special.chdtrc(k - 1, statistic), 0.0, 1.0)), distance, m)
+        return TestResult(self.test, statistic, float(special.chdtrc(k - 1, statistic)), distance, m)
 
 
 class ReconstructionDetector:

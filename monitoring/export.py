@@ -89,7 +89,7 @@ def _labeller(columns: list[str], schema: dict | None, db_path):
             lookup = np.array([*classes, None], dtype=object)  # the trailing None: not a class index
             for name in ("prediction", "actual"):
                 index = frame[name].to_numpy(dtype=np.float64)
-                valid = np.isfinite(index) & (index == np.round(index)) & (index >= 0) & (index < len(classes))
+                valid = (index == np.round(index)) & (index >= 0) & (index < len(classes))  # NaN: not equal
                 frame[name] = lookup[np.where(valid, index, len(classes)).astype(np.int64)]
         return frame
 

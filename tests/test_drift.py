@@ -1151,7 +1151,9 @@ def test_binned_chi2_merges_adjacent_bins_by_the_reference_until_each_expects_te
     assert det.groups(30).tolist() == [0] * 7 + [1] * 13  # 1.5 each: 7 reach 10.5, the last 6 (9.0) join them
     assert det.groups(200).tolist() == list(range(20))  # 10 each: every bin its own
     assert det.groups(199).tolist() == np.repeat(np.arange(10), 2).tolist()  # 9.95 is short of 10
+    assert det.groups(5).tolist() == [0] * 20  # 5 expected in all: one group
     assert det.groups(100) is det.groups(100)  # cached
+    assert det.score([np.nan, np.inf]) == drift.TestResult("binned-chi2", None, None, None, 0)
     rng = np.random.default_rng(44)
     window = rng.uniform(0, 100, 100)
     counts = np.bincount(det.codes(window), minlength=20)
