@@ -393,12 +393,13 @@ def test_feature_columns_come_from_diamonds(db):
             columns = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
         assert columns == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
                            "model_version", "actual", "label_ts"]
-    else:   # the fleet's columns besides: insertion order, replica, the replica's clock, label order
+    else:   # the fleet's columns besides: insertion order, replica, the replica's clock, label order,
+        # the transaction that last changed the row (monitoring/pg_windows.py)
         columns = [r[0] for r in query(db, "SELECT column_name FROM information_schema.columns WHERE "
                                            "table_name = 'predictions' ORDER BY ordinal_position")]
         assert columns == ["id", "seq", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
                            "model_version", "replica", "served_at", "actual", "label_ts", "label_seq",
-                           "label_replica"]
+                           "label_replica", "changed"]
 
 
 def test_a_file_written_with_the_first_schema_is_read_and_written(db):
@@ -764,28 +765,31 @@ def test_close_writes_the_buffer_and_later_calls_fail(db):
 def test_postgresql_schema_is_versioned_and_a_newer_one_refused(pg_url):
     PgStore(pg_url).close()
     PgStore(pg_url).close()                     # a second start migrates nothing
-    assert query(pg_url, "SELECT version, description FROM schema_version") == [
-        (1, "predictions with their labels; fleet drift reports")]
+    assert query(pg_url, "SELECT version, description FROM schema_version ORDER BY version") == [
+        (1, "predictions with their labels; fleet drift reports"),
+        (2, "change tracking for fleet checks that read only what changed")]
     query_write(pg_url, "INSERT INTO schema_version (version, description) VALUES (99, 'from the future')")
     with pytest.raises(StoreError, match="schema version 99"):
         PgStore(pg_url)
 
 
 def test_postgresql_the_next_migration_is_applied_once_in_order(pg_url, monkeypatch):
-    """The path for the next schema change: append to MIGRATIONS; a database at version 1 is
-    brought to 2 by the first replica that starts, rows kept."""
+    """The path for the next schema change: append to MIGRATIONS; a database at the current
+    version is brought to the next by the first replica that starts, rows kept."""
     from monitoring import pg_store
 
     with PgStore(pg_url) as s:
         s.add_predictions([record(1)])
+    current = pg_store.SCHEMA_VERSION
     monkeypatch.setattr(pg_store, "MIGRATIONS", pg_store.MIGRATIONS + [
-        (2, "predictions get a note", ["ALTER TABLE predictions ADD COLUMN note text"])])
-    monkeypatch.setattr(pg_store, "SCHEMA_VERSION", 2)
+        (current + 1, "predictions get a note", ["ALTER TABLE predictions ADD COLUMN note text"])])
+    monkeypatch.setattr(pg_store, "SCHEMA_VERSION", current + 1)
     with PgStore(pg_url) as s:
         assert s.counts()["predictions"] == 1
     with PgStore(pg_url):
         pass
-    assert [r[0] for r in query(pg_url, "SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    assert [r[0] for r in query(pg_url, "SELECT version FROM schema_version ORDER BY version")] == [
+        *range(1, current + 2)]
     assert query(pg_url, "SELECT count(note) FROM predictions") == [(0,)]
 
 
