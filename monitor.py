@@ -92,8 +92,8 @@ def _public_url(value: str) -> str | None:
 class MonitorConfig:
     """Every setting of the monitor. Each field is also a command-line option and an environment
     variable (MONITOR_ and the flag's name: --check-interval is MONITOR_CHECK_INTERVAL)."""
-    model_path: Path = option(DEFAULT_MODEL_PATH, "model artifact written by train.py; trained here if missing",
-                              flag="--model")
+    model_path: Path = option(DEFAULT_MODEL_PATH, "model artifact written by train.py; the default (the diamond "
+                              "model) is trained here if missing", flag="--model")
     host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 for all interfaces")
     port: int = option(5000, "port to listen on; 0 picks a free one")
     check_interval: float = option(60.0, "seconds between drift checks; 0 for on-demand only (POST /drift/check)")
@@ -1291,7 +1291,13 @@ def start_monitor(config: MonitorConfig, artifact: dict | None = None,
 
 
 def load_or_train(config: MonitorConfig) -> dict:
+    """The artifact at --model; only the default path is trained (the diamond model) when missing.
+    Any other missing path is a ModelLoadError naming it: training diamonds in place of the user's
+    own model would serve the wrong model under their name without a word."""
     path = Path(config.model_path)
+    if not path.exists() and path.resolve() != DEFAULT_MODEL_PATH.resolve():
+        raise ModelLoadError(f"no model artifact at {path} (--model); write one with "
+                             f"train.py --data FILE.csv --target COLUMN --output {path}")
     if not path.exists():
         log.warning("no model at %s: training one now (seconds to a minute, by the machine)", path)
         import train  # deferred: seaborn and the training code are not needed to serve
@@ -1330,8 +1336,21 @@ def _export_labelled(config: MonitorConfig, target: Path) -> int:
     if config.db_path is None or (isinstance(config.db_path, Path) and not config.db_path.exists()):
         log.error("no prediction store at %s to export from", config.db_path)
         return 2
+    # The store keeps a classifier's classes as indices: the model's schema names them.
+    path = Path(config.model_path)
+    schema = None
+    if path.exists():
+        try:
+            schema = load_artifact(path, verify_hash=config.verify_hash)["schema"]
+        except ModelLoadError as exc:
+            log.error("export failed: %s", exc)
+            return 2
+    elif path.resolve() != DEFAULT_MODEL_PATH.resolve():
+        log.error("export failed: no model artifact at %s (--model), the model whose predictions %s holds",
+                  path, config.db_path)
+        return 2
     try:
-        rows = export_labelled(config.db_path, target)  # the format follows the file name
+        rows = export_labelled(config.db_path, target, schema=schema)  # the format follows the file name
     except ImportError as exc:
         log.error("export failed: %s; or name a .csv file instead (--export-labelled labelled.csv)", exc)
         return 2

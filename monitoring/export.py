@@ -20,17 +20,20 @@ EXPORT_COLUMNS = ("id", "ts", *FEATURE_COLUMNS, "prediction", "actual", "label_t
 _CHUNK = 100_000   # rows read at a time
 
 
-def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = None) -> int:
+def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = None,
+                    schema: dict | None = None) -> int:
     """Write every labelled prediction stored at `db_path` (an SQLite file, or a postgresql:// URL)
     to `target`, oldest served first; returns the rows written. Columns: EXPORT_COLUMNS for the diamond
-    model, the served model's features in their place for another (times are unix seconds; a
-    classifier's prediction and actual are class indices, in the order of its schema's classes).
+    model, the served model's features in their place for another (times are unix seconds).
+    `schema`: the served model's (the artifact's "schema"); the store must hold its features, and a
+    classifier's prediction and actual are written as its class labels, as /predict answers them
+    (the store keeps class indices; without a schema they are written as those indices).
     fmt: "csv" or "parquet"; None: parquet for a .parquet target, else csv. The file appears whole
     or not at all (written beside it, then renamed).
 
     Raises ValueError for another fmt; ImportError (name "pyarrow") for parquet without pyarrow,
     which is not a dependency of this project, before anything is read; StoreError if db_path is
-    missing or is not a store."""
+    missing or is not a store, or holds other features than `schema`'s."""
     import pandas as pd
 
     target = Path(target)
@@ -44,9 +47,10 @@ def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = N
     written = 0
     try:
         with _chunks(db_path) as (columns, chunks):
+            label = _labeller(columns, schema, db_path)
+            chunks = (label(frame) for frame in chunks)
             if fmt == "csv":
                 for i, frame in enumerate(chunks):
-                    frame.columns = columns
                     frame.to_csv(tmp, mode="w" if i == 0 else "a", header=i == 0, index=False)
                     written += len(frame)
                 if written == 0:
@@ -55,7 +59,6 @@ def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = N
                 frames = list(chunks)
                 frame = (pd.concat(frames, ignore_index=True) if frames
                          else pd.DataFrame(columns=columns))
-                frame.columns = columns
                 frame.to_parquet(tmp, index=False)
                 written = len(frame)
         os.replace(tmp, target)
@@ -64,6 +67,33 @@ def export_labelled(db_path: str | Path, target: str | Path, fmt: str | None = N
             tmp.unlink()
         raise
     return written
+
+
+def _labeller(columns: list[str], schema: dict | None, db_path):
+    """What each chunk goes through: its column names set and, for a classifier's schema, the class
+    indices of prediction and actual replaced by the classes (an index that is none of them, which
+    the monitor never writes, is left empty rather than guessed)."""
+    import numpy as np
+
+    if schema is not None:
+        features = [f["name"] for f in schema["features"]]
+        stored = columns[columns.index("ts") + 1:columns.index("prediction")]
+        if stored != features:
+            raise StoreError(f"the store {db_path} holds other features ({', '.join(stored)}) than the model's "
+                             f"({', '.join(features)}); give the --model that served it")
+    classes = schema.get("classes") if schema is not None and schema.get("task") == "classification" else None
+
+    def label(frame):
+        frame.columns = columns
+        if classes:
+            lookup = np.array([*classes, None], dtype=object)  # the trailing None: not a class index
+            for name in ("prediction", "actual"):
+                index = frame[name].to_numpy(dtype=np.float64)
+                valid = (index == np.round(index)) & (index >= 0) & (index < len(classes))  # NaN: not equal
+                frame[name] = lookup[np.where(valid, index, len(classes)).astype(np.int64)]
+        return frame
+
+    return label
 
 
 @contextlib.contextmanager

@@ -135,6 +135,59 @@ def test_classifier_serves_classes_with_probabilities(classifier, tmp_path):
         handle.stop()
 
 
+def test_classifier_export_writes_the_class_labels_as_served(classifier, friedman, tmp_path, caplog):
+    path, split = classifier
+    db = tmp_path / "monitor.db"
+    handle = _serve(path, tmp_path)
+    try:
+        body = request(handle.url, "POST", "/predict", _payload(split.X_test.iloc[:30]))[2]
+        truth = dict(zip(body["ids"][:25], split.y_test.iloc[:25]))
+        assert request(handle.url, "POST", "/feedback", [{"id": i, "actual": c} for i, c in truth.items()])[0] == 200
+    finally:
+        handle.stop()
+    served = dict(zip(body["ids"], body["predictions"]))
+    target = tmp_path / "labelled.csv"
+    out = subprocess.run([sys.executable, "monitor.py", "--model", str(path), "--db", str(db), "--export-labelled",
+                          str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"wrote 25 labelled predictions to {target}\n"
+    exported = pd.read_csv(target, keep_default_na=False)
+    assert list(exported.columns) == ["id", "ts", *split.X_test.columns, "prediction", "actual", "label_ts",
+                                      "model_version"]
+    assert dict(zip(exported["id"], exported["actual"])) == truth
+    assert dict(zip(exported["id"], exported["prediction"])) == {i: served[i] for i in truth}
+    assert set(exported["prediction"]) <= set(CUT_CLASSES) and len(set(exported["actual"])) > 1
+    # without the model the store's class indices are all there is
+    import monitor
+    from monitoring.export import export_labelled
+    from monitoring.store import StoreError
+
+    assert export_labelled(db, tmp_path / "indices.csv") == 25
+    indices = pd.read_csv(tmp_path / "indices.csv")
+    assert dict(zip(indices["id"], indices["actual"])) == {i: float(CUT_CLASSES.index(c)) for i, c in truth.items()}
+    # an index that is no class (the monitor never writes one) is left empty, not guessed
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE predictions SET prediction = 5 WHERE id = ?", (body["ids"][0],))
+        conn.execute("UPDATE predictions SET prediction = 1.5 WHERE id = ?", (body["ids"][1],))
+        conn.execute("UPDATE predictions SET prediction = -1 WHERE id = ?", (body["ids"][2],))
+    schema = load_artifact(path)["schema"]
+    export_labelled(db, target, schema=schema)
+    exported = pd.read_csv(target, keep_default_na=False).set_index("id")
+    assert exported.loc[body["ids"][:3], "prediction"].tolist() == ["", "", ""]
+    assert exported.loc[body["ids"][3], "prediction"] == served[body["ids"][3]]
+    # another model's store, or a model that is not there: one line, exit status 2
+    with pytest.raises(StoreError, match=r"^the store .*monitor.db holds other features \(carat, color, clarity, "
+                                         r"depth, table, price, x, y, z\) than the model's \(site, level, x1, "):
+        export_labelled(db, target, schema=load_artifact(friedman[0])["schema"])
+    config = monitor.MonitorConfig(model_path=friedman[0], db_path=db)
+    assert monitor._export_labelled(config, target) == 2 and "give the --model that served it" in caplog.text
+    config = monitor.MonitorConfig(model_path=tmp_path / "gone.joblib", db_path=db)
+    assert monitor._export_labelled(config, target) == 2
+    assert f"export failed: no model artifact at {tmp_path / 'gone.joblib'} (--model)" in caplog.text
+
+
 def _stream(handle, X: pd.DataFrame, y) -> None:
     """Held-out rows through /predict, their true values through /feedback, 250 at a time."""
     for start in range(0, len(X), 250):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -65,3 +66,44 @@ def test_a_bad_environment_variable_is_named(tmp_path):
                          timeout=60, env=env)
     assert out.returncode == 2
     assert "MONITOR_PORT='eighty'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_model_path_that_does_not_exist_is_a_one_line_error_not_the_diamond_model(tmp_path):
+    missing = tmp_path / "churn.joblib"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+    out = subprocess.run([sys.executable, "monitor.py", "--model", str(missing), "--port", "0", "--db", ""],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].endswith(f"ERROR monitor: cannot serve: no model artifact at {missing} (--model); write one with "
+                             f"train.py --data FILE.csv --target COLUMN --output {missing}")
+    assert not missing.exists()
+    # the variable names it the same way
+    out = subprocess.run([sys.executable, "monitor.py", "--port", "0", "--db", ""], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, env={**env, "MONITOR_MODEL": str(missing)})
+    assert out.returncode == 2 and f"no model artifact at {missing} (--model)" in out.stderr
+
+
+def test_only_the_default_model_path_is_trained_when_missing(tmp_path, monkeypatch):
+    import monitor
+    import train
+    from monitoring.model import ModelLoadError
+
+    trained = []
+    monkeypatch.setattr(train, "train", lambda: "artifact")
+    monkeypatch.setattr(train, "save_artifact", lambda artifact, path: trained.append((artifact, path)))
+    monkeypatch.setattr(monitor, "load_artifact", lambda path, verify_hash: {"loaded": path})
+    default = tmp_path / "model.joblib"
+    monkeypatch.setattr(monitor, "DEFAULT_MODEL_PATH", default)
+    assert monitor.load_or_train(monitor.MonitorConfig(model_path=default)) == {"loaded": default}
+    assert trained == [("artifact", default)]
+    other = tmp_path / "mine.joblib"
+    with pytest.raises(ModelLoadError, match=rf"^no model artifact at {re.escape(str(other))} \(--model\); "):
+        monitor.load_or_train(monitor.MonitorConfig(model_path=other))
+    assert len(trained) == 1
+    other.write_bytes(b"")  # an existing file is loaded, whatever its path
+    assert monitor.load_or_train(monitor.MonitorConfig(model_path=other)) == {"loaded": other}
+    # the default path written another way is still the default
+    assert monitor.load_or_train(monitor.MonitorConfig(model_path=tmp_path / "." / "model.joblib"))
+    assert len(trained) == 2
