@@ -546,14 +546,16 @@ class DataDriftReport:
     sequential: dict | None = None  # the CUSUMs between checks (monitoring/sequential.py), as the monitor reports them
 
     def to_dict(self) -> dict:
-        return {"score": _none_if_nan(self.max_distance), "detected": bool(self.detected),
-                "window_size": int(self.window_size), "alpha": float(self.alpha),
-                "features": {name: f.to_dict() for name, f in self.features.items()},
-                "reason": self.reason,
-                "multivariate": None if self.multivariate is None else self.multivariate.to_dict(),
-                "tests": int(self.tests), "scales": [int(s) for s in self.scales],
-                "detections": {name: d.to_dict() for name, d in self.detections.items()},
-                "sequential": self.sequential}
+        out = {"score": _none_if_nan(self.max_distance), "detected": bool(self.detected),
+               "window_size": int(self.window_size), "alpha": float(self.alpha),
+               "features": {name: f.to_dict() for name, f in self.features.items()},
+               "reason": self.reason,
+               "multivariate": None if self.multivariate is None else self.multivariate.to_dict(),
+               "tests": int(self.tests), "scales": [int(s) for s in self.scales],
+               "detections": {name: d.to_dict() for name, d in self.detections.items()}}
+        if self.sequential is not None:  # the monitor's CUSUMs; a report scored alone has none
+            out["sequential"] = self.sequential
+        return out
 
 
 MULTIVARIATE = "multivariate"
@@ -749,7 +751,8 @@ class ConceptDriftReport:
         out["scales"] = [int(s) for s in self.scales]
         out["detection"] = None if self.detection is None else self.detection.to_dict()
         out["segments"] = {name: seg.to_dict() for name, seg in self.segments.items()}
-        out["sequential"] = self.sequential
+        if self.sequential is not None:  # the monitor's CUSUMs; a report scored alone has none
+            out["sequential"] = self.sequential
         return out
 
 

@@ -312,3 +312,18 @@ def _wait_for(url, condition, timeout: float = 10.0) -> dict:
             return report
         assert time.monotonic() < deadline, f"no alarm check within {timeout} s: {report}"
         time.sleep(0.05)
+
+
+def test_reports_carry_the_cusums_only_when_the_monitor_adds_them():
+    data = drift.DataDriftReport(max_distance=0.1, detected=False, window_size=60, alpha=0.01)
+    concept = drift.ConceptDriftReport(mse_increase=0.0, detected=False, labelled_size=40, mse=1.0, reference_mse=1.0,
+                                       statistic=0.1, p_value=0.5, alpha=0.01, test="pit-ks", mean_log_ratio=0.0,
+                                       bias_pct=0.0)
+    assert "sequential" not in data.to_dict() and "sequential" not in concept.to_dict()
+    entry = {"test": "cusum", "rows": 7, "alarm": True, "subjects": {}, "alarms": []}
+    data.sequential = concept.sequential = entry
+    assert data.to_dict()["sequential"] == entry and concept.to_dict()["sequential"] == entry
+    from monitoring.fleet import concept_report_from_dict, data_report_from_dict
+
+    assert data_report_from_dict(data.to_dict()).sequential == entry  # a fleet report read back keeps them
+    assert concept_report_from_dict(concept.to_dict()).sequential == entry
