@@ -402,9 +402,10 @@ class Monitor:
         return tuple(codes)
 
     # drift
-    def check_drift(self) -> DriftCheck:
+    def check_drift(self, consume_alarms: bool = True) -> DriftCheck:
         """Score both windows now, publish the result, and return it. In a fleet: score the fleet's
-        windows now, here, and store the report for every replica."""
+        windows now, here, and store the report for every replica. `consume_alarms=False` (the
+        check a CUSUM alarm triggers): the next check reports the alarms again."""
         if self.fleet:
             return self._fleet_check(force=True)
         with self._check_lock:
@@ -416,8 +417,8 @@ class Monitor:
                 actual, predicted, grades, label_times = self.labelled.snapshot_all()
                 windows = CheckWindows(inputs, served_predictions, input_times, actual, predicted, grades, label_times)
                 data, concept, performance = self._score(windows)
-                self._with_sequential(data, concept, None if self._watch_data is None else self._watch_data.report(),
-                                      None if self._watch_concept is None else self._watch_concept.report())
+                self._with_sequential(data, concept, *(None if watch is None else watch.report(consume_alarms)
+                                                       for watch in (self._watch_data, self._watch_concept)))
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
@@ -449,6 +450,11 @@ class Monitor:
         None when another replica runs or ran this interval's check, whose report is then taken up."""
         started = time.perf_counter()
         scored: dict = {}
+        # The CUSUMs report the alarms on rows newer than the fleet's previous check, whichever
+        # replica ran it: take up the latest report first (one query; a check that another replica
+        # stores in between is still counted from the one before it).
+        with contextlib.suppress(StoreError):
+            self.refresh_fleet_report(force=True)
 
         def score(columns: dict[str, list], labelled: dict[str, list], checked_at: float) -> tuple[dict, str]:
             windows = windows_from_columns(self.schema, columns, labelled)
@@ -504,8 +510,9 @@ class Monitor:
 
     def _alarm_check(self) -> None:
         """A CUSUM alarmed: check now (off the request thread, at most once per ALARM_CHECK_GAP s),
-        so /drift, the gauges and the alerts follow within a second."""
-        self._scheduled_check()
+        so /drift and the gauges follow within a second. Its alarms stay for the next check to
+        report again: the regular checks (and POST /drift/check) see every alarm."""
+        self._scheduled_check(triggered=True)
 
     def refresh_fleet_report(self, force: bool = False) -> None:
         """Take up the fleet's latest stored report if it is newer than the one served: /drift, the
@@ -542,13 +549,13 @@ class Monitor:
             self._latest_check = check
             self.report_page.publish(check.to_dict(), snapshot)
 
-    def _scheduled_check(self) -> None:
+    def _scheduled_check(self, triggered: bool = False) -> None:
         if self.fleet:
             check = self._fleet_check(force=False)
             if check is None:
                 return
         else:
-            check = self.check_drift()
+            check = self.check_drift(consume_alarms=not triggered)
         data, concept = check.data, check.concept
         for what, report in (("data", data), ("concept", concept)):
             for subject, entry in ((getattr(report, "sequential", None) or {}).get("subjects") or {}).items():

@@ -98,10 +98,16 @@ class Cusum:
         self.state[:] = 0.0
         self.last_zero[:] = self.rows
 
+    # Batches up to this many rows run the recursion row by row in Python: a served request is
+    # often one row, where numpy's per-call overhead is most of the cost.
+    SMALL = 16
+
     def update(self, increments: np.ndarray) -> list[tuple[int, int, float, int]]:
         """Run the rows of `increments` (rows x CUSUMs); returns the crossings as (CUSUM index,
         row, statistic, since), in row order."""
         y = np.asarray(increments, dtype=np.float64).reshape(-1, self.thresholds.size)
+        if len(y) <= self.SMALL:
+            return self._update_rows(y)
         crossings = []
         while len(y):
             s = np.cumsum(y, axis=0)
@@ -123,6 +129,26 @@ class Cusum:
             self.rows = row
             self.last_zero[fired] = row
             y = y[end:]
+        return crossings
+
+    def _update_rows(self, y: np.ndarray) -> list[tuple[int, int, float, int]]:
+        """`update`'s recursion one row at a time (the same decisions as the vectorised form)."""
+        crossings = []
+        state, last, h = self.state.tolist(), self.last_zero.tolist(), self.thresholds.tolist()
+        row = self.rows
+        for increments in y.tolist():
+            row += 1
+            for j, step in enumerate(increments):
+                value = state[j] + step
+                if value <= 0.0:
+                    value, last[j] = 0.0, row
+                elif value > h[j]:
+                    crossings.append((j, row, value, last[j] + 1))
+                    value, last[j] = 0.0, row  # restart
+                state[j] = value
+        self.rows = row
+        self.state = np.array(state)
+        self.last_zero = np.array(last, dtype=np.int64)
         return crossings
 
     def _note_zeros(self, s: np.ndarray) -> None:
@@ -248,11 +274,13 @@ class _SequentialDetector:
         return alarms
 
     def _statistics(self, state: np.ndarray) -> dict[str, tuple[float, float, str]]:
-        """Each subject's CUSUM nearest its threshold: (statistic, threshold, direction)."""
+        """Each subject's CUSUM nearest its threshold: (statistic, threshold, direction); the up
+        one when both are as near (both at zero)."""
         out: dict[str, tuple[float, float, str]] = {}
+        values, thresholds = state.tolist(), self.thresholds.tolist()
         for j, subject in enumerate(self.subjects):
-            if subject not in out or state[j] / self.thresholds[j] > out[subject][0] / out[subject][1]:
-                out[subject] = (float(state[j]), float(self.thresholds[j]), self.directions[j])
+            if subject not in out or values[j] / thresholds[j] > out[subject][0] / out[subject][1]:
+                out[subject] = (values[j], thresholds[j], self.directions[j])
         return out
 
     def statistics(self) -> dict[str, tuple[float, float, str]]:
@@ -456,8 +484,9 @@ def report(result: SequentialResult, new_alarms: Sequence[CusumAlarm], recent: S
 
 class Watch:
     """A sequential detector as the monitor runs it: updated with every served batch (or labels),
-    its newest alarms kept, and each check's `report` saying which came since the previous check.
-    One lock orders updates and reports, so an alarm is reported by exactly one check."""
+    its newest alarms kept, and each check's `report` saying which came since the previous regular
+    check. One lock orders updates and reports, so an alarm is reported by exactly one regular check
+    (and by the check it triggered, if any, before that)."""
 
     KEEP = 32  # newest alarms listed in a report
     TIMES = 4096  # rows whose arrival time is kept, to date an alarm's `since`
@@ -473,20 +502,25 @@ class Watch:
         with self._lock:
             first = self.detector.rows
             result = self.detector.update(*batch)
-            n = result.rows - first
-            if now is not None and n:
-                self._times[np.arange(first, result.rows) % self.TIMES] = now
+            if now is not None and result.rows - first <= Cusum.SMALL:
+                for row in range(first, result.rows):
+                    self._times[row % self.TIMES] = now
+            elif now is not None:
+                self._times[np.arange(max(first, result.rows - self.TIMES), result.rows) % self.TIMES] = now
             for alarm in result.alarms:
                 if alarm.since_time is None and result.rows - alarm.since < self.TIMES:
                     alarm.since_time = _finite_or_none(self._times[(alarm.since - 1) % self.TIMES])
             self._recent = (self._recent + result.alarms)[-self.KEEP:]
             return result
 
-    def report(self) -> dict:
+    def report(self, consume: bool = True) -> dict:
+        """`consume=False` (the check an alarm triggers): the alarms are reported again by the next
+        check, so that the regular checks (and whoever asks for one) see every alarm too."""
         with self._lock:
             rows = self.detector.rows
             new = [a for a in self._recent if a.row > self._reported]
-            self._reported = rows
+            if consume:
+                self._reported = rows
             result = SequentialResult(self.detector.test, rows, bool(new), [], self.detector.statistics())
             return report(result, new, list(self._recent))
 

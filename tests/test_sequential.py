@@ -50,6 +50,22 @@ def test_cusum_alarms_restarts_and_says_since_when():
     assert cusum.rows == 5
 
 
+def test_small_batches_row_by_row_decide_as_the_vectorised_form():
+    """Up to Cusum.SMALL rows run in Python, more in numpy: the same crossings, rows and sinces,
+    statistics equal to rounding, whatever the split."""
+    rng = np.random.default_rng(4)
+    y = rng.normal(0.3, 1.0, size=(400, 3)) - 0.25
+    thresholds = np.array([4.0, 5.0, 6.0])
+    small, large = sequential.Cusum(thresholds), sequential.Cusum(thresholds)
+    found_small = [c for start in range(0, 400, 10) for c in small.update(y[start:start + 10])]
+    found_large = large.update(y)
+    assert len(found_small) > 10
+    assert [(j, row, since) for j, row, _, since in found_small] == [(j, row, since) for j, row, _, since in found_large]
+    assert [v for *_, v, _ in found_small] == pytest.approx([v for *_, v, _ in found_large])
+    assert small.state == pytest.approx(large.state) and small.last_zero.tolist() == large.last_zero.tolist()
+    assert small.rows == large.rows == 400
+
+
 def test_cusum_reset_and_a_start_away_from_zero():
     cusum = sequential.Cusum(np.array([10.0]))
     cusum.update(np.array([[3.0], [2.0]]))
@@ -245,7 +261,10 @@ def test_watch_reports_each_alarm_once_and_dates_it(seq_data):
            "table": ref_median["table"][:1].repeat(20)}
     result = watch.update(big, now=200.0)
     assert result.alarm
+    triggered = watch.report(consume=False)  # the check the alarm triggers: the next one reports it again
+    assert triggered["alarm"] and triggered["subjects"]["carat"]["alarm"]
     report = watch.report()
+    assert report == triggered
     assert report["alarm"] and report["subjects"]["carat"]["alarm"]
     assert report["subjects"]["carat"]["since"] == 200.0 and report["subjects"]["carat"]["since_row"] == 11
     assert report["alarms"][0]["subject"] == "carat" and report["alarms"][0]["since_time"] == 200.0
