@@ -346,3 +346,16 @@ def test_reports_carry_the_cusums_only_when_the_monitor_adds_them():
 
     assert data_report_from_dict(data.to_dict()).sequential == entry  # a fleet report read back keeps them
     assert concept_report_from_dict(concept.to_dict()).sequential == entry
+
+
+def test_a_few_rows_are_scored_in_python_as_numpy_scores_them(seq_data, small_artifact):
+    reference = small_artifact["reference_features"]
+    rng = np.random.default_rng(2)
+    picked = {n: reference[n].to_numpy(float)[rng.integers(0, len(reference), 12)] for n in seq_data.features}
+    picked["carat"][:3] = [0.2, 5.01, np.nan]  # the reference's edge, beyond it, missing
+    picked["depth"][3] = 61.55  # between two reference values
+    fast = seq_data.transform(picked)  # 12 rows: the Python path
+    slow = np.column_stack([seq_data.transform({n: np.repeat(v, 2) for n, v in picked.items()})[::2]])
+    assert len(picked["carat"]) <= sequential.Cusum.SMALL < 2 * len(picked["carat"])
+    assert np.isnan(fast[2, 0]) and np.isnan(slow[2, 0])
+    assert fast[~np.isnan(fast)] == pytest.approx(slow[~np.isnan(slow)], rel=0, abs=1e-12)
