@@ -56,6 +56,8 @@ try:
     from monitoring.classification import ClassificationConceptDetector, labelled_pairs
     from monitoring.performance import ErrorModel, PerformanceEstimate, PerformanceEstimator
     from monitoring.report import REPORT_PATH, Reference, ReportPage
+    from monitoring.sequential import SequentialConceptDetector, SequentialDataDetector, Watch
+    from monitoring import sequential
     from monitoring.model import (DEFAULT_MODEL_PATH, InvalidInput, ModelLoadError, Schema, describe_json,
                                   load_artifact, make_predictor, release_freed_memory)
     from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, StoreLayout, open_store
@@ -170,6 +172,13 @@ class Monitor:
         # regression with positive targets: the artifact has an error model then)
         self.performance = (PerformanceEstimator(ErrorModel.from_dict(artifact["error_model"]), errors["predicted"],
                                                  alpha=config.alpha) if "error_model" in artifact else None)
+        # CUSUMs between checks (monitoring/sequential.py): updated with every served batch and every
+        # batch of labels, an alarm triggers a check at once. A classifier's concept has none yet.
+        self.sequential_data = SequentialDataDetector.of(self.data_detector, reference)
+        self.sequential_concept = (SequentialConceptDetector(self.concept_detector, errors["actual"], errors["predicted"])
+                                   if isinstance(self.concept_detector, ConceptDriftDetector) else None)
+        self._watch_data = None if self.sequential_data is None else Watch(self.sequential_data)
+        self._watch_concept = None if self.sequential_concept is None else Watch(self.sequential_concept)
         # GET /drift/report: the latest check drawn, rendered at most once per check (monitoring/report.py)
         self.report_page = ReportPage(
             Reference(reference, self.data_detector, errors["actual"], errors["predicted"], self.concept_detector),
@@ -183,7 +192,12 @@ class Monitor:
         # A store shared by a fleet of replicas (PostgreSQL): the database's clock stamps records,
         # and drift checks are the fleet's, run by one replica per interval and stored.
         self.fleet = bool(getattr(self.store, "shared", False))
+        if self.fleet:  # a replica sees only its own traffic: the fleet check runs the CUSUMs over its windows
+            self._watch_data = self._watch_concept = None
+        self._numeric_columns = ([] if self.sequential_data is None else
+                                 [(self.schema.names.index(name), name) for name in self.sequential_data.features])
         self._fleet_report_id = 0  # the stored fleet report this replica serves
+        self._fleet_checked_at = -math.inf  # when the fleet report this replica serves was checked
         self._fleet_refreshed = 0.0
 
         self.metrics = MonitorMetrics(registry, {name: d.test for name, d in self.data_detector.detectors.items()},
@@ -204,6 +218,7 @@ class Monitor:
         self._batcher = _Batcher(self._serve_batch)
         self._check_lock = threading.Lock()
         self._latest_check: DriftCheck | None = None
+        self._alarm_checks = _Trigger(self._alarm_check, min_gap=ALARM_CHECK_GAP, name="drift-alarm-check")
         self._loops = [_Every(config.check_interval, self._scheduled_check, "drift-check"),
                        _Every(config.maintenance_interval, self._retry_unwritten, "store-retry"),
                        # first soon after start: a monitor restarted more often than the interval
@@ -276,6 +291,7 @@ class Monitor:
             # Windows refilled from the store: report on them now, not a check interval from now.
             self.check_drift()
         self._batcher.start()
+        self._alarm_checks.start()
         for loop in self._loops:
             loop.start()
 
@@ -283,6 +299,7 @@ class Monitor:
         """Stop the loops, answer what is queued, write what is buffered, close the store."""
         for loop in self._loops:
             loop.stop()
+        self._alarm_checks.stop()
         self._batcher.stop()
         self.store.close()
         if self._writer_lock is not None:
@@ -321,6 +338,10 @@ class Monitor:
             # its answer. /healthz and store_healthy show the failure.
             log.error("predictions answered but not yet recorded (kept for retry): %s", exc)
         self.inputs.extend(rows, now=now, predictions=recorded)  # the stored time: the same after a restart
+        if self._watch_data is not None:
+            columns = {name: np.array([_number_or_nan(row[j]) for row in rows]) for j, name in self._numeric_columns}
+            if self._watch_data.update(columns, now=now).alarm:
+                self._alarm_checks.fire()
         self.metrics.predictions.inc(len(rows))
         if self.schema.is_classification:
             counts = np.bincount(recorded.astype(np.int64), minlength=len(self.classes))
@@ -360,6 +381,11 @@ class Monitor:
         new = [(actual, predicted, features) for _, actual, predicted, features, first in joined if first]
         self.labelled.extend(self._window_pairs(new), grades=[self._grade_codes(features) for *_, features in new],
                              now=now)
+        if self._watch_concept is not None and new:
+            actual = np.array([a for a, _, _ in new], dtype=np.float64)
+            predicted = np.array([p for _, p, _ in new], dtype=np.float64)
+            if self._watch_concept.update(actual, predicted, now=now).alarm:
+                self._alarm_checks.fire()
         self.metrics.labels_received.inc(len(joined))
         if unknown:
             self.metrics.labels_unknown.inc(len(unknown))
@@ -377,9 +403,10 @@ class Monitor:
         return tuple(codes)
 
     # drift
-    def check_drift(self) -> DriftCheck:
+    def check_drift(self, consume_alarms: bool = True) -> DriftCheck:
         """Score both windows now, publish the result, and return it. In a fleet: score the fleet's
-        windows now, here, and store the report for every replica."""
+        windows now, here, and store the report for every replica. `consume_alarms=False` (the
+        check a CUSUM alarm triggers): the next check reports the alarms again."""
         if self.fleet:
             return self._fleet_check(force=True)
         with self._check_lock:
@@ -391,6 +418,8 @@ class Monitor:
                 actual, predicted, grades, label_times = self.labelled.snapshot_all()
                 windows = CheckWindows(inputs, served_predictions, input_times, actual, predicted, grades, label_times)
                 data, concept, performance = self._score(windows)
+                self._with_sequential(data, concept, *(None if watch is None else watch.report(consume_alarms)
+                                                       for watch in (self._watch_data, self._watch_concept)))
             except Exception:
                 self.metrics.check_failures.inc()
                 raise
@@ -422,10 +451,16 @@ class Monitor:
         None when another replica runs or ran this interval's check, whose report is then taken up."""
         started = time.perf_counter()
         scored: dict = {}
+        # The CUSUMs report the alarms on rows newer than the fleet's previous check, whichever
+        # replica ran it: take up the latest report first (one query; a check that another replica
+        # stores in between is still counted from the one before it).
+        with contextlib.suppress(StoreError):
+            self.refresh_fleet_report(force=True)
 
         def score(columns: dict[str, list], labelled: dict[str, list], checked_at: float) -> tuple[dict, str]:
             windows = windows_from_columns(self.schema, columns, labelled)
             data, concept, performance = self._score(windows)
+            self._with_sequential(data, concept, *self._fleet_sequential(windows))
             check = DriftCheck(_iso(checked_at), self.info["model_version"], data, concept,
                                round(time.perf_counter() - started, 6), performance, scope="fleet",
                                checked_by=self.replica_id)
@@ -448,6 +483,37 @@ class Monitor:
         self.metrics.check_duration.observe(check.duration_seconds)
         self._adopt(stored.id, stored.checked_at, check, scored["snapshot"])
         return check
+
+    def _with_sequential(self, data: DataDriftReport, concept, data_seq: dict | None, concept_seq: dict | None) -> None:
+        """Add the CUSUMs' report to a check's: an alarm since the previous check makes it detected."""
+        if data_seq is not None:
+            data.sequential = data_seq
+            data.detected = data.detected or data_seq["alarm"]
+        if concept_seq is not None:
+            concept.sequential = concept_seq
+            concept.detected = concept.detected or concept_seq["alarm"]
+
+    def _fleet_sequential(self, windows: CheckWindows) -> tuple[dict | None, dict | None]:
+        """A fleet check's CUSUMs: each replica sees only its own traffic, so the check runs them from
+        zero over the fleet's windows in arrival order and reports the alarms raised on rows that
+        arrived after the previous fleet check (the rows before only bring the CUSUMs up to date)."""
+        after = self._fleet_checked_at
+        data = concept = None
+        if self.sequential_data is not None:
+            rows = self.sequential_data.transform(windows.inputs)
+            result = self.sequential_data.scan(rows, windows.input_times, after)
+            data = sequential.report(result, result.alarms, result.alarms)
+        if self.sequential_concept is not None:
+            rows = self.sequential_concept.transform(windows.actual, windows.predicted)
+            result = self.sequential_concept.scan(rows, windows.label_times, after)
+            concept = sequential.report(result, result.alarms, result.alarms)
+        return data, concept
+
+    def _alarm_check(self) -> None:
+        """A CUSUM alarmed: check now (off the request thread, at most once per ALARM_CHECK_GAP s),
+        so /drift and the gauges follow within a second. Its alarms stay for the next check to
+        report again: the regular checks (and POST /drift/check) see every alarm."""
+        self._scheduled_check(triggered=True)
 
     def refresh_fleet_report(self, force: bool = False) -> None:
         """Take up the fleet's latest stored report if it is newer than the one served: /drift, the
@@ -478,19 +544,25 @@ class Monitor:
             if report_id <= self._fleet_report_id:  # never step back to an older report
                 return
             self._fleet_report_id = report_id
+            self._fleet_checked_at = checked_at
             self.metrics.record_drift(check.data, check.concept, check.performance)
             self.metrics.last_check.set(checked_at)
             self._latest_check = check
             self.report_page.publish(check.to_dict(), snapshot)
 
-    def _scheduled_check(self) -> None:
+    def _scheduled_check(self, triggered: bool = False) -> None:
         if self.fleet:
             check = self._fleet_check(force=False)
             if check is None:
                 return
         else:
-            check = self.check_drift()
+            check = self.check_drift(consume_alarms=not triggered)
         data, concept = check.data, check.concept
+        for what, report in (("data", data), ("concept", concept)):
+            for subject, entry in ((getattr(report, "sequential", None) or {}).get("subjects") or {}).items():
+                if entry["alarm"]:
+                    log.warning("%s drift: the CUSUM of %s (%s) crossed %.1f > %.1f, since row %s", what, subject,
+                                entry["direction"], entry["statistic"], entry["threshold"], entry["since_row"])
         if data.detected:
             drifted = [name for name, feature in data.features.items() if feature.detected]
             log.warning("data drift detected in %s (largest distance %.3f, window %d)", ", ".join(drifted),
@@ -547,6 +619,13 @@ def _dated(detection: Detection | None, times: np.ndarray) -> Detection | None:
     if detection is None or not 0 < detection.since_samples <= len(times):
         return detection
     return dataclasses.replace(detection, since=float(times[-detection.since_samples]))
+
+
+def _number_or_nan(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _finite(value) -> bool:
@@ -686,6 +765,48 @@ class _PredictionJob:
             self.ids = [i for _, ids in self._parts for i in ids]
         self._parts = []
         self.done.release()
+
+
+# A CUSUM alarm checks at once, but at most once per this many seconds: a drift that alarms on
+# every batch does not turn each request into a check.
+ALARM_CHECK_GAP = 1.0
+
+
+class _Trigger:
+    """Runs `task` on its own thread soon after `fire()`, at most once per `min_gap` seconds; fires
+    while it waits or runs are merged into one more run."""
+
+    def __init__(self, task: Callable[[], object], min_gap: float, name: str):
+        self._task, self._min_gap, self.name = task, min_gap, name
+        self._event = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last = -math.inf
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def fire(self) -> None:
+        self._event.set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def _run(self) -> None:
+        while True:
+            self._event.wait()
+            if self._stopped.wait(max(0.0, self._last + self._min_gap - time.monotonic())):
+                return
+            self._event.clear()
+            self._last = time.monotonic()
+            try:
+                self._task()
+            except Exception:
+                log.exception("%s failed", self.name)
 
 
 class _Every:

@@ -10,7 +10,8 @@ Data-drift reference: the training features; concept-drift reference: one half o
 (fixed seed), the other half streamed. The windows are scored with the detectors the monitor builds
 for that model (monitor.Monitor's choice: ClassificationConceptDetector for a classifier, drift's
 ConceptDriftDetector for a regression). Delays are in drifted samples (inputs for data scenarios,
-labels for concept ones), multiples of check_every.
+labels for concept ones): at a check (multiples of check_every), or at the row where a CUSUM
+between checks alarmed (monitoring/sequential.py, as the monitor runs them).
 
     python -m evaluation.evaluate_drift --example classifier        # trains the model first (100 trees)
     python -m evaluation.evaluate_drift --example friedman --seeds 10
@@ -30,7 +31,7 @@ import pandas as pd
 
 import train
 from evaluation.evaluate_drift import false_alarms
-from monitoring import drift
+from monitoring import drift, sequential
 from monitoring.classification import ClassificationConceptDetector, labelled_pairs
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -124,6 +125,11 @@ class _Setup:
                 self.pipeline.predict(reference[self.features]), alpha=args.alpha, grades=self.grades,
                 reference_grades=train.grade_codes(reference, self.schema),
                 error=artifact["reference_errors"]["error"])
+        # the monitor's CUSUMs between checks: the numeric features', and a regression's labels'
+        self.sequential_data = sequential.SequentialDataDetector.of(self.data_detector, artifact["reference_features"])
+        self.sequential_concept = None if self.classification else sequential.SequentialConceptDetector(
+            self.concept_detector, reference[self.target].to_numpy(dtype=np.float64),
+            self.pipeline.predict(reference[self.features]))
 
     def _codes(self, labels) -> np.ndarray:
         lookup = {c: i for i, c in enumerate(self.classes)}
@@ -145,15 +151,27 @@ class _Setup:
 def run_seed(setup: _Setup, args: argparse.Namespace, seed: int) -> list[dict]:
     rows, window, every = setup.stream, args.window, args.check_every
     state: dict[str, np.ndarray] = {}
+    seq_data = None if setup.sequential_data is None else setup.sequential_data.fresh()
+    seq_concept = None if setup.sequential_concept is None else setup.sequential_concept.fresh()
 
-    def check(arrays, start, stop) -> tuple[bool, bool]:
+    def first_alarm(detector, *batch) -> int | None:
+        """The batch's first row (1 = its first) at which a CUSUM alarmed, as evaluate_drift counts."""
+        if detector is None:
+            return None
+        before = detector.rows
+        result = detector.update(*batch)
+        return min(a.row for a in result.alarms) - before if result.alarm else None
+
+    def check(arrays, start, stop) -> tuple[bool, bool, int | None, int | None]:
+        alarms = (first_alarm(seq_data, {k: v[start:stop] for k, v in arrays.items()}),
+                  first_alarm(seq_concept, arrays["_first"][start:stop], arrays["_second"][start:stop]))
         for key, values in arrays.items():
             old = state.get(key)
             state[key] = values[start:stop] if old is None else np.concatenate((old, values[start:stop]))[-window:]
         data = setup.data_detector.score({k: v for k, v in state.items() if not k.startswith("_")})
         concept = setup.concept_detector.score(state["_first"], state["_second"],
                                                grades={name: state[name] for name in setup.grades})
-        return data.detected, concept.detected
+        return data.detected, concept.detected, *alarms
 
     records, clean_rows = [], 0
     for k, scenario in enumerate(setup.spec["scenarios"]):
@@ -167,21 +185,22 @@ def run_seed(setup: _Setup, args: argparse.Namespace, seed: int) -> list[dict]:
         clean = setup.windows(warm)
         for start in range(0, len(warm), every):
             stop = min(start + every, len(warm))
-            data_flag, concept_flag = check(clean, start, stop)
+            data_flag, concept_flag, data_alarm, concept_alarm = check(clean, start, stop)
             clean_rows += stop - start
-            if clean_rows >= window:
+            if clean_rows >= window:  # an interval with a check's flag or a CUSUM's alarm
                 record["clean_checks"] += 1
-                record["clean_data"] += data_flag
-                record["clean_concept"] += concept_flag
+                record["clean_data"] += data_flag or data_alarm is not None
+                record["clean_concept"] += concept_flag or concept_alarm is not None
         own = 0 if scenario.kind == "data" else 1
         shifted = setup.windows(drifted)
         for start in range(0, len(drifted), every):
             stop = min(start + every, len(drifted))
             flags = check(shifted, start, stop)
-            if flags[own] and record["delay"] is None:
-                record["delay"] = stop
+            alarm = flags[2 + own]
+            if (flags[own] or alarm is not None) and record["delay"] is None:
+                record["delay"] = start + alarm if alarm is not None else stop  # at row resolution
             record["other_checks"] += 1
-            record["other_flags"] += flags[1 - own]
+            record["other_flags"] += flags[1 - own] or flags[3 - own] is not None
         clean_rows = 0
         records.append(record)
     return records

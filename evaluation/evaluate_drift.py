@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from evaluation import scenarios
-from monitoring import diamonds, drift, performance
+from monitoring import diamonds, drift, performance, sequential
 from monitoring.model import DEFAULT_MODEL_PATH, ModelLoadError, load_artifact
 
 
@@ -87,29 +87,59 @@ class Traffic:
         return self._payload
 
 
-# A sink serves rows [start, stop) of some traffic, labels them, runs a drift check and returns
-# (data drift detected, concept drift detected). One sink serves one seed's whole stream, so its
-# windows carry over from one scenario to the next in both modes.
-# (data drift, concept drift, performance estimate out of its band)
-Sink = Callable[[Traffic, int, int], tuple[bool, bool, bool]]
+@dataclass
+class Flags:
+    """What one sink call saw: the windowed tests' decisions at the check, and the first row of the
+    batch (1 = its first) at which a data or concept CUSUM alarmed, None if none did."""
+    data: bool
+    concept: bool
+    estimate: bool  # the performance estimate out of its band
+    data_alarm: int | None = None
+    concept_alarm: int | None = None
+
+    def kind(self, index: int) -> tuple[bool, int | None]:
+        """(windowed decision, CUSUM alarm row) of data (0) or concept (1) drift."""
+        return (self.data, self.data_alarm) if index == 0 else (self.concept, self.concept_alarm)
+
+
+# A sink serves rows [start, stop) of some traffic, labels them, runs a drift check and returns its
+# Flags. One sink serves one seed's whole stream, so its windows and CUSUMs carry over from one
+# scenario to the next in both modes.
+Sink = Callable[[Traffic, int, int], Flags]
 
 
 def in_process_sink(data_detector: drift.DataDriftDetector, concept_detector: drift.ConceptDriftDetector,
-                    window: int, estimator: performance.PerformanceEstimator | None = None) -> Sink:
+                    window: int, estimator: performance.PerformanceEstimator | None = None,
+                    sequential_data: sequential.SequentialDataDetector | None = None,
+                    sequential_concept: sequential.SequentialConceptDetector | None = None) -> Sink:
     """Keep the newest `window` inputs and labelled predictions, as the monitor's windows do, and
-    score them with the detectors in this process."""
+    score them with the detectors in this process; run the CUSUMs (fresh copies) over every row."""
     state: dict[str, np.ndarray] = {}
+    seq_data = None if sequential_data is None else sequential_data.fresh()
+    seq_concept = None if sequential_concept is None else sequential_concept.fresh()
 
-    def serve_and_check(traffic: Traffic, start: int, stop: int) -> tuple[bool, bool, bool]:
+    def first_alarm(result: sequential.SequentialResult, before: int) -> int | None:
+        return min(a.row for a in result.alarms) - before if result.alarm else None
+
+    def serve_and_check(traffic: Traffic, start: int, stop: int) -> Flags:
+        flags = Flags(False, False, False)
+        if seq_data is not None:
+            before = seq_data.rows
+            flags.data_alarm = first_alarm(seq_data.update({k: v[start:stop] for k, v in traffic.arrays.items()}), before)
+        if seq_concept is not None:
+            before = seq_concept.rows
+            flags.concept_alarm = first_alarm(seq_concept.update(traffic.arrays["actual"][start:stop],
+                                                                 traffic.arrays["predicted"][start:stop]), before)
         for key, values in traffic.arrays.items():
             old = state.get(key)
             new = values[start:stop]
             state[key] = new if old is None else np.concatenate((old, new))[-window:]
-        data = data_detector.score(state)
+        flags.data = data_detector.score(state).detected
         concept = concept_detector.score(state["actual"], state["predicted"],
                                          grades={name: state[name] for name in concept_detector.grades})
-        estimate = estimator is not None and estimator.score(state["predicted"]).detected
-        return data.detected, concept.detected, bool(estimate)
+        flags.concept = concept.detected
+        flags.estimate = bool(estimator is not None and estimator.score(state["predicted"]).detected)
+        return flags
 
     return serve_and_check
 
@@ -118,11 +148,15 @@ class ApiError(RuntimeError):
     pass
 
 
-def http_sink(url: str, timeout: float = 60.0) -> ContextManager[Sink]:
+def http_sink(url: str, timeout: float = 60.0, cusum: bool = True) -> ContextManager[Sink]:
     """Stream through a monitor's HTTP API at `url` on one keep-alive connection: POST the rows to
     /predict, their labels (traffic.frame's "price") to /feedback with the ids it returned, then
-    POST /drift/check and read `detected` from the report. Any answer but 200 raises ApiError."""
+    POST /drift/check and read the decisions from the report: the windowed tests' (any feature or
+    the joint test; concept drift's `detection`) and the CUSUM alarms (`sequential.alarms`, row
+    numbers counted from the monitor's start) raised by this batch, whichever check reported them
+    first (an alarm also triggers a check of its own). Any answer but 200 raises ApiError."""
     parts = urlsplit(url)
+    seen = {"inputs": 0, "labels": 0}
 
     @contextlib.contextmanager
     def connected() -> Iterator[Sink]:
@@ -149,8 +183,16 @@ def http_sink(url: str, timeout: float = 60.0) -> ContextManager[Sink]:
                                f"({len(accepted['unknown'])} unknown ids)")
             report = call("/drift/check")
             estimate = report.get("performance_estimate") or {}
-            return (bool(report["data_drift"]["detected"]), bool(report["concept_drift"]["detected"]),
-                    bool(estimate.get("detected", False)))
+            data, concept = report["data_drift"], report["concept_drift"]
+            flags = Flags(any(f["detected"] for f in data["features"].values())
+                          or bool((data.get("multivariate") or {}).get("detected")),
+                          concept.get("detection") is not None, bool(estimate.get("detected", False)))
+            for key, part, attr in (("inputs", data, "data_alarm"), ("labels", concept, "concept_alarm")):
+                before = seen[key]
+                seen[key] += stop - start
+                rows = [a["row"] for a in (part.get("sequential") or {}).get("alarms", []) if a["row"] > before] if cusum else []
+                setattr(flags, attr, min(rows) - before if rows else None)
+            return flags
 
         try:
             yield serve_and_check
@@ -173,7 +215,7 @@ def monitor_sink(artifact: dict, args: argparse.Namespace) -> Iterator[Sink]:
                            scales=tuple(args.scales))
     handle = start_monitor(config, artifact=artifact, registry=CollectorRegistry())
     try:
-        with http_sink(handle.url) as sink:
+        with http_sink(handle.url, cusum=not args.no_sequential) as sink:
             yield sink
     finally:
         handle.stop()
@@ -187,6 +229,8 @@ class Context:
     data_detector: drift.DataDriftDetector
     concept_detector: drift.ConceptDriftDetector
     estimator: performance.PerformanceEstimator | None
+    sequential_data: sequential.SequentialDataDetector | None
+    sequential_concept: sequential.SequentialConceptDetector | None
     stream_rows: pd.DataFrame  # held-out half B, with the model's "predicted"
     reference_rows: int
     # the artifact with `reference_errors` = half A, as --through-api hands it to the monitor
@@ -212,13 +256,22 @@ def build_context(args: argparse.Namespace) -> Context:
                         "predicted": reference["predicted"].to_numpy(dtype=np.float64),
                         "grades": train.grade_codes(reference, artifact["schema"])}
     grades = {f["name"]: f["categories"] for f in artifact["schema"]["features"] if f["kind"] == "categorical"}
+    data_detector = drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha,
+                                            scales=args.scales)
+    concept_detector = drift.ConceptDriftDetector(reference_errors["actual"], reference_errors["predicted"],
+                                                  alpha=args.alpha, scales=args.scales, grades=grades,
+                                                  reference_grades=reference_errors["grades"])
+    # the monitor's CUSUMs, calibrated here once (forked workers inherit them and the cache)
+    with_cusum = not args.no_sequential
     return Context(
         pipeline=pipeline,
-        data_detector=drift.DataDriftDetector(artifact["reference_features"], artifact["schema"], alpha=args.alpha,
-                                              scales=args.scales),
-        concept_detector=drift.ConceptDriftDetector(reference_errors["actual"], reference_errors["predicted"],
-                                                    alpha=args.alpha, scales=args.scales, grades=grades,
-                                                    reference_grades=reference_errors["grades"]),
+        data_detector=data_detector,
+        concept_detector=concept_detector,
+        sequential_data=(sequential.SequentialDataDetector.of(data_detector, artifact["reference_features"])
+                         if with_cusum else None),
+        sequential_concept=(sequential.SequentialConceptDetector(concept_detector, reference_errors["actual"],
+                                                                 reference_errors["predicted"])
+                            if with_cusum else None),
         estimator=(performance.PerformanceEstimator(performance.ErrorModel.from_dict(artifact["error_model"]),
                                                     reference_errors["predicted"], alpha=args.alpha)
                    if "error_model" in artifact else None),
@@ -230,7 +283,8 @@ def open_sink(ctx: Context, args: argparse.Namespace) -> ContextManager[Sink]:
     """The sink of one seed's stream: through a monitor of its own with --through-api, else in process."""
     if args.through_api:
         return monitor_sink(ctx.monitor_artifact, args)
-    return contextlib.nullcontext(in_process_sink(ctx.data_detector, ctx.concept_detector, args.window, ctx.estimator))
+    return contextlib.nullcontext(in_process_sink(ctx.data_detector, ctx.concept_detector, args.window, ctx.estimator,
+                                                  ctx.sequential_data, ctx.sequential_concept))
 
 
 def run_seed(ctx: Context, args: argparse.Namespace, seed: int) -> list[dict]:
@@ -255,17 +309,22 @@ def _stream(ctx: Context, args: argparse.Namespace, seed: int, sink: Sink) -> li
         if scenario.kind == "data":  # the inputs changed: ask the model again
             drifted["predicted"] = ctx.pipeline.predict(drifted[diamonds.FEATURES])
         record = {"scenario": name, "seed": seed, "clean_checks": 0, "clean_data": 0, "clean_concept": 0,
-                  "clean_estimate": 0, "delay": None, "other_checks": 0, "other_flags": 0, "estimate_delay": None}
+                  "clean_estimate": 0, "clean_data_tests": 0, "clean_concept_tests": 0, "clean_data_cusum": 0,
+                  "clean_concept_cusum": 0, "delay": None, "delay_tests": None, "delay_cusum": None,
+                  "other_checks": 0, "other_flags": 0, "estimate_delay": None}
         clean = Traffic.of(warm, ctx.data_detector)
         for start in range(0, len(clean), every):
             stop = min(start + every, len(clean))
-            data_flag, concept_flag, estimate_flag = sink(clean, start, stop)
+            flags = sink(clean, start, stop)
             clean_rows += stop - start
             if clean_rows >= window:  # the window holds clean traffic only
                 record["clean_checks"] += 1
-                record["clean_data"] += data_flag
-                record["clean_concept"] += concept_flag
-                record["clean_estimate"] += estimate_flag
+                for index, key in enumerate(("data", "concept")):
+                    tests, alarm = flags.kind(index)
+                    record[f"clean_{key}"] += tests or alarm is not None
+                    record[f"clean_{key}_tests"] += tests
+                    record[f"clean_{key}_cusum"] += alarm is not None
+                record["clean_estimate"] += flags.estimate
         if scenario.kind == "none":
             records.append(record)
             continue
@@ -274,12 +333,18 @@ def _stream(ctx: Context, args: argparse.Namespace, seed: int, sink: Sink) -> li
         for start in range(0, len(shifted), every):
             stop = min(start + every, len(shifted))
             flags = sink(shifted, start, stop)
-            if flags[own] and record["delay"] is None:
-                record["delay"] = stop
-            if flags[2] and record["estimate_delay"] is None:
+            tests, alarm = flags.kind(own)
+            if tests and record["delay_tests"] is None:
+                record["delay_tests"] = stop
+            if alarm is not None and record["delay_cusum"] is None:
+                record["delay_cusum"] = start + alarm
+            if (tests or alarm is not None) and record["delay"] is None:
+                record["delay"] = start + alarm if alarm is not None else stop  # at row resolution
+            if flags.estimate and record["estimate_delay"] is None:
                 record["estimate_delay"] = stop
             record["other_checks"] += 1
-            record["other_flags"] += flags[1 - own]
+            other_tests, other_alarm = flags.kind(1 - own)
+            record["other_flags"] += other_tests or other_alarm is not None
         clean_rows = 0
         records.append(record)
     return records
@@ -329,13 +394,19 @@ def _fmt_delay(value: float, limit: int) -> str:
 
 def render(result: dict, args: argparse.Namespace) -> str:
     runs = result["runs"]
-    fa = {key: false_alarms(runs, f"clean_{key}") for key in ("data", "concept", "estimate")}
+    keys = ("data", "concept", "estimate", "data_tests", "data_cusum", "concept_tests", "concept_cusum")
+    fa = {key: false_alarms(runs, f"clean_{key}") if runs and f"clean_{key}" in runs[0] else (0, 0, np.nan, np.nan)
+          for key in keys}
 
     def fa_text(key):
         flagged, checks, low, high = fa[key]
         what = "performance estimate" if key == "estimate" else f"{key} drift"
-        return (f"{what} {flagged}/{checks} checks ({100 * flagged / max(checks, 1):.2f}%, "
+        text = (f"{what} {flagged}/{checks} checks ({100 * flagged / max(checks, 1):.2f}%, "
                 f"95% interval {100 * low:.2f}-{100 * high:.2f}%)")
+        if key != "estimate":
+            text += (f" [windowed tests {100 * fa[key + '_tests'][0] / max(checks, 1):.2f}%, "
+                     f"CUSUMs {100 * fa[key + '_cusum'][0] / max(checks, 1):.2f}% of the 50-row intervals]")
+        return text
 
     mode = ("through the HTTP API: per seed, a monitor started in process; rows POSTed to /predict, "
             "labels to /feedback, then POST /drift/check" if args.through_api
@@ -351,8 +422,8 @@ def render(result: dict, args: argparse.Namespace) -> str:
         f"False alarms on clean traffic: {fa_text('data')}; {fa_text('concept')}; {fa_text('estimate')}.",
         "",
         f"| scenario | kind | change | detected within {args.within} | median delay | p90 delay "
-        f"| other detector flags | estimated MSE leaves its band |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| median: tests / CUSUM | other detector flags | estimated MSE leaves its band |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in args.scenarios:
         scenario = scenarios.SCENARIOS[name]
@@ -362,6 +433,8 @@ def render(result: dict, args: argparse.Namespace) -> str:
         delays = np.array([np.inf if r["delay"] is None else r["delay"] for r in mine], dtype=np.float64)
         within = float(np.mean(delays <= args.within))
         median, p90 = (float(np.quantile(delays, q, method="higher")) for q in (0.5, 0.9))
+        alone = [float(np.quantile(np.array([np.inf if r.get(key) is None else r[key] for r in mine]), 0.5,
+                                   method="higher")) for key in ("delay_tests", "delay_cusum")]
         other = "concept" if scenario.kind == "data" else "data"
         checks = sum(r["other_checks"] for r in mine)
         rate = sum(r["other_flags"] for r in mine) / max(checks, 1)
@@ -370,6 +443,7 @@ def render(result: dict, args: argparse.Namespace) -> str:
         estimate_median = float(np.quantile(estimate, 0.5, method="higher"))
         lines.append(f"| {scenario.name} | {scenario.kind} | {scenario.description} | {100 * within:.0f}% "
                      f"| {_fmt_delay(median, args.drift_rows)} {unit} | {_fmt_delay(p90, args.drift_rows)} {unit} "
+                     f"| {_fmt_delay(alone[0], args.drift_rows)} / {_fmt_delay(alone[1], args.drift_rows)} "
                      f"| {other}: {100 * rate:.1f}% of {checks} checks "
                      f"| {_fmt_delay(estimate_median, args.drift_rows)} inputs ({100 * np.mean(np.isfinite(estimate)):.0f}% of runs) |")
     lines += ["", f"({result['seconds']:.0f} s)"]
@@ -403,6 +477,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=list(scenarios.SCENARIOS), metavar="NAME", help="scenarios to run")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="worker processes (seeds run in parallel)")
+    parser.add_argument("--no-sequential", action="store_true",
+                        help="the windowed tests only, without the CUSUMs between checks")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
     args = parser.parse_args(argv)
     args.seeds = args.seeds if args.seeds is not None else (4 if args.through_api else 20)

@@ -593,15 +593,19 @@ class DataDriftReport:
     tests: int = 0  # hypotheses in the Holm family of this check
     scales: list[int] = field(default_factory=list)
     detections: dict[str, Detection] = field(default_factory=dict)  # by feature, and "multivariate"
+    sequential: dict | None = None  # the CUSUMs between checks (monitoring/sequential.py), as the monitor reports them
 
     def to_dict(self) -> dict:
-        return {"score": _none_if_nan(self.max_distance), "detected": bool(self.detected),
-                "window_size": int(self.window_size), "alpha": float(self.alpha),
-                "features": {name: f.to_dict() for name, f in self.features.items()},
-                "reason": self.reason,
-                "multivariate": None if self.multivariate is None else self.multivariate.to_dict(),
-                "tests": int(self.tests), "scales": [int(s) for s in self.scales],
-                "detections": {name: d.to_dict() for name, d in self.detections.items()}}
+        out = {"score": _none_if_nan(self.max_distance), "detected": bool(self.detected),
+               "window_size": int(self.window_size), "alpha": float(self.alpha),
+               "features": {name: f.to_dict() for name, f in self.features.items()},
+               "reason": self.reason,
+               "multivariate": None if self.multivariate is None else self.multivariate.to_dict(),
+               "tests": int(self.tests), "scales": [int(s) for s in self.scales],
+               "detections": {name: d.to_dict() for name, d in self.detections.items()}}
+        if self.sequential is not None:  # the monitor's CUSUMs; a report scored alone has none
+            out["sequential"] = self.sequential
+        return out
 
 
 MULTIVARIATE = "multivariate"
@@ -786,6 +790,7 @@ class ConceptDriftReport:
     segments: dict[str, SegmentDrift] = field(default_factory=dict)
     error: str = "log_ratio"  # how an error is measured: "log_ratio" (positive targets) or "residual"
     bias: float | None = None  # "residual": actual minus predicted against the reference, in target units
+    sequential: dict | None = None  # the CUSUMs between checks (monitoring/sequential.py), as the monitor reports them
 
     def to_dict(self) -> dict:
         out = {"score": _none_if_nan(self.mse_increase), "detected": bool(self.detected)}
@@ -796,6 +801,8 @@ class ConceptDriftReport:
         out["scales"] = [int(s) for s in self.scales]
         out["detection"] = None if self.detection is None else self.detection.to_dict()
         out["segments"] = {name: seg.to_dict() for name, seg in self.segments.items()}
+        if self.sequential is not None:  # the monitor's CUSUMs; a report scored alone has none
+            out["sequential"] = self.sequential
         return out
 
 

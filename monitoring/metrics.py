@@ -80,7 +80,7 @@ class MonitorMetrics:
         self.data_drift = Gauge("data_drift", "Overall data-drift magnitude in [0, 1]: the largest "
                                 "per-feature distance (KS D or total variation)", registry=registry)
         self.data_drift_detected = Gauge("data_drift_detected", "1 if any feature drifted "
-                                         "(Holm-corrected tests), else 0", registry=registry)
+                                         "(Holm-corrected tests, or a CUSUM alarm since the previous check), else 0", registry=registry)
         self.data_drift_alpha = Gauge("data_drift_alpha", "Family-wise significance level of the "
                                       "data-drift tests", registry=registry)
         self.feature_distance = Gauge("data_drift_feature_distance", "Per-feature drift distance in "
@@ -90,7 +90,7 @@ class MonitorMetrics:
         self.feature_p_value = Gauge("data_drift_feature_p_value", "Per-feature test p-value",
                                      ["feature"], registry=registry)
         self.feature_detected = Gauge("data_drift_feature_detected", "1 if this feature drifted "
-                                      "after correction", ["feature"], registry=registry)
+                                      "after correction, or its CUSUM alarmed since the previous check", ["feature"], registry=registry)
         self.feature_scale = Gauge("data_drift_feature_scale", "Newest samples the test that flagged this "
                                    "feature looked at (the window size for the whole window); NaN if none did",
                                    ["feature"], registry=registry)
@@ -227,11 +227,13 @@ class MonitorMetrics:
         self.data_drift_alpha.set(data.alpha)
         self.data_drift.set(_number(data.max_distance))
         self.data_drift_detected.set(1 if data.detected else 0)
+        # a feature whose CUSUM alarmed since the previous check is drifted too (monitoring/sequential.py)
+        cusums = (getattr(data, "sequential", None) or {}).get("subjects") or {}
         for name, feature in data.features.items():
             self.feature_distance.labels(name).set(_number(feature.distance))
             self.feature_statistic.labels(name, feature.test).set(_number(feature.statistic))
             self.feature_p_value.labels(name).set(_number(feature.p_value))
-            self.feature_detected.labels(name).set(1 if feature.detected else 0)
+            self.feature_detected.labels(name).set(1 if feature.detected or cusums.get(name, {}).get("alarm") else 0)
             fired = data.detections.get(name)
             self.feature_scale.labels(name).set(math.nan if fired is None else fired.scale)
             self.feature_since.labels(name).set(math.nan if fired is None else _number(fired.since))

@@ -40,6 +40,10 @@ def test_through_api_gives_the_in_process_records_seed_for_seed(small_artifact_p
     assert through_api["runs"] == in_process["runs"]
     detected = {r["scenario"]: r["delay"] for r in through_api["runs"]}
     assert detected["large_stones"] is not None and detected["price_up_25"] is not None
+    # the CUSUMs' alarms came through the API too (sequential.alarms), at the same rows, before a check
+    cusum = {r["scenario"]: (r["delay_cusum"], r["delay_tests"]) for r in through_api["runs"]}
+    assert cusum["price_up_25"][0] is not None and cusum["price_up_25"][0] < cusum["price_up_25"][1]
+    assert detected["price_up_25"] == cusum["price_up_25"][0]  # the delay at row resolution
 
 
 def test_http_sink_raises_on_a_refused_request(small_artifact):

@@ -213,6 +213,15 @@ def _every_field_set(value, where: str = "check") -> None:
         assert value is not None and value != [], f"{where} is not set"
 
 
+def _cusums(subject: str, threshold: float) -> dict:
+    """A check's `sequential` entry (monitoring/sequential.report) with one alarm."""
+    alarm = {"subject": subject, "direction": "up", "statistic": threshold + 0.4, "threshold": threshold, "row": 1040,
+             "since": 1012, "since_time": 1.8e9 + 3.5}
+    return {"test": "cusum", "rows": 1050, "alarm": True, "alarms": [alarm],
+            "subjects": {subject: {"statistic": threshold + 0.4, "threshold": threshold, "direction": "up",
+                                   "alarm": True, "since": 1.8e9 + 3.5, "since_row": 1012}}}
+
+
 def test_a_report_with_every_field_set_reads_back_the_same():
     """Every field of a check, the #11 ones included (the joint test, what fired at which scale and
     since when, the concept segments, the performance estimate), crosses the database and comes back
@@ -230,7 +239,8 @@ def test_a_report_with_every_field_set_reads_back_the_same():
         tests=25, scales=[50, 100, 250],
         # a data detection has no segment in practice: set here so that none of its fields is unread
         detections={"carat": Detection("ks", 100, 2e-9, 87, "all", 1.8e9 + 0.5),
-                    "multivariate": Detection("pca-reconstruction", 250, 1e-7, 240, "all", 1.8e9)})
+                    "multivariate": Detection("pca-reconstruction", 250, 1e-7, 240, "all", 1.8e9)},
+        sequential=_cusums("carat", 18.1))
     concept = ConceptDriftReport(
         mse_increase=0.52, detected=True, labelled_size=500, mse=410_000.0, reference_mse=270_000.0,
         statistic=0.21, p_value=1.5e-9, alpha=0.005, test="pit-ks", mean_log_ratio=0.13, bias_pct=14.8,
@@ -239,7 +249,7 @@ def test_a_report_with_every_field_set_reads_back_the_same():
         segments={"price 6,200-9,900": SegmentDrift(120, 14.8, 1e-8, True),
                   "cut=Fair": SegmentDrift(25, -0.7, 0.61, False)},
         # a log-ratio report has no bias in units in practice: set so that none of its fields is unread
-        error="log_ratio", bias=310.0)
+        error="log_ratio", bias=310.0, sequential=_cusums("price 4,600+", 9.2))
     performance = PerformanceEstimate("mse", 640_000.0, 302_500.0, 250_000.0, 360_000.0, True, 1000)
     check = DriftCheck("2026-11-27T10:00:00+00:00", "v1", data, concept, 0.042, performance, scope="fleet",
                        checked_by="a:1")
@@ -299,6 +309,10 @@ def test_a_fleet_check_flags_what_a_single_replica_flags(pg_url, small_artifact,
         for detection in [*out["data_drift"]["detections"].values(), out["concept_drift"]["detection"]]:
             assert detection["since"] is not None     # dated by each store's arrival times
             del detection["since"]
+        # the CUSUMs: a replica's run over all its traffic (400 rows), a fleet check's over its window
+        # (300), by design (README: Running several replicas); both report them
+        for part, subject in (("data_drift", "carat"), ("concept_drift", "all")):
+            assert subject in out[part].pop("sequential")["subjects"]
         return out
 
     assert timeless(fleet) == timeless(single)

@@ -132,7 +132,9 @@ ALERTS: list[Alert] = [
         summary="Data drift in feature {feature}: distance {distance:%.3f}, test statistic {statistic:%.4g}, "
                 "p-value {p_value:%.2g}, over the last {window:%.0f} inputs ({group})",
         description="The recent inputs' {feature} no longer look like the training data: its test "
-                    "rejects after the Holm correction at family-wise level {alpha:%.2g}. Distance is in "
+                    "rejects after the Holm correction at family-wise level {alpha:%.2g}, or its CUSUM "
+                    "between checks alarmed (data_drift.sequential on /drift says which way and since "
+                    "when; an alarm checks at once instead of waiting for the next check). Distance is in "
                     "[0, 1]: KS D for a numeric feature, total variation for a categorical one. "
                     "Check what changed upstream; retrain on recent data if the shift is real.",
     ),
@@ -152,7 +154,9 @@ ALERTS: list[Alert] = [
                 "the last {labelled:%.0f} labelled predictions ({group})",
         description="The true values coming back for recent predictions depart from the model's held-out "
                     "errors (a calibrated test on the errors, not a fixed threshold on the loss: MSE for a "
-                    "regression, log loss for a classifier, which has no bias figure). The model is now wrong in "
+                    "regression, log loss for a classifier, which has no bias figure; or, for a regression, "
+                    "a CUSUM of the labels' errors between checks alarmed: concept_drift.sequential on "
+                    "/drift names the band of predictions and since when). The model is now wrong in "
                     "a way it was not at training: retrain it with recent labels.",
     ),
     Alert(
