@@ -218,15 +218,13 @@ class Monitor:
         a postgresql:// URL is the fleet's database, written by every replica."""
         options = {"retention_seconds": config.retention_days * 86400, "max_rows": config.max_stored_rows,
                    "layout": StoreLayout.from_schema(self.schema)}
-        if isinstance(config.db_path, str) and self.schema.is_classification:
-            raise StoreError("a PostgreSQL store (a fleet) serves regression models only for now; serve this "
-                             "classifier with an SQLite file (--db FILE) or in memory (--db '')")
         if isinstance(config.db_path, str):
             options.update(replica=self.replica_id, timeout=config.db_timeout)
         elif config.db_path is not None:
             self._writer_lock = WriterLock(config.db_path).acquire()
         try:
-            # A classifier's labels need the features of their predictions (the probability of the true class).
+            # A classifier's labels need the features of their predictions (the probability of the
+            # true class), in a fleet's checks too.
             store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions,
                                keep_features=self.schema.is_classification, **options)
         except BaseException:
@@ -349,6 +347,13 @@ class Monitor:
         actual = [int(a) for a, _, _ in labelled]
         return labelled_pairs(probabilities, actual, [int(p) for _, p, _ in labelled]).tolist()
 
+    @property
+    def _label_pairs(self):
+        """What a fleet check makes of the labelled rows it reads: a classifier's (correct, loss),
+        from probabilities predicted again from their features, as for a label this replica takes;
+        a regression's are (actual, predicted) as read (None)."""
+        return self._window_pairs if self.schema.is_classification else None
+
     def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
         """Join (id, actual) labels to their predictions; returns (accepted, unknown ids).
         Raises StoreError if they could not be recorded: nothing is acknowledged then."""
@@ -423,7 +428,7 @@ class Monitor:
         scored: dict = {}
 
         def score(columns: dict[str, list], labelled: dict[str, list], checked_at: float) -> tuple[dict, str]:
-            windows = windows_from_columns(self.schema, columns, labelled)
+            windows = windows_from_columns(self.schema, columns, labelled, self._label_pairs)
             data, concept, performance = self._score(windows)
             check = DriftCheck(_iso(checked_at), self.info["model_version"], data, concept,
                                round(time.perf_counter() - started, 6), performance, scope="fleet",
@@ -469,7 +474,7 @@ class Monitor:
             return
         check = DriftCheck.from_dict(stored.report)
         snapshot = StoredSnapshot(self.store, self.schema, check.data.window_size, check.concept.labelled_size,
-                                  until=stored.checked_at)
+                                  until=stored.checked_at, pairs=self._label_pairs)
         self._adopt(stored.id, stored.checked_at, check, snapshot)
 
     def _adopt(self, report_id: int, checked_at: float, check: DriftCheck, snapshot) -> None:

@@ -315,7 +315,8 @@ def test_another_models_store_is_refused_with_a_clear_message(friedman, classifi
     handle.stop()
     from monitoring.store import StoreError
 
-    with pytest.raises(StoreError, match="another model's features; give this model its own --db"):
+    with pytest.raises(StoreError, match=r"it records another model's features \(site, level, x1, .*\), not this "
+                                         r"model's \(carat, color, clarity, .*\); give this model its own --db"):
         _serve(classifier[0], tmp_path)
 
 

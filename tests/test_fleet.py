@@ -174,11 +174,11 @@ def test_the_store_s_columns_give_the_windows_a_replica_would(small_artifact, he
     for k, row in enumerate(rows):
         inputs.extend([row], now=times[k], predictions=[predictions[k]])
         labelled.extend([pairs[k]], grades=[codes[k]], now=times[k] + 60)
-    columns = {name: [row[j] for row in rows] for j, name in enumerate(schema.names)}
-    columns.update(prediction=predictions, ts=times)
+    columns = {"features": {name: [row[j] for row in rows] for j, name in enumerate(schema.names)},
+               "prediction": predictions, "ts": times}
     label_columns = {"actual": [a for a, _ in pairs], "prediction": [p for _, p in pairs],
                      "label_ts": [t + 60 for t in times],
-                     **{g: [row[j] for row in label_grades] for j, g in enumerate(grades)}}
+                     "features": {g: [row[j] for row in label_grades] for j, g in enumerate(grades)}}
     built = windows_from_columns(schema, columns, label_columns)
     expected, served, arrived = inputs.snapshot_all()
     assert list(built.inputs) == list(expected)
