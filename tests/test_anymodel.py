@@ -1,6 +1,7 @@
 """Any tabular model, end to end: trained by train.py from the command line on a CSV the project
 ships, served by a real monitor on port 0 (loaded from its file, hash checked), predicted, labelled
-and checked for drift. Two models besides the diamond regressor (test_monitor.py):
+and checked for drift. Two models besides the diamond regressor (test_monitor.py), the
+`classifier` and `friedman` fixtures (tests/fixtures.py):
 
   classifier  data/diamonds.csv with `cut` as the class (5 classes, text features and numbers)
   friedman    data/friedman.csv, a regression whose target is negative half the time, with a
@@ -20,41 +21,12 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-import train
 from monitor import MonitorConfig, start_monitor
 from monitoring.artifact import build_artifact, save_artifact
 from monitoring.model import FastPredictor, PipelinePredictor, load_artifact
+from tests.fixtures import CUT_CLASSES, ROOT
 from tests.helpers import metric_value, request
 
-ROOT = Path(__file__).resolve().parent.parent
-DIAMONDS = ROOT / "data" / "diamonds.csv"
-FRIEDMAN = ROOT / "data" / "friedman.csv"
-CUT_ORDERED = ["--ordered", "color=J,I,H,G,F,E,D", "--ordered", "clarity=I1,SI2,SI1,VS2,VS1,VVS2,VVS1,IF"]
-CUT_CLASSES = ["Fair", "Good", "Ideal", "Premium", "Very Good"]
-
-
-def _train_cli(tmp_path_factory, name: str, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp(name) / f"{name}.joblib"
-    done = subprocess.run([sys.executable, "train.py", *args, "--n-estimators", "10", "--jobs", "1",
-                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return out, done
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    path, done = _train_cli(tmp_path_factory, "cut", "--data", str(DIAMONDS), "--target", "cut", *CUT_ORDERED)
-    assert "task: classification (inferred: target 'cut' is text" in done.stdout
-    assert "held-out (10788 rows): accuracy" in done.stdout
-    split = train.split_csv(DIAMONDS, "cut", ordered={"color": list("JIHGFED")}, say=lambda _: None)
-    return path, split
-
-
-@pytest.fixture(scope="module")
-def friedman(tmp_path_factory):
-    path, done = _train_cli(tmp_path_factory, "friedman", "--data", str(FRIEDMAN), "--target", "y")
-    assert "task: regression (inferred" in done.stdout
-    return path, train.split_csv(FRIEDMAN, "y", say=lambda _: None)
 
 
 def _serve(path: Path, tmp_path: Path, **overrides):
