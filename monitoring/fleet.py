@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from monitoring.classification import ClassificationConceptDetector, ClassificationConceptReport
 from monitoring.drift import (ConceptDriftReport, DataDriftReport, Detection, FeatureDrift, MultivariateDrift,
                               SegmentDrift)
 from monitoring.performance import PerformanceEstimate
@@ -154,9 +155,14 @@ def data_report_from_dict(d: dict) -> DataDriftReport:
                            **rest)
 
 
-def concept_report_from_dict(d: dict) -> ConceptDriftReport:
+def concept_report_from_dict(d: dict) -> ConceptDriftReport | ClassificationConceptReport:
     """ConceptDriftReport.to_dict() read back, its nested reports typed again (what fired and since
-    when, each segment's)."""
+    when, each segment's); a classifier's ClassificationConceptReport.to_dict() (test
+    "loss-accuracy") likewise."""
+    if d.get("test") == ClassificationConceptDetector.test:
+        rest = _known(ClassificationConceptReport, {k: v for k, v in d.items() if k not in ("score", "detection")})
+        return ClassificationConceptReport(loss_increase=d.get("score"), detection=_detection(d.get("detection")),
+                                           **rest)
     rest = _known(ConceptDriftReport, {k: v for k, v in d.items() if k not in ("score", "detection", "segments")})
     return ConceptDriftReport(mse_increase=d.get("score"), detection=_detection(d.get("detection")),
                               segments={name: SegmentDrift(**_known(SegmentDrift, s))

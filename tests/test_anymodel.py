@@ -25,6 +25,7 @@ from monitor import MonitorConfig, start_monitor
 from monitoring.artifact import build_artifact, save_artifact
 from monitoring.model import FastPredictor, PipelinePredictor, load_artifact
 from tests.fixtures import CUT_CLASSES, ROOT
+from tests.helpers import frame_payload as _payload
 from tests.helpers import metric_value, request
 
 
@@ -36,9 +37,6 @@ def _serve(path: Path, tmp_path: Path, **overrides):
     return start_monitor(config, registry=CollectorRegistry())
 
 
-def _payload(frame: pd.DataFrame) -> list[dict]:
-    """Rows as /predict JSON: numbers as floats, everything else as text."""
-    return [{k: (v if isinstance(v, str) else float(v)) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 # ------------------------------------------------------------------------------------------ classifier
