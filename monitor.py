@@ -111,7 +111,7 @@ class MonitorConfig:
     drain_seconds: float = option(10.0, "at shutdown, seconds that requests in flight may take to finish")
     db_path: Path | str | None = option(HERE / "monitor.db", "SQLite file recording every prediction and label, "
                                                              "or a postgresql:// URL, a database shared by several "
-                                                             "replicas; '' keeps nothing", flag="--db",
+                                                             "replicas of one model; '' keeps nothing", flag="--db",
                                         parse=_db_location)
     replica_id: str | None = option(None, "this replica's name in a shared store (which replica served a "
                                           "prediction, ran a check)", shown="host:port", parse=optional_text)

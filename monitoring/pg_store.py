@@ -32,6 +32,11 @@ What the fleet adds:
 * The schema is versioned: table `schema_version`, and MIGRATIONS, a list applied in order under an
   advisory lock by whichever replica starts first. A database whose version is newer than this code
   is refused.
+* Any model: the table's feature columns are the served model's (store.StoreLayout, as in an SQLite
+  file: text for categories, double precision for numbers, quoted names), taken from the replica
+  that creates the table; a replica of another model is refused at start, naming both feature
+  lists. A classifier's prediction and label are class indices (double precision), as in SQLite;
+  its fleet check reads every feature of each labelled row, to predict its probabilities again.
 * A server that stops answering without going away (SIGSTOP, a paused VM) is bounded on this side
   too: its kernel still acknowledges every packet, so neither the server's timeouts nor TCP
   keepalives end a call; a watchdog thread cuts the socket of any call that waited past its bound

@@ -14,7 +14,10 @@ Design, in short:
   same file size, faster inserts and prunes; the README has the figures).
   An index on `ts` serves pruning and `recent_inputs`; a partial index on
   `label_ts` (labelled rows only, so unlabelled inserts never touch it) serves `recent_labelled`.
-  The feature columns are diamonds.FEATURES, in that order; `table` is stored as `table_`.
+  The feature columns are the served model's features, in its schema's order (StoreLayout; the
+  default is the diamond model's, diamonds.FEATURES): TEXT for categories, REAL for numbers, a
+  name that is a keyword or one of the table's own columns with a trailing underscore (`table` is
+  stored as `table_`). PostgreSQL's store (pg_store.py) builds its table from the same layout.
 * One writer thread, group commit, per-job isolation of a refused record, a bounded retry buffer
   caught up in chunks: monitoring/writer.py's QueuedWriter, which PostgreSQL's store shares; this
   module gives it SQLite's connection and SQL. Each prune chunk is a job on the same queue, so only

@@ -418,12 +418,13 @@ def test_a_fleet_check_of_any_model_flags_what_a_single_replica_flags(other_mode
         assert single["data_drift"]["features"]["x7"]["detected"]
 
 
-def test_two_replicas_of_any_model_predict_on_one_label_on_the_other_and_check_as_a_fleet(other_model, pg_url):
+def test_two_replicas_of_any_model_predict_on_one_label_on_the_other_and_check_as_a_fleet(other_model, pg_url,
+                                                                                       small_artifact_path):
     """Two real replicas of a model trained by train.py on one PostgreSQL database: predictions on
     A, their labels on B (a classifier's as class names) all join; a fleet check stays quiet on
     clean traffic and catches the seeded shift (the classifier: a class mix of Fair and Good stones
     only, Good labelled Very Good; friedman: x4 shifted, targets + 1.0); both replicas serve the
-    report and draw its page."""
+    report and draw its page. A replica of another model on that database stops at start."""
     from tests.helpers import frame_payload
 
     name, path, split = other_model
@@ -464,6 +465,14 @@ def test_two_replicas_of_any_model_predict_on_one_label_on_the_other_and_check_a
         assert stored[0][:2] == (600, 600)
         if name == "classifier":
             assert 0 <= stored[0][2] <= stored[0][3] <= 4
+        # a replica of another model (the diamond one) on this database stops at start, in one line
+        other = subprocess.run([sys.executable, str(ROOT / "monitor.py"), "--model", str(small_artifact_path),
+                                "--db", pg_url, "--port", "0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert other.returncode == 2
+        errors = [line for line in other.stderr.splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and "it records another model's features (" in errors[0], other.stderr
+        assert "not this model's (carat, cut, color, clarity, depth, table)" in errors[0]
+        assert sql(pg_url, "SELECT count(*) FROM predictions") == [(600,)]
     except BaseException:
         for r in (a, b):
             r.stop()
