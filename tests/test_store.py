@@ -267,7 +267,6 @@ def test_concurrent_single_row_writers_lose_and_duplicate_nothing(db):
 
 
 @both_backends
-@every_layout
 def test_concurrent_predictions_labels_and_prune(db):
     """Writers label their own predictions while a pruner deletes old rows: no error, and the
     in-memory counts agree with the table."""
