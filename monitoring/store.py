@@ -192,7 +192,6 @@ CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE 
 
 
 DIAMONDS = StoreLayout(list(zip(FEATURE_COLUMNS, _IS_TEXT)))
-FEATURES_SQL = DIAMONDS.features_sql
 
 
 class PredictionRecord(NamedTuple):
@@ -212,22 +211,9 @@ class PredictionRecord(NamedTuple):
                    float(prediction), str(model_version))
 
 
-def _check_features(features) -> None:
-    DIAMONDS.check(features)
-
-
-def _row(record) -> tuple:
-    """A diamond record as the tuple bound to the default layout's insert."""
-    return DIAMONDS.row(record)
-
-
 def _num(value) -> float:
     """SQLite stores NaN as NULL; give it back as NaN so windows get floats only."""
     return math.nan if value is None else float(value)
-
-
-def _features(row) -> tuple:
-    return DIAMONDS.features(row)
 
 
 def _labels_by_id(labels) -> dict[str, tuple[float, float]]:
