@@ -757,13 +757,12 @@ def _recent_labelled(conn: psycopg.Connection, n: int, until: float | None = Non
 
 @contextlib.contextmanager
 def labelled_rows(url: str, chunk: int = 100_000) -> Iterator[tuple[list[str], Iterator[list[tuple]]]]:
-    """(features, chunks): the stored model's feature columns, as the table names them, and every
-    labelled prediction in the database at `url` (id, ts, features, prediction, actual, label_ts,
-    model_version),
-    oldest served first, in lists of `chunk` rows, all from one snapshot (a read-only,
-    repeatable-read transaction; the writers go on). The features are those the table records,
-    whichever model's. Creates nothing: raises StoreError when the database cannot be read or
-    holds no prediction store. monitoring/export.py writes them."""
+    """(features, chunks): the stored model's feature columns, as the table names them (whichever
+    model's), and every labelled prediction in the database at `url` (id, ts, features,
+    prediction, actual, label_ts, model_version), oldest served first, in lists of `chunk` rows,
+    all from one snapshot (a read-only, repeatable-read transaction; the writers go on). Creates
+    nothing: raises StoreError when the database cannot be read or holds no prediction store.
+    monitoring/export.py writes them."""
     where = redact_url(url)
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=5, application_name="monitor export")
