@@ -1793,5 +1793,30 @@ def test_residual_errors_rank_actual_minus_predicted_whatever_the_targets_sign()
     assert np.all((u > 0) & (u < 1))
     clean = det.score(predicted[:300] + rng.normal(0.0, 1.0, 300), predicted[:300])
     assert clean.detected is False
-    with pytest.raises(ValueError, match="error must be"):
+    with pytest.raises(ValueError, match="^error must be 'log_ratio' or 'residual'$"):
         drift.ConceptDriftDetector(actual, predicted, error="ratio")
+
+
+def test_residual_bands_are_named_by_their_edges_and_residuals_ranked_exactly():
+    """error="residual": bands named by their predicted edges (three significant figures; numbers
+    when they would collide; one band for n_bins=1), errors ranked as actual minus predicted, and the
+    report says which error it measured even before it has enough labels."""
+    predicted = np.arange(40.0)
+    actual = predicted + np.tile([-0.5, 0.5], 20)
+    det = drift.ConceptDriftDetector(actual, predicted, n_bins=4, error="residual")
+    assert det.bin_names == ["predicted < 9.75", "predicted 9.75 to 19.5", "predicted 19.5 to 29.2",
+                             "predicted >= 29.2"]
+    close = 1.0 + np.arange(40) * 1e-6  # edges equal to three figures: the bands are numbered instead
+    assert drift.ConceptDriftDetector(close + 0.1, close, n_bins=4, error="residual").bin_names == [
+        "band 1", "band 2", "band 3", "band 4"]
+    one = drift.ConceptDriftDetector(10.0 + np.linspace(-1.0, 1.0, 40), np.full(40, 10.0), n_bins=1, error="residual")
+    assert one.bin_names == ["predicted: all"]
+    # residuals 2 (above all 40 reference residuals), 1 (ties the largest), 0 (20 below): mid-ranks
+    u, bins = one.pit(np.array([5.0, 0.0, 10.0]), np.array([3.0, -1.0, 10.0]))
+    assert u.tolist() == pytest.approx([40.5 / 41, 40.0 / 41, 20.5 / 41], abs=1e-15) and bins.tolist() == [0, 0, 0]
+    short = one.score(np.ones(5), np.ones(5))
+    assert short.error == "residual" and short.to_dict()["error"] == "residual" and short.detected is False
+    assert det.score(actual[:35], predicted[:35]).bias == pytest.approx(-0.5 / 35, abs=1e-12)
+    # the bias in target units is a residual's figure: a log-ratio report has none
+    ratio = drift.ConceptDriftDetector(actual + 100.0, predicted + 100.0, n_bins=4)
+    assert ratio.error == "log_ratio" and ratio.score(actual[:35] + 100.0, predicted[:35] + 100.0).bias is None

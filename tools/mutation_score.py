@@ -10,8 +10,9 @@ mutant no longer makes the recorded change (the source moved on and mutmut renum
 as stale and not excluded, and a listed mutant that a test killed is scored as killed.
 
 model.py is scored for its request validation only (Schema, parse_label, parse_positive_number,
-describe_json, _quote, _storable, _item, InvalidInput): its loading and fast prediction path are tested by tests/test_model.py, which
-trains models and is too slow to run once per mutant; their mutants are shown, not scored.
+parse_finite_number, describe_json, json_text, _quote, _storable, _item, InvalidInput): its loading
+and fast prediction path are tested by tests/test_model.py, which trains models and is too slow to
+run once per mutant; their mutants are shown, not scored.
 """
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ MUTANTS = ROOT / "mutants"
 EQUIVALENTS = Path(__file__).resolve().parent / "equivalent_mutants.txt"
 
 # (label, source file, which functions: None = all; else mangled-name prefixes)
-VALIDATION = ("xǁSchemaǁ", "x_parse_positive_number__", "x_parse_label__", "x__storable__", "x__item__",
-              "x_describe_json__", "x__quote__", "xǁInvalidInputǁ")
+# parse_finite_number and json_text came with #12 (targets of any sign, classes named in messages):
+# request validation as much as the rest, so scored with it.
+VALIDATION = ("xǁSchemaǁ", "x_parse_positive_number__", "x_parse_finite_number__", "x_parse_label__",
+              "x__storable__", "x__item__", "x_describe_json__", "x_json_text__", "x__quote__", "xǁInvalidInputǁ")
 GROUPS = [
     ("drift.py", "monitoring/drift.py", None),
     ("windows.py", "monitoring/windows.py", None),
