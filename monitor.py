@@ -9,8 +9,9 @@ One check:    _Every (a threading.Timer, every --check-interval s) or POST /drif
               Monitor.check_drift: copy both windows, score them with drift.DataDriftDetector and
               drift.ConceptDriftDetector, keep the DriftCheck for /drift, set the Prometheus gauges.
               On a shared PostgreSQL store (--db postgresql://...) the check is the fleet's: one
-              replica per interval reads the fleet's windows from the store, scores them and stores
-              the report (pg_store.PgStore.fleet_check); every replica serves and gauges the latest.
+              replica per interval reads the fleet's windows from the store (only what changed
+              since its last check: pg_windows.py), scores them and stores the report
+              (pg_store.PgStore.fleet_check); every replica serves and gauges the latest.
 One view:     GET /drift/report -> _drift_report -> report.ReportPage: the latest check drawn (once per
               check, on its first view), then sent from memory.
 Options:      MonitorConfig: each field is a flag and a MONITOR_ variable (monitoring/options.py).

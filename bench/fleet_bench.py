@@ -8,7 +8,12 @@ a monitor process with its store there, single-row POST /predict under wrk (16 c
 1,000-row lists from 4 clients; then, with windows of `--window` (10,000), both windows filled
 through the API and `--checks` POST /drift/check timed (the server's duration_seconds: for
 PostgreSQL that includes reading the fleet's windows from the database, taking the lock and
-storing the report). Without --db, a PostgreSQL server is started for the run (initdb/pg_ctl as
+storing the report). The first of those checks after the monitor started is reported apart
+("cold": a replica's first fleet check reads both windows in full); the others, back to back,
+read nothing new. Then the steady state: `--steady-checks` times, a minute of traffic at
+`--rate` rows/s (sent at once: `--rate` x 60 predictions through /predict, then their labels
+through /feedback), then one timed check, which reads what that traffic changed. Without --db, a
+PostgreSQL server is started for the run (initdb/pg_ctl as
 the `postgres` user, as the tests do) and removed afterwards; with --db, its tables are emptied
 first. Prints one JSON document; every process it starts is stopped on exit.
 """
@@ -48,8 +53,22 @@ def empty_database(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS predictions, drift_reports, schema_version; "
+        conn.execute("DROP TABLE IF EXISTS predictions, predictions_gone, predictions_gone_horizon, drift_reports, "
+                     "schema_version; DROP FUNCTION IF EXISTS predictions_mark_changed, predictions_log_gone; "
                      "DROP SEQUENCE IF EXISTS label_order")
+
+
+def steady_checks(port: int, rows: list, prices: list, args) -> dict:
+    """`args.steady_checks` times: a minute of traffic at `args.rate` rows/s (predictions, then
+    their labels), then one timed check."""
+    server, traffic = [], round(args.rate * 60)
+    for _ in range(args.steady_checks):
+        if traffic:
+            B.fill_windows(port, rows, prices, traffic)
+        server.append(B.time_checks(port, 1)["server_median_ms"])
+    return {"rows_between_checks": traffic, "checks": len(server),
+            "server_median_ms": round(statistics.median(server), 2) if server else None,
+            "server_max_ms": max(server) if server else None}
 
 
 def run(args) -> dict:
@@ -94,9 +113,12 @@ def run(args) -> dict:
             proc, port = bench.start_monitor(f"{backend}-checks", model, args.window, args.window,
                                              location(backend, "checks"))
             fill = B.fill_windows(port, rows, prices, args.window)
-            checks[backend] = {**B.time_checks(port, args.checks), "fill": fill}
+            cold = B.time_checks(port, 1)["server_median_ms"]
+            checks[backend] = {"cold_ms": cold, **B.time_checks(port, args.checks), "fill": fill,
+                               "steady": steady_checks(port, rows, prices, args)}
             procs.stop(proc)
-            B.say(f"  server median {checks[backend]['server_median_ms']} ms")
+            B.say(f"  cold {cold} ms, then server median {checks[backend]['server_median_ms']} ms; after a "
+                  f"minute's traffic at {args.rate:g} rows/s: {checks[backend]['steady']['server_median_ms']} ms")
 
         def medians(backend: str) -> dict:
             r = runs[backend]
@@ -126,7 +148,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-duration", type=float, default=10.0, help="seconds of 1,000-row lists per run")
     parser.add_argument("--window", type=int, default=10_000, help="window for the timed checks (default 10,000)")
     parser.add_argument("--checks", type=int, default=10, help="checks timed per backend (default 10)")
+    parser.add_argument("--rate", type=float, default=50.0,
+                        help="rows/s of traffic (predictions and their labels) in the steady state (default 50)")
+    parser.add_argument("--tree", type=Path, default=None,
+                        help="run monitor.py of this checkout instead of this one's (bench/compare.py --fleet)")
+    parser.add_argument("--steady-checks", type=int, default=5,
+                        help="checks timed after a minute's traffic each (default 5)")
     args = parser.parse_args(argv)
+    if args.tree is not None:
+        B.MONITOR = args.tree.resolve() / "monitor.py"
     if args.db is not None:
         args.db = without_password(args.db)
     args.argv = [without_password(a) if a.startswith("postgres") else a for a in (argv if argv is not None else sys.argv[1:])]

@@ -45,7 +45,8 @@ def bench_store(path: str | Path, threads: int = 16, n: int = 1_000, synchronous
         import psycopg
 
         with psycopg.connect(path, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS predictions, drift_reports, schema_version; "
+            conn.execute("DROP TABLE IF EXISTS predictions, predictions_gone, predictions_gone_horizon, drift_reports, "
+                         "schema_version; DROP FUNCTION IF EXISTS predictions_mark_changed, predictions_log_gone; "
                          "DROP SEQUENCE IF EXISTS label_order")
         store = open_store(path, retention_seconds=None, max_rows=None)
         synchronous = "postgresql"

@@ -23,7 +23,8 @@ What the fleet adds:
   (UPDATE ... FROM unnest(ids, actuals) ... RETURNING): `unknown` means unknown to the fleet.
 * Fleet drift checks (`fleet_check`): one transaction takes `pg_try_advisory_xact_lock`, decides
   on the database clock whether this interval's check is still to do, reads the fleet's newest
-  inputs and labels, lets the caller score them, and stores the report, so each scheduled check
+  inputs and labels (only what changed since this replica's last read: pg_windows.py, exact),
+  lets the caller score them, and stores the report, so each scheduled check
   runs once in the fleet whichever replica's timer fires first. Every session sets
   statement_timeout and idle_in_transaction_session_timeout (`timeout`) and TCP keepalives, so a
   replica that hangs or is stopped mid-check loses its session, its lock and its unwritten report
@@ -66,6 +67,7 @@ import numpy as np
 import psycopg
 from psycopg.adapt import Loader
 
+from monitoring.pg_windows import GONE_RETENTION, Feature, WindowCache
 from monitoring.store import DIAMONDS, PRUNE_CHUNK, StoreLayout, _num, _quoted
 from monitoring.writer import Job, QueuedWriter, StoreError
 
@@ -112,6 +114,36 @@ MIGRATIONS: list[tuple[int, str, list]] = [
     report        jsonb NOT NULL
 )""",
         "CREATE INDEX drift_reports_checked_at ON drift_reports (checked_at, id)",
+    ]),
+    # monitoring/pg_windows.py: which rows each transaction changed or deleted, so that a fleet
+    # check reads only those. Rows stored before this migration have no `changed` (NULL, outside
+    # the partial index): a replica's first check reads them in full, and a label sets it.
+    (2, "change tracking for fleet checks that read only what changed", [
+        "ALTER TABLE predictions ADD COLUMN changed xid8",
+        "ALTER TABLE predictions ALTER COLUMN changed SET DEFAULT pg_current_xact_id()",
+        "CREATE INDEX predictions_changed ON predictions (changed) WHERE changed IS NOT NULL",
+        # any UPDATE (a label, a relabel) marks the row, whoever's SQL runs it
+        "CREATE FUNCTION predictions_mark_changed() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN NEW.changed := pg_current_xact_id(); RETURN NEW; END$$",
+        "CREATE TRIGGER predictions_mark_changed BEFORE UPDATE ON predictions "
+        "FOR EACH ROW EXECUTE FUNCTION predictions_mark_changed()",
+        """CREATE TABLE predictions_gone (
+    xid       xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    at        double precision NOT NULL DEFAULT extract(epoch FROM clock_timestamp()),
+    seq       bigint NOT NULL,
+    ts        double precision,
+    label_ts  double precision,
+    label_seq bigint
+)""",
+        "CREATE INDEX predictions_gone_xid ON predictions_gone (xid)",
+        "CREATE FUNCTION predictions_log_gone() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO predictions_gone (seq, ts, label_ts, label_seq) "
+        "SELECT seq, ts, label_ts, label_seq FROM gone; RETURN NULL; END$$",
+        "CREATE TRIGGER predictions_log_gone AFTER DELETE ON predictions REFERENCING OLD TABLE AS gone "
+        "FOR EACH STATEMENT EXECUTE FUNCTION predictions_log_gone()",
+        # the newest transaction whose log entries were trimmed: a cache read before it is stale
+        "CREATE TABLE predictions_gone_horizon (xid xid8)",
+        "INSERT INTO predictions_gone_horizon VALUES (NULL)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -311,6 +343,10 @@ class PgStore(QueuedWriter):
         self._init_writer(max_pending)
         self._checker: psycopg.Connection | None = None
         self._checker_lock = threading.Lock()
+        # the windows of this replica's last fleet check, used under _checker_lock
+        self._window_cache = WindowCache(
+            [Feature(q, name, text) for q, name, text in zip(self.layout.quoted, self.layout.names, self.layout.is_text)],
+            _columns_cursor, self.label_features)
         self._watch: psycopg.Connection | None = None   # latest_report's
         self._watch_lock = threading.Lock()
         self._connect_failed: dict[str, tuple[float, Exception]] = {}   # role: (when, error)
@@ -536,6 +572,13 @@ class PgStore(QueuedWriter):
                 # a report per check: keep a day's worth at 1-s checks
                 with bound(conn, self._call_bound), conn.transaction():
                     conn.execute("DELETE FROM drift_reports WHERE id < (SELECT max(id) - 100000 FROM drift_reports)")
+                    # The deletion log serves fleet checks' caches (pg_windows.py): an hour of it is
+                    # plenty at any check interval under an hour; a cache read before the newest
+                    # transaction trimmed is read in full (the horizon says which).
+                    conn.execute(f"WITH d AS (DELETE FROM predictions_gone WHERE at < {_EPOCH_NOW} - %s "
+                                 f"RETURNING xid) UPDATE predictions_gone_horizon "
+                                 f"SET xid = greatest(xid, (SELECT max(xid) FROM d)) WHERE EXISTS (SELECT FROM d)",
+                                 (GONE_RETENTION,))
             finally:
                 with bound(conn, self._call_bound):
                     conn.execute("SELECT pg_advisory_unlock(%s)", (PRUNE_LOCK,))
@@ -604,9 +647,10 @@ class PgStore(QueuedWriter):
         the database's clock, so each slot gets one check whichever replica's timer fires first);
         read the fleet's newest `window` inputs and `label_window` labelled predictions; call
         `score(columns, labelled, checked_at)` -> (report dict, model_version): the two windows'
-        columns, oldest first, as `windows()` gives them, checked_at the database's time of
-        the check (unix seconds, the report's time); store the report. Returns the
-        stored report. Raises StoreError if the database fails (nothing is stored then)."""
+        columns, oldest first, as `windows()` gives them (grades as pg_windows.TextColumn
+        sequences; read only what changed since this replica's last check, see pg_windows.py),
+        checked_at the database's time of the check (unix seconds, the report's time); store the
+        report. Returns the stored report. Raises StoreError if the database fails (nothing is stored then)."""
         with self._held(self._checker_lock, "another fleet check on this replica"):
             try:
                 conn = self._checker_conn()
@@ -626,8 +670,7 @@ class PgStore(QueuedWriter):
                         (max(float(interval), 1e-3),)).fetchone()
                     if not force and last_slot is not None and last_slot >= slot:
                         return None
-                    columns, labelled = _window_and_label_columns(conn, self.layout, window, label_window,
-                                                                  label_features=self.label_features)
+                    columns, labelled = self._window_cache.read(conn, window, label_window)
                     report, model_version = score(columns, labelled, float(now))
                     by = checked_by or self.replica
                     stored = conn.execute(
@@ -679,6 +722,13 @@ class PgStore(QueuedWriter):
             raise
         self._connect_failed.pop(role, None)
         return conn
+
+    @property
+    def window_reads(self) -> dict:
+        """How this replica's fleet checks read their windows: {"full": reads of both windows in
+        full, "incremental": reads of what changed only, "changed_rows": rows those read}."""
+        with self._checker_lock:
+            return dict(self._window_cache.reads)
 
     def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, dict]:
         """The fleet's windows by columns, oldest first, as _window_and_label_columns gives them: the

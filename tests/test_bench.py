@@ -89,7 +89,8 @@ def test_the_fleet_bench_runs_both_backends_side_by_side(small_artifact_path, po
     url = postgres_server.new_database()
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fleet_bench.py"), "--model", str(small_artifact_path),
                            "--db", url, "--rounds", "1", "--duration", "1", "--warmup", "1", "--batch-duration", "1",
-                           "--window", "300", "--checks", "2"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+                           "--window", "300", "--checks", "2", "--rate", "2", "--steady-checks", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"fleet_bench.py failed:\n{proc.stdout}\n{proc.stderr}"
     results = json.loads(proc.stdout)
     for backend in ("sqlite", "postgresql"):
@@ -99,6 +100,10 @@ def test_the_fleet_bench_runs_both_backends_side_by_side(small_artifact_path, po
         checks = results["checks"][backend]
         assert checks["window_size"] == 300 and checks["labelled_size"] == 300, backend
         assert 0 < checks["server_median_ms"] <= checks["server_max_ms"], backend
+        assert checks["cold_ms"] > 0, backend
+        steady = checks["steady"]   # two checks, each after a minute's traffic at 2 rows/s
+        assert steady["checks"] == 2 and steady["rows_between_checks"] == 120, backend
+        assert 0 < steady["server_median_ms"] <= steady["server_max_ms"], backend
     assert url.split("@")[0].split(":")[2] not in proc.stdout + proc.stderr   # the password stays out
 
 
@@ -115,5 +120,23 @@ def test_compare_runs_two_commits_in_turn_and_cleans_up():
     for row in table:
         rps = float(row.split("|")[2].split()[0].replace(",", ""))
         assert rps > 0
+    # its own baseline removed (other checkouts of this repository may be running compare.py too)
+    tree = next(line.split(" checked out at ")[1] for line in proc.stderr.splitlines() if " checked out at " in line)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True).stdout
-    assert "monitor-compare-" not in worktrees                                      # baseline removed
+    assert "monitor-compare-" in tree and tree not in worktrees and not Path(tree).exists()
+
+
+def test_compare_fleet_alternates_the_fleet_bench_between_two_commits():
+    # This checkout against its own HEAD: each side's monitor.py under this checkout's fleet_bench.py.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "compare.py"), "HEAD", "--fleet", "--rounds", "1",
+                           "--n-estimators", "5", "--window", "300", "--checks", "1", "--rate", "1",
+                           "--steady-checks", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"compare.py --fleet failed:\n{proc.stdout}\n{proc.stderr}"
+    rounds = [line for line in proc.stderr.splitlines() if line.startswith("round ")]
+    assert [r.split()[2].rstrip(":") for r in rounds] == ["baseline", "this"]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("| |"))
+    assert "postgresql cold" in header and "postgresql steady" in header
+    table = [line for line in proc.stdout.splitlines() if line.startswith(("| baseline", "| this"))]
+    assert len(table) == 2
+    for row in table:
+        assert all(float(cell.split()[0]) > 0 for cell in row.strip("|").split("|")[1:])

@@ -489,7 +489,8 @@ def test_feature_columns_come_from_the_model_s_features(db, kind):
         assert table == [("id", "TEXT"), ("ts", "REAL"), *[(c, "TEXT" if text else "REAL")
                                                            for c, text in zip(expected, kinds)],
                          ("prediction", "REAL"), ("model_version", "TEXT"), ("actual", "REAL"), ("label_ts", "REAL")]
-    else:   # the fleet's columns besides: insertion order, replica, the replica's clock, label order
+    else:   # the fleet's columns besides: insertion order, replica, the replica's clock, label order,
+        # the transaction that last changed the row (monitoring/pg_windows.py)
         expected = [c.replace(LONG_NAME, LONG_NAME[:62]) for c in expected]
         table = query(db, "SELECT column_name, data_type FROM information_schema.columns WHERE "
                           "table_name = 'predictions' ORDER BY ordinal_position")
@@ -497,7 +498,8 @@ def test_feature_columns_come_from_the_model_s_features(db, kind):
                          *[(c, "text" if text else "double precision") for c, text in zip(expected, kinds)],
                          ("prediction", "double precision"), ("model_version", "text"), ("replica", "text"),
                          ("served_at", "double precision"), ("actual", "double precision"),
-                         ("label_ts", "double precision"), ("label_seq", "bigint"), ("label_replica", "text")]
+                         ("label_ts", "double precision"), ("label_seq", "bigint"), ("label_replica", "text"),
+                         ("changed", "xid8")]
 
 
 def test_a_file_written_with_the_first_schema_is_read_and_written(db):
@@ -901,28 +903,31 @@ def test_close_writes_the_buffer_and_later_calls_fail(db):
 def test_postgresql_schema_is_versioned_and_a_newer_one_refused(pg_url):
     PgStore(pg_url).close()
     PgStore(pg_url).close()                     # a second start migrates nothing
-    assert query(pg_url, "SELECT version, description FROM schema_version") == [
-        (1, "predictions with their labels; fleet drift reports")]
+    assert query(pg_url, "SELECT version, description FROM schema_version ORDER BY version") == [
+        (1, "predictions with their labels; fleet drift reports"),
+        (2, "change tracking for fleet checks that read only what changed")]
     query_write(pg_url, "INSERT INTO schema_version (version, description) VALUES (99, 'from the future')")
     with pytest.raises(StoreError, match="schema version 99"):
         PgStore(pg_url)
 
 
 def test_postgresql_the_next_migration_is_applied_once_in_order(pg_url, monkeypatch):
-    """The path for the next schema change: append to MIGRATIONS; a database at version 1 is
-    brought to 2 by the first replica that starts, rows kept."""
+    """The path for the next schema change: append to MIGRATIONS; a database at the current
+    version is brought to the next by the first replica that starts, rows kept."""
     from monitoring import pg_store
 
     with PgStore(pg_url) as s:
         s.add_predictions([record(1)])
+    current = pg_store.SCHEMA_VERSION
     monkeypatch.setattr(pg_store, "MIGRATIONS", pg_store.MIGRATIONS + [
-        (2, "predictions get a note", ["ALTER TABLE predictions ADD COLUMN note text"])])
-    monkeypatch.setattr(pg_store, "SCHEMA_VERSION", 2)
+        (current + 1, "predictions get a note", ["ALTER TABLE predictions ADD COLUMN note text"])])
+    monkeypatch.setattr(pg_store, "SCHEMA_VERSION", current + 1)
     with PgStore(pg_url) as s:
         assert s.counts()["predictions"] == 1
     with PgStore(pg_url):
         pass
-    assert [r[0] for r in query(pg_url, "SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    assert [r[0] for r in query(pg_url, "SELECT version FROM schema_version ORDER BY version")] == [
+        *range(1, current + 2)]
     assert query(pg_url, "SELECT count(note) FROM predictions") == [(0,)]
 
 
