@@ -114,7 +114,7 @@ class MonitorConfig:
     drain_seconds: float = option(10.0, "at shutdown, seconds that requests in flight may take to finish")
     db_path: Path | str | None = option(HERE / "monitor.db", "SQLite file recording every prediction and label, "
                                                              "or a postgresql:// URL, a database shared by several "
-                                                             "replicas; '' keeps nothing", flag="--db",
+                                                             "replicas of one model; '' keeps nothing", flag="--db",
                                         parse=_db_location)
     replica_id: str | None = option(None, "this replica's name in a shared store (which replica served a "
                                           "prediction, ran a check)", shown="host:port", parse=optional_text)
@@ -234,15 +234,13 @@ class Monitor:
         a postgresql:// URL is the fleet's database, written by every replica."""
         options = {"retention_seconds": config.retention_days * 86400, "max_rows": config.max_stored_rows,
                    "layout": StoreLayout.from_schema(self.schema)}
-        if isinstance(config.db_path, str) and self.schema.is_classification:
-            raise StoreError("a PostgreSQL store (a fleet) serves regression models only for now; serve this "
-                             "classifier with an SQLite file (--db FILE) or in memory (--db '')")
         if isinstance(config.db_path, str):
             options.update(replica=self.replica_id, timeout=config.db_timeout)
         elif config.db_path is not None:
             self._writer_lock = WriterLock(config.db_path).acquire()
         try:
-            # A classifier's labels need the features of their predictions (the probability of the true class).
+            # A classifier's labels need the features of their predictions (the probability of the
+            # true class), in a fleet's checks too.
             store = open_store(config.db_path, memory_capacity=config.max_tracked_predictions,
                                keep_features=self.schema.is_classification, **options)
         except BaseException:
@@ -371,6 +369,13 @@ class Monitor:
         actual = [int(a) for a, _, _ in labelled]
         return labelled_pairs(probabilities, actual, [int(p) for _, p, _ in labelled]).tolist()
 
+    @property
+    def _label_pairs(self):
+        """What a fleet check makes of the labelled rows it reads: a classifier's (correct, loss),
+        from probabilities predicted again from their features, as for a label this replica takes;
+        a regression's are (actual, predicted) as read (None)."""
+        return self._window_pairs if self.schema.is_classification else None
+
     def record_labels(self, labels: list[tuple[str, float]]) -> tuple[int, list[str]]:
         """Join (id, actual) labels to their predictions; returns (accepted, unknown ids).
         Raises StoreError if they could not be recorded: nothing is acknowledged then."""
@@ -458,7 +463,7 @@ class Monitor:
             self.refresh_fleet_report(force=True)
 
         def score(columns: dict[str, list], labelled: dict[str, list], checked_at: float) -> tuple[dict, str]:
-            windows = windows_from_columns(self.schema, columns, labelled)
+            windows = windows_from_columns(self.schema, columns, labelled, self._label_pairs)
             data, concept, performance = self._score(windows)
             self._with_sequential(data, concept, *self._fleet_sequential(windows))
             check = DriftCheck(_iso(checked_at), self.info["model_version"], data, concept,
@@ -536,7 +541,7 @@ class Monitor:
             return
         check = DriftCheck.from_dict(stored.report)
         snapshot = StoredSnapshot(self.store, self.schema, check.data.window_size, check.concept.labelled_size,
-                                  until=stored.checked_at)
+                                  until=stored.checked_at, pairs=self._label_pairs)
         self._adopt(stored.id, stored.checked_at, check, snapshot)
 
     def _adopt(self, report_id: int, checked_at: float, check: DriftCheck, snapshot) -> None:

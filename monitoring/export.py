@@ -12,7 +12,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from monitoring.store import _SQL_NAMES, FEATURE_COLUMNS, SCHEMA_VERSION, StoreError, _quoted
+from monitoring.store import FEATURE_COLUMNS, SCHEMA_VERSION, StoreError, _quoted, feature_name
 
 __all__ = ["EXPORT_COLUMNS", "export_labelled"]
 
@@ -77,7 +77,7 @@ def _labeller(columns: list[str], schema: dict | None, db_path):
 
     if schema is not None:
         features = [f["name"] for f in schema["features"]]
-        stored = columns[columns.index("ts") + 1:columns.index("prediction")]
+        stored = [feature_name(c) for c in columns[2:-4]]  # the header: id, ts, features..., 4 own columns
         if stored != features:
             raise StoreError(f"the store {db_path} holds other features ({', '.join(stored)}) than the model's "
                              f"({', '.join(features)}); give the --model that served it")
@@ -96,27 +96,35 @@ def _labeller(columns: list[str], schema: dict | None, db_path):
     return label
 
 
+def _columns(features: list[str]) -> list[str]:
+    """The export's header for a table whose feature columns are `features`: each named as its
+    feature (table_ -> table), unless that is one of the export's own columns (a feature named ts
+    keeps its column's name, ts_)."""
+    own = ("id", "ts", "prediction", "actual", "label_ts", "model_version")
+    names = [feature_name(c) for c in features]
+    return ["id", "ts", *[c if n in own else n for c, n in zip(features, names)], *own[2:]]
+
+
 @contextlib.contextmanager
 def _chunks(db_path: str | Path):
     """(column names, DataFrames of at most _CHUNK labelled rows), all from one snapshot of the
-    store: an SQLite file (whatever model's features it records), or a PostgreSQL database (a
-    postgresql:// URL)."""
+    store: an SQLite file or a PostgreSQL database (a postgresql:// URL), whatever model's features
+    it records."""
     import pandas as pd
 
     if isinstance(db_path, str) and db_path.startswith(("postgresql://", "postgres://")):
         from monitoring.pg_store import labelled_rows
 
-        yield list(EXPORT_COLUMNS), (pd.DataFrame(rows, columns=list(EXPORT_COLUMNS))
-                                     for rows in labelled_rows(db_path, _CHUNK))
+        with labelled_rows(db_path, _CHUNK) as (features, chunks):
+            columns = _columns(features)
+            yield columns, (pd.DataFrame(rows, columns=columns) for rows in chunks)
         return
     with _read_only(db_path) as conn:
         conn.execute("BEGIN")  # one snapshot across all chunks
         # The feature columns are those between ts and prediction, as the store's layout made them.
         on_disk = [row[1] for row in conn.execute("PRAGMA table_info(predictions)")]
         features = on_disk[on_disk.index("ts") + 1:on_disk.index("prediction")]
-        names = {disk: name for name, disk in _SQL_NAMES.items()}
-        columns = ["id", "ts", *[names.get(c, c) for c in features], "prediction", "actual", "label_ts",
-                   "model_version"]
+        columns = _columns(features)
         query = (f"SELECT id, ts, {', '.join(_quoted(c) for c in features)}, prediction, actual, label_ts, "
                  f"model_version FROM predictions WHERE label_ts IS NOT NULL ORDER BY ts, rowid")
         yield columns, pd.read_sql_query(query, conn, chunksize=_CHUNK)

@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from monitoring.classification import ClassificationConceptDetector, ClassificationConceptReport
 from monitoring.drift import (ConceptDriftReport, DataDriftReport, Detection, FeatureDrift, MultivariateDrift,
                               SegmentDrift)
 from monitoring.performance import PerformanceEstimate
@@ -64,27 +65,43 @@ def _grade_codes(schema, name: str, values, dtype):
     return np.fromiter(map(codes.__getitem__, values), dtype=dtype, count=len(values))
 
 
-def windows_from_columns(schema, columns: dict[str, list], labelled: dict[str, list]) -> CheckWindows:
-    """The windows of a check from the store's columns (PgStore.windows: grades as text, each
-    input's `prediction` and `ts`; the labelled rows' `actual`, `prediction`, `label_ts` and grades).
-    Column by column: a Python step per row would cost more than the read."""
+def windows_from_columns(schema, columns: dict, labelled: dict, pairs=None) -> CheckWindows:
+    """The windows of a check from the store's columns (PgStore.windows: {"features": {name:
+    values}} with categories as text, each input's `prediction` and `ts`; the labelled rows'
+    `actual`, `prediction`, `label_ts` and their inputs' categories under "features"). Column by
+    column: a Python step per row would cost more than the read.
+
+    pairs: for a classifier, what turns labelled predictions [(actual, predicted, features)] into
+    the labelled window's (correct, loss) rows (monitor.py's _window_pairs, the same for the labels
+    a replica takes): then `labelled` holds every feature, and a row that does not fit the schema
+    is left out, as when a replica refills its window from its store."""
     inputs = {}
     for feature in schema.features:
-        values = columns[feature.name]
+        values = columns["features"][feature.name]
         inputs[feature.name] = (_grade_codes(schema, feature.name, values, np.int64)
                                 if feature.kind == "categorical" else _floats(values))
-    n_labelled = len(labelled["actual"])
-    grades = {f.name: (_grade_codes(schema, f.name, labelled[f.name], np.float64) if f.name in labelled
-                       else np.full(n_labelled, np.nan))
-              for f in schema.features if f.kind == "categorical"}
-    return CheckWindows(inputs, _floats(columns["prediction"]), _floats(columns["ts"]),
-                        _floats(labelled["actual"]), _floats(labelled["prediction"]), grades,
-                        _floats(labelled["label_ts"]))
+    actual, predicted = _floats(labelled["actual"]), _floats(labelled["prediction"])
+    label_times = _floats(labelled["label_ts"])
+    with_labels = labelled["features"]
+    label_grades = {f.name: with_labels.get(f.name) for f in schema.features if f.kind == "categorical"}
+    if pairs is not None:
+        rows = list(zip(*(with_labels[name] for name in schema.names))) if len(actual) else []
+        keep = [k for k, row in enumerate(rows)
+                if np.isfinite(actual[k]) and np.isfinite(predicted[k]) and schema.fits(row)]
+        window = np.asarray(pairs([(actual[k], predicted[k], rows[k]) for k in keep]),
+                            dtype=np.float64).reshape(-1, 2)
+        actual, predicted, label_times = window[:, 0].copy(), window[:, 1].copy(), label_times[keep]
+        label_grades = {name: [values[k] for k in keep] for name, values in label_grades.items()}
+    grades = {name: (_grade_codes(schema, name, values, np.float64) if values is not None
+                     else np.full(len(actual), np.nan))
+              for name, values in label_grades.items()}
+    return CheckWindows(inputs, _floats(columns["prediction"]), _floats(columns["ts"]), actual, predicted, grades,
+                        label_times)
 
 
-def snapshot_from_columns(schema, columns: dict[str, list], labelled: dict[str, list]) -> DriftSnapshot:
+def snapshot_from_columns(schema, columns: dict, labelled: dict, pairs=None) -> DriftSnapshot:
     """The windows the drift report page draws, from the store's columns (windows_from_columns)."""
-    return windows_from_columns(schema, columns, labelled).snapshot
+    return windows_from_columns(schema, columns, labelled, pairs).snapshot
 
 
 class StoredSnapshot:
@@ -92,8 +109,8 @@ class StoredSnapshot:
     page is first drawn (a replica whose page nobody views never reads them): the fleet's newest
     rows as of the check's time. Has DriftSnapshot's attributes."""
 
-    def __init__(self, store, schema, window: int, label_window: int, until: float):
-        self._load = lambda: snapshot_from_columns(schema, *store.windows(window, label_window, until))
+    def __init__(self, store, schema, window: int, label_window: int, until: float, pairs=None):
+        self._load = lambda: snapshot_from_columns(schema, *store.windows(window, label_window, until), pairs)
         self._snapshot: DriftSnapshot | None = None
         self._lock = threading.Lock()
 
@@ -141,9 +158,14 @@ def data_report_from_dict(d: dict) -> DataDriftReport:
                            **rest)
 
 
-def concept_report_from_dict(d: dict) -> ConceptDriftReport:
+def concept_report_from_dict(d: dict) -> ConceptDriftReport | ClassificationConceptReport:
     """ConceptDriftReport.to_dict() read back, its nested reports typed again (what fired and since
-    when, each segment's)."""
+    when, each segment's); a classifier's ClassificationConceptReport.to_dict() (test
+    "loss-accuracy") likewise."""
+    if d.get("test") == ClassificationConceptDetector.test:
+        rest = _known(ClassificationConceptReport, {k: v for k, v in d.items() if k not in ("score", "detection")})
+        return ClassificationConceptReport(loss_increase=d.get("score"), detection=_detection(d.get("detection")),
+                                           **rest)
     rest = _known(ConceptDriftReport, {k: v for k, v in d.items() if k not in ("score", "detection", "segments")})
     return ConceptDriftReport(mse_increase=d.get("score"), detection=_detection(d.get("detection")),
                               segments={name: SegmentDrift(**_known(SegmentDrift, s))

@@ -33,6 +33,11 @@ What the fleet adds:
 * The schema is versioned: table `schema_version`, and MIGRATIONS, a list applied in order under an
   advisory lock by whichever replica starts first. A database whose version is newer than this code
   is refused.
+* Any model: the table's feature columns are the served model's (store.StoreLayout, as in an SQLite
+  file: text for categories, double precision for numbers, quoted names), taken from the replica
+  that creates the table; a replica of another model is refused at start, naming both feature
+  lists. A classifier's prediction and label are class indices (double precision), as in SQLite;
+  its fleet check reads every feature of each labelled row, to predict its probabilities again.
 * A server that stops answering without going away (SIGSTOP, a paused VM) is bounded on this side
   too: its kernel still acknowledges every packet, so neither the server's timeouts nor TCP
   keepalives end a call; a watchdog thread cuts the socket of any call that waited past its bound
@@ -63,7 +68,7 @@ import psycopg
 from psycopg.adapt import Loader
 
 from monitoring.pg_windows import GONE_RETENTION, Feature, WindowCache
-from monitoring.store import FEATURE_COLUMNS, PRUNE_CHUNK, _check_features, _IS_TEXT, _num, _SQL_NAMES
+from monitoring.store import DIAMONDS, PRUNE_CHUNK, StoreLayout, _num, _quoted
 from monitoring.writer import Job, QueuedWriter, StoreError
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "FleetReport", "PgStore", "is_postgres_url", "redact_url"]
@@ -73,25 +78,22 @@ CHECK_LOCK = 0x6D6F6E5F636865   # one fleet drift check at a time
 PRUNE_LOCK = 0x6D6F6E5F707275   # one replica prunes at a time
 MIGRATE_LOCK = 0x6D6F6E5F6D6967  # one replica migrates the schema
 
-_COLS = [_SQL_NAMES.get(name, name) for name in FEATURE_COLUMNS]
-_FEATURES_SQL = ", ".join(_COLS)
-_PG_TYPES = ["text" if text else "float8" for text in _IS_TEXT]
-_FEATURES_DDL = "".join(f"    {col:<13} {'text' if text else 'double precision'},\n"
-                        for col, text in zip(_COLS, _IS_TEXT))
 _EPOCH_NOW = "extract(epoch FROM clock_timestamp())"
 _COUNT = "count"      # a job of PostgreSQL's own: refresh counts() from the table
 _COUNT_SECONDS = 600  # a COUNT(*) over millions of rows may take minutes
+_MAX_IDENTIFIER = 63  # bytes of a name PostgreSQL keeps (NAMEDATALEN - 1); it cuts longer ones
 
 # Each migration: (version, what it does, statements). Applied in order, in one transaction each,
-# and recorded in schema_version. The next schema change appends an entry here; never edit one
-# that has shipped.
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+# and recorded in schema_version. A statement may be a function of the served model's StoreLayout
+# (the feature columns of `predictions`: each model's database has its own), called when applied.
+# The next schema change appends an entry here; never edit one that has shipped.
+MIGRATIONS: list[tuple[int, str, list]] = [
     (1, "predictions with their labels; fleet drift reports", [
-        f"""CREATE TABLE predictions (
+        lambda layout: f"""CREATE TABLE predictions (
     id            text PRIMARY KEY,
     seq           bigint GENERATED ALWAYS AS IDENTITY,
     ts            double precision NOT NULL,
-{_FEATURES_DDL}    prediction    double precision,
+{layout.pg_ddl}    prediction    double precision,
     model_version text,
     replica       text,
     served_at     double precision,
@@ -145,22 +147,48 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+# A model's columns as the database holds them: those of `predictions` between ts and prediction
+# (every migration so far adds columns after them), with whether each is text.
+_STORED_FEATURES = ("SELECT column_name, data_type = 'text' FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = 'predictions' ORDER BY ordinal_position")
 
-_INSERT = (f"INSERT INTO predictions (id, ts, {_FEATURES_SQL}, prediction, model_version, replica, served_at) "
-           f"SELECT r.id, COALESCE(r.ts, {_EPOCH_NOW}), {', '.join('r.' + c for c in _COLS)}, r.prediction, "
-           f"r.model_version, %s, r.served_at "
-           f"FROM unnest(%b::text[], %b::float8[], {', '.join(f'%b::{t}[]' for t in _PG_TYPES)}, %b::float8[], "
-           f"%b::text[], %b::float8[]) AS r(id, ts, {_FEATURES_SQL}, prediction, model_version, served_at) "
-           f"ON CONFLICT (id) DO NOTHING")
-# One statement joins a whole list of labels: lock the known rows in id order (two replicas joining
-# overlapping lists cannot deadlock), note which had no label yet, update them, return them.
-_JOIN_LABELS = (f"WITH l AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS l(id, actual, ts)), "
-                f"old AS (SELECT p.id, p.label_ts IS NULL AS first FROM predictions p JOIN l ON p.id = l.id "
-                f"ORDER BY p.id FOR UPDATE OF p) "
-                f"UPDATE predictions p SET actual = l.actual, label_ts = COALESCE(l.ts, {_EPOCH_NOW}), "
-                f"label_seq = nextval('label_order'), label_replica = %s "
-                f"FROM l JOIN old ON old.id = l.id WHERE p.id = l.id "
-                f"RETURNING p.id, p.prediction, old.first, {', '.join('p.' + c for c in _COLS)}")
+
+def _insert_sql(layout: StoreLayout) -> str:
+    """A group commit's rows, one array per column, in one statement."""
+    features = ", ".join(layout.quoted)
+    return (f"INSERT INTO predictions (id, ts, {features}, prediction, model_version, replica, served_at) "
+            f"SELECT r.id, COALESCE(r.ts, {_EPOCH_NOW}), {', '.join('r.' + c for c in layout.quoted)}, "
+            f"r.prediction, r.model_version, %s, r.served_at "
+            f"FROM unnest(%b::text[], %b::float8[], {', '.join(f'%b::{t}[]' for t in layout.pg_types)}, "
+            f"%b::float8[], %b::text[], %b::float8[]) AS r(id, ts, {features}, prediction, model_version, served_at) "
+            f"ON CONFLICT (id) DO NOTHING")
+
+
+def _join_labels_sql(layout: StoreLayout) -> str:
+    """One statement joins a whole list of labels: lock the known rows in id order (two replicas
+    joining overlapping lists cannot deadlock), note which had no label yet, update them, return
+    them with their features (a classifier's monitor needs them all)."""
+    return (f"WITH l AS (SELECT * FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS l(id, actual, ts)), "
+            f"old AS (SELECT p.id, p.label_ts IS NULL AS first FROM predictions p JOIN l ON p.id = l.id "
+            f"ORDER BY p.id FOR UPDATE OF p) "
+            f"UPDATE predictions p SET actual = l.actual, label_ts = COALESCE(l.ts, {_EPOCH_NOW}), "
+            f"label_seq = nextval('label_order'), label_replica = %s "
+            f"FROM l JOIN old ON old.id = l.id WHERE p.id = l.id "
+            f"RETURNING p.id, p.prediction, old.first, {', '.join('p.' + c for c in layout.quoted)}")
+
+
+def _stored_features(conn: psycopg.Connection) -> list[tuple[str, bool]] | None:
+    """(column, is text) of the feature columns of the database's predictions table; None if it has none."""
+    table = [(name, bool(text)) for name, text in conn.execute(_STORED_FEATURES).fetchall()]
+    names = [name for name, _ in table]
+    if "ts" not in names or "prediction" not in names:
+        return None
+    return table[names.index("ts") + 1:names.index("prediction")]
+
+
+def _as_stored(column: str) -> str:
+    """A column name as PostgreSQL keeps it: cut to 63 bytes (a CSV header may be longer)."""
+    return column.encode()[:_MAX_IDENTIFIER].decode(errors="ignore")
 
 
 def is_postgres_url(location) -> bool:
@@ -177,13 +205,14 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
+class _AnotherModel(psycopg.NotSupportedError):
+    """The database records another model's features (a psycopg error: on a reconnect, the writer
+    treats it as the database failing, not as a refused record)."""
+
+
 def _describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
-
-
-def _features(values) -> tuple:
-    return tuple(v if text else _num(v) for v, text in zip(values, _IS_TEXT))
+    return text if isinstance(exc, _AnotherModel) else f"{type(exc).__name__}: {text}"
 
 
 class FleetReport(NamedTuple):
@@ -275,8 +304,14 @@ class PgStore(QueuedWriter):
     connect_timeout + 1 s before it is told the database is not answering (predictions are then
     kept for retry).
 
-    Raises StoreError if the database cannot be reached or holds a newer schema. Starts the writer
-    thread (monitoring/writer.py, shared with SQLite); `close()` stops it.
+    layout: the served model's feature columns (store.StoreLayout, as for SQLite; default: the
+    diamond model's). The first replica to start creates the table with them; a database created
+    for other features is refused. keep_features: a fleet check reads every feature of each
+    labelled prediction, not only its categories (a classifier's monitor predicts their
+    probabilities again, as it does for the labels it takes).
+
+    Raises StoreError if the database cannot be reached, holds a newer schema or another model's
+    features. Starts the writer thread (monitoring/writer.py, shared with SQLite); `close()` stops it.
     """
 
     shared = True   # several processes write it: the fleet's store
@@ -285,10 +320,16 @@ class PgStore(QueuedWriter):
 
     def __init__(self, url: str, *, retention_seconds: float | None = 30 * 86400,
                  max_rows: int | None = 5_000_000, max_pending: int = 50_000, replica: str = "",
-                 timeout: float = 5.0, connect_timeout: float = 3.0):
+                 timeout: float = 5.0, connect_timeout: float = 3.0, layout: StoreLayout | None = None,
+                 keep_features: bool = False):
         if not is_postgres_url(url):
             raise ValueError("a PostgreSQL store needs a postgresql:// URL")
         self.url = url
+        self.layout = layout or DIAMONDS
+        # the features a fleet check reads with each label: the grades (concept segments), or all
+        self.label_features = self.layout.names if keep_features else self.layout.categorical
+        self._insert_sql = _insert_sql(self.layout)
+        self._join_labels_sql = _join_labels_sql(self.layout)
         self.path = redact_url(url)   # where it stores, as /healthz shows it
         self.retention_seconds = retention_seconds
         self.max_rows = max_rows
@@ -303,8 +344,9 @@ class PgStore(QueuedWriter):
         self._checker: psycopg.Connection | None = None
         self._checker_lock = threading.Lock()
         # the windows of this replica's last fleet check, used under _checker_lock
-        self._window_cache = WindowCache([Feature(c, name, text) for c, name, text in zip(_COLS, FEATURE_COLUMNS, _IS_TEXT)],
-                                         _columns_cursor)
+        self._window_cache = WindowCache(
+            [Feature(q, name, text) for q, name, text in zip(self.layout.quoted, self.layout.names, self.layout.is_text)],
+            _columns_cursor, self.label_features)
         self._watch: psycopg.Connection | None = None   # latest_report's
         self._watch_lock = threading.Lock()
         self._connect_failed: dict[str, tuple[float, Exception]] = {}   # role: (when, error)
@@ -346,9 +388,9 @@ class PgStore(QueuedWriter):
             raise
         return conn
 
-    @staticmethod
-    def _migrate(conn: psycopg.Connection) -> None:
-        """Create or upgrade the schema (MIGRATIONS), one replica at a time."""
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        """Create or upgrade the schema (MIGRATIONS), one replica at a time, then check that the
+        table records this model's features (the first replica to start created it with its own)."""
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
             # Created only when missing: a role that may write the tables but not create any can
@@ -364,9 +406,12 @@ class PgStore(QueuedWriter):
                 if version <= current:
                     continue
                 for statement in statements:
-                    conn.execute(statement)
+                    conn.execute(statement(self.layout) if callable(statement) else statement)
                 conn.execute("INSERT INTO schema_version (version, description) VALUES (%s, %s)",
                              (version, description))
+            refusal = self.layout.refusal(_stored_features(conn) or [], as_stored=_as_stored)
+            if refusal is not None:
+                raise _AnotherModel(f"the predictions table: {refusal}")
 
     def _refresh_counts(self, conn: psycopg.Connection) -> None:
         # counting millions of rows may take a while: the server's and the client's bound say so
@@ -447,20 +492,24 @@ class PgStore(QueuedWriter):
     _describe = staticmethod(_describe)
 
     def _row(self, record) -> tuple:
-        return _row(record)
+        """A record as the columns bound to the insert (id, ts, features, prediction, model_version,
+        served_at), converted before it is queued so that a malformed record fails its own caller."""
+        ts = None if record.ts is None else float(record.ts)
+        return (str(record.id), ts, *self.layout.values(record.features), float(record.prediction),
+                str(record.model_version), time.time())
 
     def _label_entries(self, labels) -> dict:
         return _labels_by_id_or_now(labels)
 
     def _insert(self, conn: psycopg.Connection, rows: list[tuple]) -> int:
         columns = list(zip(*rows))   # id, ts, features..., prediction, model_version, served_at
-        return conn.execute(_INSERT, (self.replica, *[list(c) for c in columns])).rowcount
+        return conn.execute(self._insert_sql, (self.replica, *[list(c) for c in columns])).rowcount
 
     def _join_labels(self, conn: psycopg.Connection, labels: dict) -> tuple[tuple[list, list[str]], int]:
         ids = list(labels)
         actuals = [a for a, _ in labels.values()]
         times = [t for _, t in labels.values()]
-        found = {row[0]: row for row in conn.execute(_JOIN_LABELS, (ids, actuals, times, self.replica))}
+        found = {row[0]: row for row in conn.execute(self._join_labels_sql, (ids, actuals, times, self.replica))}
         known, unknown, newly = [], [], 0
         for id_, (actual, _) in labels.items():
             row = found.get(id_)
@@ -468,7 +517,7 @@ class PgStore(QueuedWriter):
                 unknown.append(id_)
                 continue
             first = bool(row[2])
-            known.append((id_, actual, _num(row[1]), _features(row[3:]), first))
+            known.append((id_, actual, _num(row[1]), self.layout.features(row[3:]), first))
             newly += first
         return (known, unknown), newly
 
@@ -557,7 +606,7 @@ class PgStore(QueuedWriter):
         if n <= 0:
             return []
         with self._reader() as conn:
-            return _recent_inputs(conn, n, until)
+            return _recent_inputs(conn, self.layout, n, until)
 
     def recent_labelled(self, n: int, *, until: float | None = None) -> list[tuple[float, float]]:
         """(actual, prediction) of the fleet's newest n labelled predictions, oldest label first."""
@@ -571,9 +620,9 @@ class PgStore(QueuedWriter):
         if n <= 0:
             return []
         with self._reader() as conn:
-            rows = conn.execute(f"SELECT {_FEATURES_SQL}, prediction, ts FROM predictions "
+            rows = conn.execute(f"SELECT {', '.join(self.layout.quoted)}, prediction, ts FROM predictions "
                                 f"ORDER BY ts DESC, seq DESC LIMIT %s", (int(n),)).fetchall()
-        return [(_features(r[:-2]), _num(r[-2]), float(r[-1])) for r in reversed(rows)]
+        return [(self.layout.features(r[:-2]), _num(r[-2]), float(r[-1])) for r in reversed(rows)]
 
     def recent_labelled_rows(self, n: int) -> list[tuple[float, float, float, tuple]]:
         """(actual, prediction, label_ts, features) of the fleet's newest n labelled predictions,
@@ -581,10 +630,10 @@ class PgStore(QueuedWriter):
         if n <= 0:
             return []
         with self._reader() as conn:
-            rows = conn.execute(f"SELECT actual, prediction, label_ts, {_FEATURES_SQL} FROM predictions "
+            rows = conn.execute(f"SELECT actual, prediction, label_ts, {', '.join(self.layout.quoted)} FROM predictions "
                                 f"WHERE label_ts IS NOT NULL ORDER BY label_ts DESC, label_seq DESC LIMIT %s",
                                 (int(n),)).fetchall()
-        return [(_num(r[0]), _num(r[1]), float(r[2]), _features(r[3:])) for r in reversed(rows)]
+        return [(_num(r[0]), _num(r[1]), float(r[2]), self.layout.features(r[3:])) for r in reversed(rows)]
 
     # ---------------------------------------------------------------- fleet drift checks
 
@@ -682,13 +731,14 @@ class PgStore(QueuedWriter):
             return dict(self._window_cache.reads)
 
     def windows(self, window: int, label_window: int, until: float | None = None) -> tuple[dict, dict]:
-        """The fleet's windows by columns, oldest first: ({feature: values} of the newest `window`
-        predictions, (actuals, predictions) of the newest `label_window` labelled ones), as of
-        `until` (unix seconds, the database's clock) if given: numbers as float64 arrays, grades as
-        lists of text. Read as one row of arrays, in binary, numbers straight into numpy: at 10,000
-        rows, building a tuple per row cost more than the query."""
+        """The fleet's windows by columns, oldest first, as _window_and_label_columns gives them: the
+        newest `window` predictions and the newest `label_window` labelled ones, as of `until` (unix
+        seconds, the database's clock) if given: numbers as float64 arrays, categories as lists of
+        text. Read as one row of arrays, in binary, numbers straight into numpy: at 10,000 rows,
+        building a tuple per row cost more than the query."""
         with self._reader("read the fleet's windows") as conn:
-            return _window_and_label_columns(conn, window, label_window, until)
+            return _window_and_label_columns(conn, self.layout, window, label_window, until,
+                                             label_features=self.label_features)
 
     def latest_report(self, newer_than: int = 0) -> FleetReport | None:
         """The fleet's latest stored drift report, if its id is above `newer_than` (only then is
@@ -733,16 +783,6 @@ class PgStore(QueuedWriter):
         self._watchdog.stop()
 
 
-def _row(record) -> tuple:
-    """A record as the columns bound to _INSERT (id, ts, features, prediction, model_version,
-    served_at), converted before it is queued so that a malformed record fails its own caller."""
-    features = record.features
-    _check_features(features)
-    ts = None if record.ts is None else float(record.ts)
-    return (str(record.id), ts, *[str(v) if text else float(v) for v, text in zip(features, _IS_TEXT)],
-            float(record.prediction), str(record.model_version), time.time())
-
-
 def _labels_by_id_or_now(labels) -> dict[str, tuple[float, float | None]]:
     joined: dict[str, tuple[float, float | None]] = {}
     for id_, actual, received_ts in labels:
@@ -750,11 +790,11 @@ def _labels_by_id_or_now(labels) -> dict[str, tuple[float, float | None]]:
     return joined
 
 
-def _recent_inputs(conn: psycopg.Connection, n: int, until: float | None = None) -> list[tuple]:
+def _recent_inputs(conn: psycopg.Connection, layout: StoreLayout, n: int, until: float | None = None) -> list[tuple]:
     where, args = ("WHERE ts <= %s", (until,)) if until is not None else ("", ())
-    rows = conn.execute(f"SELECT {_FEATURES_SQL} FROM predictions {where} ORDER BY ts DESC, seq DESC LIMIT %s",
-                        (*args, int(n))).fetchall()
-    return [_features(r) for r in reversed(rows)]
+    rows = conn.execute(f"SELECT {', '.join(layout.quoted)} FROM predictions {where} "
+                        f"ORDER BY ts DESC, seq DESC LIMIT %s", (*args, int(n))).fetchall()
+    return [layout.features(r) for r in reversed(rows)]
 
 
 def _recent_labelled(conn: psycopg.Connection, n: int, until: float | None = None) -> list[tuple[float, float]]:
@@ -765,11 +805,14 @@ def _recent_labelled(conn: psycopg.Connection, n: int, until: float | None = Non
     return [(_num(a), _num(p)) for a, p in reversed(rows)]
 
 
-def labelled_rows(url: str, chunk: int = 100_000) -> Iterator[list[tuple]]:
-    """Every labelled prediction in the database at `url`, oldest served first, in lists of `chunk`
-    rows (id, ts, features, prediction, actual, label_ts, model_version), all from one snapshot (a
-    read-only, repeatable-read transaction; the writers go on). Creates nothing: raises StoreError
-    when the database cannot be read or holds no prediction store. monitoring/export.py writes them."""
+@contextlib.contextmanager
+def labelled_rows(url: str, chunk: int = 100_000) -> Iterator[tuple[list[str], Iterator[list[tuple]]]]:
+    """(features, chunks): the stored model's feature columns, as the table names them (whichever
+    model's), and every labelled prediction in the database at `url` (id, ts, features,
+    prediction, actual, label_ts, model_version), oldest served first, in lists of `chunk` rows,
+    all from one snapshot (a read-only, repeatable-read transaction; the writers go on). Creates
+    nothing: raises StoreError when the database cannot be read or holds no prediction store.
+    monitoring/export.py writes them."""
     where = redact_url(url)
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=5, application_name="monitor export")
@@ -781,17 +824,23 @@ def labelled_rows(url: str, chunk: int = 100_000) -> Iterator[list[tuple]]:
             if conn.execute("SELECT to_regclass('schema_version')").fetchone()[0] is None:
                 raise StoreError(f"{where} holds no prediction store (no schema_version table)")
             version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-            if version is None or version > SCHEMA_VERSION:
+            features = _stored_features(conn)
+            if version is None or version > SCHEMA_VERSION or features is None:
                 raise StoreError(f"{where} is not a prediction store this code reads (schema version {version}, "
                                  f"this code knows up to {SCHEMA_VERSION})")
-            with conn.cursor(name="export") as cursor:
-                cursor.execute(f"SELECT id, ts, {_FEATURES_SQL}, prediction, actual, label_ts, model_version "
-                               f"FROM predictions WHERE label_ts IS NOT NULL ORDER BY ts, seq")
-                while True:
-                    rows = cursor.fetchmany(chunk)
-                    if not rows:
-                        break
-                    yield rows
+            quoted = ", ".join(_quoted(c) for c, _ in features)
+
+            def chunks() -> Iterator[list[tuple]]:
+                with conn.cursor(name="export") as cursor:
+                    cursor.execute(f"SELECT id, ts, {quoted}, prediction, actual, label_ts, model_version "
+                                   f"FROM predictions WHERE label_ts IS NOT NULL ORDER BY ts, seq")
+                    while True:
+                        rows = cursor.fetchmany(chunk)
+                        if not rows:
+                            break
+                        yield rows
+
+            yield [c for c, _ in features], chunks()
     except psycopg.Error as exc:
         raise StoreError(f"cannot read the store {where}: {_describe(exc)}") from exc
     finally:
@@ -834,44 +883,53 @@ def _columns_cursor(conn: psycopg.Connection) -> psycopg.Cursor:
 _SEPARATOR = "\x1f"   # ASCII unit separator: no grade contains it (the schema's categories)
 
 
-_GRADES = [c for c, text in zip(_COLS, _IS_TEXT) if text]
-_GRADE_NAMES = [name for name, text in zip(FEATURE_COLUMNS, _IS_TEXT) if text]
-
-
 def _text_agg(column: str) -> str:
     return f"string_agg(COALESCE({column}, ''), E'\\x1f')"
 
 
-def _window_and_label_columns(conn: psycopg.Connection, n: int, m: int, until: float | None = None) -> tuple:
-    """({feature: values, "prediction", "ts"} of the fleet's newest n inputs, {"actual",
-    "prediction", "label_ts", grade: values} of its newest m labelled predictions), oldest first,
-    as of `until` if given: what a replica's own windows hold (each input's prediction and arrival
-    time, each label's time and its input's grades), numbers as float64 arrays, grades as lists of
-    text ('' for none). One statement, one row: numbers as arrays, grades as one separated string
-    each. Building a tuple per row cost more than the query, decoding a text[] element by element
-    too, and each round trip waits for the server's turn on a busy machine. No ORDER BY inside the
-    aggregates (one sort per column cost 6 times the query): they take the rows in the order the
-    sorted, limited subqueries give them (newest first, which PostgreSQL documents as what
-    "usually works" and tests/test_store.py checks against the rows read one by one), reversed here."""
+def _aggregate(column: str, text: bool) -> str:
+    return _text_agg(column) if text else f"array_agg({column})"
+
+
+def _window_and_label_columns(conn: psycopg.Connection, layout: StoreLayout, n: int, m: int,
+                              until: float | None = None, label_features: tuple | None = None) -> tuple:
+    """({"features": {feature: values}, "prediction", "ts"} of the fleet's newest n inputs,
+    {"features": {feature: values}, "actual", "prediction", "label_ts"} of its newest m labelled
+    predictions, the features `label_features` (default: the layout's categories)), oldest first,
+    as of `until` if given (the features apart: a CSV column may be named "ts" or "actual"): what
+    a replica's own windows hold (each input's prediction and arrival time, each label's time and
+    its input's grades; a classifier's monitor asks for all its features), numbers as float64
+    arrays, categories as lists of text (None for none). One statement, one row: numbers as arrays,
+    categories as one separated string each. Building a tuple per row cost more than the query,
+    decoding a text[] element by element too, and each round trip waits for the server's turn on a
+    busy machine. No ORDER BY inside the aggregates (one sort per column cost 6 times the query):
+    they take the rows in the order the sorted, limited subqueries give them (newest first, which
+    PostgreSQL documents as what "usually works" and tests/test_store.py checks against the rows
+    read one by one), reversed here."""
+    label_features = layout.categorical if label_features is None else tuple(label_features)
+    by_name = {name: (quoted, text) for name, quoted, text in zip(layout.names, layout.quoted, layout.is_text)}
+    labels = [by_name[name] for name in label_features]
     where, args = ("WHERE ts <= %s", (until,)) if until is not None else ("", ())
     label_where = "AND label_ts <= %s" if until is not None else ""
-    aggregates = ", ".join(_text_agg(c) if text else f"array_agg({c})" for c, text in zip(_COLS, _IS_TEXT))
-    label_grades = "".join(f", {_text_agg(c)}" for c in _GRADES)
+    aggregates = ", ".join(_aggregate(q, text) for q, text in zip(layout.quoted, layout.is_text))
+    label_aggregates = "".join(f", {_aggregate(q, text)}" for q, text in labels)
+    label_columns = "".join(f", {q}" for q, _ in labels)
     row = _columns_cursor(conn).execute(
         f"SELECT w.*, l.* FROM (SELECT {aggregates}, array_agg(prediction), array_agg(ts) FROM "
-        f"(SELECT {_FEATURES_SQL}, prediction, ts FROM predictions {where} "
+        f"(SELECT {', '.join(layout.quoted)}, prediction, ts FROM predictions {where} "
         f"ORDER BY ts DESC, seq DESC LIMIT %s) i) w, "
-        f"(SELECT array_agg(actual), array_agg(prediction), array_agg(label_ts){label_grades} FROM "
-        f"(SELECT actual, prediction, label_ts, {', '.join(_GRADES)} FROM predictions "
+        f"(SELECT array_agg(actual), array_agg(prediction), array_agg(label_ts){label_aggregates} FROM "
+        f"(SELECT actual, prediction, label_ts{label_columns} FROM predictions "
         f"WHERE label_ts IS NOT NULL {label_where} ORDER BY label_ts DESC, label_seq DESC LIMIT %s) j) l",
         (*args, max(0, int(n)), *args, max(0, int(m)))).fetchone()
-    kinds = [*_IS_TEXT, False, False, False, False, False, *[True] * len(_GRADES)]
-    names = [*FEATURE_COLUMNS, "prediction", "ts", "actual", "prediction", "label_ts", *_GRADE_NAMES]
+    kinds = [*layout.is_text, False, False, False, False, False, *[text for _, text in labels]]
     values = []
     for text, column in zip(kinds, row):
         if text:
             values.append([v or None for v in column.split(_SEPARATOR)][::-1] if column is not None else [])
         else:
             values.append(column[::-1].copy() if column is not None else np.empty(0))
-    k = len(FEATURE_COLUMNS) + 2
-    return dict(zip(names[:k], values[:k])), dict(zip(names[k:], values[k:]))
+    k, f = len(layout.names), len(layout.names) + 5
+    return ({"features": dict(zip(layout.names, values[:k])), "prediction": values[k], "ts": values[k + 1]},
+            {"features": dict(zip(label_features, values[f:])), "actual": values[k + 2], "prediction": values[k + 3],
+             "label_ts": values[k + 4]})

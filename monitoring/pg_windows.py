@@ -28,7 +28,11 @@ in between. How:
   rows changed than both windows hold, where a full read is the cheaper one).
 
 Independent of which features the table holds: the caller gives the feature columns (SQL name,
-name, text or not).
+name, text or not) and which of them the labelled window carries (default: the grades; a
+classifier's fleet check asks for every feature, to score its labels again). Inside, a feature is
+keyed by its position, not its name: a feature may be named "ts", "prediction" or "_seq", the
+windows' own keys; the windows handed out put features under "features", as
+pg_store._window_and_label_columns does.
 """
 from __future__ import annotations
 
@@ -44,8 +48,8 @@ GONE_RETENTION = 3600.0   # seconds the deletion log keeps an entry (pg_store.pr
 
 
 class Feature(NamedTuple):
-    sql: str      # the column in the predictions table
-    name: str     # the name in the windows' dicts
+    sql: str      # the column in the predictions table (quoted as needed)
+    name: str     # the name under the windows' "features"
     text: bool    # a grade (text) rather than a number
 
 
@@ -182,17 +186,22 @@ class WindowCache:
     (numbers float64 arrays, grades lists, oldest first), reading only what changed when it can.
     Not thread-safe: PgStore calls it under its check lock."""
 
-    def __init__(self, features: list[Feature], cursor: Callable):
-        self._features = list(features)
-        self._grades = [f for f in self._features if f.text]
+    def __init__(self, features: Sequence[Feature], cursor: Callable, label_features: Sequence[str] | None = None):
+        features = list(features)
+        self._names = [f.name for f in features]
+        # keyed by position (an int): no feature name can clash with the string keys of the windows
+        self._features = [Feature(f.sql, k, f.text) for k, f in enumerate(features)]
+        if label_features is None:
+            label_features = [f.name for f in features if f.text]
+        self._labelled = [self._features[self._names.index(name)] for name in label_features]
         self._cursor = cursor   # a binary cursor loading float8[] as numpy (pg_store._columns_cursor)
         self._state: tuple | None = None   # (n, m, xmin, filenode, inputs, labels)
         self._vocabulary: dict[str, _Vocabulary] = {}   # by feature name, both windows'
         self.reads = {"full": 0, "incremental": 0, "changed_rows": 0}
         feature_sql = ", ".join(f.sql for f in self._features)
         aggs = ", ".join(_text_agg(f.sql) if f.text else f"array_agg({f.sql})" for f in self._features)
-        grade_sql = "".join(f", {g.sql}" for g in self._grades)
-        grade_aggs = "".join(f", {_text_agg(g.sql)}" for g in self._grades)
+        grade_sql = "".join(f", {g.sql}" for g in self._labelled)
+        grade_aggs = "".join(f", {_text_agg(g.sql) if g.text else f'array_agg({g.sql})'}" for g in self._labelled)
         snapshot = ("pg_snapshot_xmin(pg_current_snapshot())::text, pg_relation_filenode('predictions')::text, "
                     "(SELECT xid::text FROM predictions_gone_horizon)")
         self._full_sql = (
@@ -239,7 +248,7 @@ class WindowCache:
 
     def _full(self, conn, n: int, m: int) -> tuple[dict, dict]:
         row = self._cursor(conn).execute(self._full_sql, (n, m), prepare=False).fetchone()
-        self._vocabulary = {f.name: _Vocabulary() for f in self._grades}
+        self._vocabulary = {f.name: _Vocabulary() for f in self._features if f.text}
         xmin, filenode, _ = row[:3]
         values = iter(row[3:])
         count = next(values)
@@ -254,8 +263,8 @@ class WindowCache:
                   "_seq": _floats(next(values), count), "actual": _floats(next(values), count),
                   "prediction": _floats(next(values), count)}
         labels["label_ts"] = labels["_k1"]
-        for g in self._grades:
-            labels[g.name] = self._codes(g, next(values), count)
+        for g in self._labelled:
+            labels[g.name] = self._codes(g, next(values), count) if g.text else _floats(next(values), count)
         state = (n, m, int(xmin), filenode, _side_from_rows(inputs, n, len(inputs["_seq"])),
                  _side_from_rows(labels, m, len(labels["_seq"])))
         self._state = state
@@ -305,10 +314,11 @@ class WindowCache:
     def _windows(self, state: tuple) -> tuple[dict, dict]:
         """The windows as pg_store._window_and_label_columns gives them (grades as TextColumn
         sequences rather than lists); the arrays are the cache's own, read-only."""
-        def out(side: _Side, names: list[str]) -> dict:
-            return {name: TextColumn(side.columns[name], self._vocabulary[name].array) if name in self._vocabulary
-                    else side.columns[name] for name in names}
+        def out(side: _Side, features: list[Feature], names: list[str]) -> dict:
+            columns = {"features": {self._names[f.name]: TextColumn(side.columns[f.name], self._vocabulary[f.name].array)
+                                    if f.text else side.columns[f.name] for f in features}}
+            return {**columns, **{name: side.columns[name] for name in names}}
 
         inputs, labels = state[4], state[5]
-        return (out(inputs, [*(f.name for f in self._features), "prediction", "ts"]),
-                out(labels, ["actual", "prediction", "label_ts", *(g.name for g in self._grades)]))
+        return (out(inputs, self._features, ["prediction", "ts"]),
+                out(labels, self._labelled, ["actual", "prediction", "label_ts"]))

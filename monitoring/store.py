@@ -14,7 +14,10 @@ Design, in short:
   same file size, faster inserts and prunes; the README has the figures).
   An index on `ts` serves pruning and `recent_inputs`; a partial index on
   `label_ts` (labelled rows only, so unlabelled inserts never touch it) serves `recent_labelled`.
-  The feature columns are diamonds.FEATURES, in that order; `table` is stored as `table_`.
+  The feature columns are the served model's features, in its schema's order (StoreLayout; the
+  default is the diamond model's, diamonds.FEATURES): TEXT for categories, REAL for numbers, a
+  name that is a keyword or one of the table's own columns with a trailing underscore (`table` is
+  stored as `table_`). PostgreSQL's store (pg_store.py) builds its table from the same layout.
 * One writer thread, group commit, per-job isolation of a refused record, a bounded retry buffer
   caught up in chunks: monitoring/writer.py's QueuedWriter, which PostgreSQL's store shares; this
   module gives it SQLite's connection and SQL. Each prune chunk is a job on the same queue, so only
@@ -79,9 +82,13 @@ _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL = 5, 6, 13
 _KEEP_CONNECTION = {_SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_FULL}
 
 # The feature columns on disk: a feature named like an SQL keyword or like one of the table's own
-# columns gets a trailing underscore.
+# columns gets a trailing underscore. Own columns of either backend (PostgreSQL's table adds seq,
+# replica, served_at, label_seq and label_replica, and has system columns such as xmin), so that a
+# model's columns are named the same in an SQLite file and in a fleet's database.
 _SQL_NAMES = {"table": "table_"}
-_OWN_COLUMNS = {"id", "ts", "prediction", "model_version", "actual", "label_ts", "rowid", "oid", "_rowid_"}
+_OWN_COLUMNS = {"id", "ts", "prediction", "model_version", "actual", "label_ts", "rowid", "oid", "_rowid_",
+                "seq", "replica", "served_at", "label_seq", "label_replica",
+                "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid"}
 _IS_TEXT = tuple(name in CATEGORICAL_FEATURES for name in FEATURE_COLUMNS)
 
 
@@ -89,6 +96,14 @@ def _column_name(feature: str) -> str:
     if feature in _SQL_NAMES:
         return _SQL_NAMES[feature]
     return feature + "_" if feature.lower() in _OWN_COLUMNS else feature
+
+
+def feature_name(column: str) -> str:
+    """The feature a column on disk records (_column_name undone): what export and errors show."""
+    for name, on_disk in _SQL_NAMES.items():
+        if column == on_disk:
+            return name
+    return column[:-1] if column.endswith("_") and column[:-1].lower() in _OWN_COLUMNS else column
 
 
 def _quoted(column: str) -> str:
@@ -124,6 +139,12 @@ CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE 
         self.all_columns = ("id", "ts", *self.columns, "prediction", "model_version", "actual", "label_ts")
         self.insert = (f"INSERT OR IGNORE INTO predictions (id, ts, {self.features_sql}, prediction, model_version) "
                        f"VALUES ({', '.join('?' * (len(self.names) + 4))})")
+        # PostgreSQL's form of the same columns (monitoring/pg_store.py builds its statements from it)
+        self.quoted = tuple(_quoted(c) for c in self.columns)
+        self.pg_types = tuple("text" if text else "float8" for text in self.is_text)
+        self.pg_ddl = "".join(f"    {q:<15} {'text' if text else 'double precision'},\n"
+                              for q, text in zip(self.quoted, self.is_text))
+        self.categorical = tuple(name for name, text in zip(self.names, self.is_text) if text)
 
     @classmethod
     def from_schema(cls, schema) -> "StoreLayout":
@@ -132,6 +153,21 @@ CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE 
 
     def __eq__(self, other) -> bool:
         return isinstance(other, StoreLayout) and (self.names, self.is_text) == (other.names, other.is_text)
+
+    def refusal(self, stored: Sequence[tuple[str, bool]], as_stored=lambda column: column) -> str | None:
+        """Why a table whose feature columns are `stored` ((column, is text), in table order) cannot
+        record this layout's rows, as one line naming both feature lists; None when it can. The same
+        words for an SQLite file and a fleet's database. as_stored: a column's name as the database
+        keeps it (PostgreSQL cuts long ones)."""
+        stored = [(str(c), bool(t)) for c, t in stored]
+        if stored == [(as_stored(c), t) for c, t in zip(self.columns, self.is_text)]:
+            return None
+        theirs, ours = [feature_name(c) for c, _ in stored], list(self.names)
+        if theirs == [feature_name(as_stored(c)) for c in self.columns]:   # the same names, other kinds: say which
+            theirs = [f"{n} ({'text' if t else 'number'})" for n, (_, t) in zip(theirs, stored)]
+            ours = [f"{n} ({'text' if t else 'number'})" for n, t in zip(ours, self.is_text)]
+        return (f"it records another model's features ({', '.join(theirs) or 'none'}), not this model's "
+                f"({', '.join(ours)}); give this model its own --db")
 
     def check(self, features) -> None:
         if len(features) != len(self.names):
@@ -142,18 +178,20 @@ CREATE INDEX IF NOT EXISTS predictions_label_ts ON predictions (label_ts) WHERE 
         """A record as the tuple bound to `insert`. Converting here, before the record is queued,
         means a malformed record fails its own caller (ValueError/TypeError) and can never poison a
         group commit or the retry buffer."""
-        features = record.features
-        self.check(features)
-        return (str(record.id), float(record.ts),
-                *[str(v) if text else float(v) for v, text in zip(features, self.is_text)],
+        return (str(record.id), float(record.ts), *self.values(record.features),
                 float(record.prediction), str(record.model_version))
+
+    def values(self, features) -> list:
+        """A record's features as stored: text for categories, floats for numbers (ValueError or
+        TypeError for a record that does not fit, raised to its own caller)."""
+        self.check(features)
+        return [str(v) if text else float(v) for v, text in zip(features, self.is_text)]
 
     def features(self, row) -> tuple:
         return tuple(v if text else _num(v) for v, text in zip(row, self.is_text))
 
 
 DIAMONDS = StoreLayout(list(zip(FEATURE_COLUMNS, _IS_TEXT)))
-FEATURES_SQL = DIAMONDS.features_sql
 
 
 class PredictionRecord(NamedTuple):
@@ -173,22 +211,9 @@ class PredictionRecord(NamedTuple):
                    float(prediction), str(model_version))
 
 
-def _check_features(features) -> None:
-    DIAMONDS.check(features)
-
-
-def _row(record) -> tuple:
-    """A diamond record as the tuple bound to the default layout's insert."""
-    return DIAMONDS.row(record)
-
-
 def _num(value) -> float:
     """SQLite stores NaN as NULL; give it back as NaN so windows get floats only."""
     return math.nan if value is None else float(value)
-
-
-def _features(row) -> tuple:
-    return DIAMONDS.features(row)
 
 
 def _labels_by_id(labels) -> dict[str, tuple[float, float]]:
@@ -287,11 +312,17 @@ class Store(QueuedWriter):
             raise sqlite3.DatabaseError(f"schema version {version}, this code knows {SCHEMA_VERSION}")
         if version == 0:
             conn.executescript(f"BEGIN IMMEDIATE; {self.layout.schema_sql} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
-        have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-        missing = [c for c in self.layout.all_columns if c not in have]
-        if missing:   # a file written for other features: refuse it now, not at the first insert
-            raise sqlite3.DatabaseError(f"the predictions table has no column {', '.join(missing)}: it records "
-                                        "another model's features; give this model its own --db")
+        table = [(row[1], str(row[2]).upper()) for row in conn.execute("PRAGMA table_info(predictions)")]
+        names = [name for name, _ in table]
+        missing = [c for c in ("id", "ts", "prediction", "model_version", "actual", "label_ts") if c not in names]
+        if missing:
+            raise sqlite3.DatabaseError(f"the predictions table has no column {', '.join(missing)}")
+        # The feature columns are those between ts and prediction (as the layout made them). A file
+        # written for other features: refuse it now, not at the first insert.
+        features = table[names.index("ts") + 1:names.index("prediction")]
+        refusal = self.layout.refusal([(name, kind == "TEXT") for name, kind in features])
+        if refusal:
+            raise sqlite3.DatabaseError(f"the predictions table: {refusal}")
 
     @contextlib.contextmanager
     def _reader(self) -> Iterator[sqlite3.Connection]:
@@ -612,17 +643,14 @@ def open_store(db_path: str | Path | None, *, memory_capacity: int = 200_000, ke
     monitoring.pg_store.PgStore, shared by a fleet of replicas, when db_path is a postgresql:// URL
     (options: PgStore's); or, when db_path is None or "", a MemoryStore joining labels to the newest
     `memory_capacity` predictions. `layout`: the served model's feature columns (default: the
-    diamond model's); keep_features: a MemoryStore keeps each prediction's features for add_labels."""
+    diamond model's); keep_features: add_labels answers each prediction's features, all of them
+    (a classifier's monitor needs them to give the probability of the true class; a file answers
+    them anyway), and a fleet's check reads them with each label."""
     layout = options.pop("layout", None)
     if db_path is None or db_path == "":
         return MemoryStore(memory_capacity, layout=layout, keep_features=keep_features)
     if isinstance(db_path, str) and db_path.startswith(("postgresql://", "postgres://")):
-        if layout is not None and layout != DIAMONDS:
-            # The fleet's table and its migrations are the diamond model's; any model's columns
-            # there would need a migration per schema (not done yet).
-            raise StoreError("a PostgreSQL store (a fleet) records the diamond model's features only; serve "
-                             "this model with an SQLite file (--db FILE) or in memory (--db '')")
         from monitoring.pg_store import PgStore   # psycopg is imported only by those who use it
 
-        return PgStore(db_path, **options)
+        return PgStore(db_path, layout=layout, keep_features=keep_features, **options)
     return Store(db_path, layout=layout, **options)

@@ -36,5 +36,47 @@ def small_artifact(small_artifact_path):
     return joblib.load(small_artifact_path)
 
 
+# Two models besides the diamond one, trained by train.py from the command line on CSVs the project
+# ships, once per session (tests/test_anymodel.py serves them, tests/test_fleet.py runs fleets of them):
+#   classifier  data/diamonds.csv with `cut` as the class (5 classes, text features and numbers)
+#   friedman    data/friedman.csv, a regression whose target is negative half the time, with a
+#               30-category column and an integer column of five values
+ROOT = Path(__file__).resolve().parent.parent
+DIAMONDS_CSV = ROOT / "data" / "diamonds.csv"
+FRIEDMAN_CSV = ROOT / "data" / "friedman.csv"
+CUT_ORDERED = ["--ordered", "color=J,I,H,G,F,E,D", "--ordered", "clarity=I1,SI2,SI1,VS2,VS1,VVS2,VVS1,IF"]
+CUT_CLASSES = ["Fair", "Good", "Ideal", "Premium", "Very Good"]
+
+
+def _train_cli(tmp_path_factory, name: str, *args: str):
+    """train.py as a user runs it, with 10 trees on one core (a few seconds)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp(name) / f"{name}.joblib"
+    done = subprocess.run([sys.executable, "train.py", *args, "--n-estimators", "10", "--jobs", "1",
+                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return out, done
+
+
+@pytest.fixture(scope="session")
+def classifier(tmp_path_factory):
+    """(artifact path, train.split_csv's split) of the cut classifier."""
+    path, done = _train_cli(tmp_path_factory, "cut", "--data", str(DIAMONDS_CSV), "--target", "cut", *CUT_ORDERED)
+    assert "task: classification (inferred: target 'cut' is text" in done.stdout
+    assert "held-out (10788 rows): accuracy" in done.stdout
+    split = train.split_csv(DIAMONDS_CSV, "cut", ordered={"color": list("JIHGFED")}, say=lambda _: None)
+    return path, split
+
+
+@pytest.fixture(scope="session")
+def friedman(tmp_path_factory):
+    """(artifact path, train.split_csv's split) of the friedman regression."""
+    path, done = _train_cli(tmp_path_factory, "friedman", "--data", str(FRIEDMAN_CSV), "--target", "y")
+    assert "task: regression (inferred" in done.stdout
+    return path, train.split_csv(FRIEDMAN_CSV, "y", say=lambda _: None)
+
+
 # A real PostgreSQL for the fleet store's tests: one server per session, a database per test.
 from tests.postgres import pg_url, postgres_server  # noqa: E402,F401

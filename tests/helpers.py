@@ -27,6 +27,11 @@ def request(url: str, method: str = "GET", path: str = "/", body=None, *, raw: b
         conn.close()
 
 
+def frame_payload(frame) -> list[dict]:
+    """Rows of a DataFrame as /predict JSON: numbers as floats, everything else as text (any model's)."""
+    return [{k: (v if isinstance(v, str) else float(v)) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
 def heldout_frame():
     """The held-out rows (features and price) exactly as train.py splits them."""
     from evaluation import scenarios

@@ -1,6 +1,7 @@
 """Any tabular model, end to end: trained by train.py from the command line on a CSV the project
 ships, served by a real monitor on port 0 (loaded from its file, hash checked), predicted, labelled
-and checked for drift. Two models besides the diamond regressor (test_monitor.py):
+and checked for drift. Two models besides the diamond regressor (test_monitor.py), the
+`classifier` and `friedman` fixtures (tests/fixtures.py):
 
   classifier  data/diamonds.csv with `cut` as the class (5 classes, text features and numbers)
   friedman    data/friedman.csv, a regression whose target is negative half the time, with a
@@ -20,41 +21,13 @@ import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
 
-import train
 from monitor import MonitorConfig, start_monitor
 from monitoring.artifact import build_artifact, save_artifact
 from monitoring.model import FastPredictor, PipelinePredictor, load_artifact
+from tests.fixtures import CUT_CLASSES, ROOT
+from tests.helpers import frame_payload as _payload
 from tests.helpers import metric_value, request
 
-ROOT = Path(__file__).resolve().parent.parent
-DIAMONDS = ROOT / "data" / "diamonds.csv"
-FRIEDMAN = ROOT / "data" / "friedman.csv"
-CUT_ORDERED = ["--ordered", "color=J,I,H,G,F,E,D", "--ordered", "clarity=I1,SI2,SI1,VS2,VS1,VVS2,VVS1,IF"]
-CUT_CLASSES = ["Fair", "Good", "Ideal", "Premium", "Very Good"]
-
-
-def _train_cli(tmp_path_factory, name: str, *args: str) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp(name) / f"{name}.joblib"
-    done = subprocess.run([sys.executable, "train.py", *args, "--n-estimators", "10", "--jobs", "1",
-                           "--output", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return out, done
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory):
-    path, done = _train_cli(tmp_path_factory, "cut", "--data", str(DIAMONDS), "--target", "cut", *CUT_ORDERED)
-    assert "task: classification (inferred: target 'cut' is text" in done.stdout
-    assert "held-out (10788 rows): accuracy" in done.stdout
-    split = train.split_csv(DIAMONDS, "cut", ordered={"color": list("JIHGFED")}, say=lambda _: None)
-    return path, split
-
-
-@pytest.fixture(scope="module")
-def friedman(tmp_path_factory):
-    path, done = _train_cli(tmp_path_factory, "friedman", "--data", str(FRIEDMAN), "--target", "y")
-    assert "task: regression (inferred" in done.stdout
-    return path, train.split_csv(FRIEDMAN, "y", say=lambda _: None)
 
 
 def _serve(path: Path, tmp_path: Path, **overrides):
@@ -64,9 +37,6 @@ def _serve(path: Path, tmp_path: Path, **overrides):
     return start_monitor(config, registry=CollectorRegistry())
 
 
-def _payload(frame: pd.DataFrame) -> list[dict]:
-    """Rows as /predict JSON: numbers as floats, everything else as text."""
-    return [{k: (v if isinstance(v, str) else float(v)) for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 # ------------------------------------------------------------------------------------------ classifier
@@ -368,7 +338,8 @@ def test_another_models_store_is_refused_with_a_clear_message(friedman, classifi
     handle.stop()
     from monitoring.store import StoreError
 
-    with pytest.raises(StoreError, match="another model's features; give this model its own --db"):
+    with pytest.raises(StoreError, match=r"it records another model's features \(site, level, x1, .*\), not this "
+                                         r"model's \(carat, color, clarity, .*\); give this model its own --db"):
         _serve(classifier[0], tmp_path)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.fixtures import CUT_CLASSES
 from tests.helpers import as_payload, heldout_frame, metric_value, request
 from tests.postgres import PostgresServer
 
@@ -174,11 +175,11 @@ def test_the_store_s_columns_give_the_windows_a_replica_would(small_artifact, he
     for k, row in enumerate(rows):
         inputs.extend([row], now=times[k], predictions=[predictions[k]])
         labelled.extend([pairs[k]], grades=[codes[k]], now=times[k] + 60)
-    columns = {name: [row[j] for row in rows] for j, name in enumerate(schema.names)}
-    columns.update(prediction=predictions, ts=times)
+    columns = {"features": {name: [row[j] for row in rows] for j, name in enumerate(schema.names)},
+               "prediction": predictions, "ts": times}
     label_columns = {"actual": [a for a, _ in pairs], "prediction": [p for _, p in pairs],
                      "label_ts": [t + 60 for t in times],
-                     **{g: [row[j] for row in label_grades] for j, g in enumerate(grades)}}
+                     "features": {g: [row[j] for row in label_grades] for j, g in enumerate(grades)}}
     built = windows_from_columns(schema, columns, label_columns)
     expected, served, arrived = inputs.snapshot_all()
     assert list(built.inputs) == list(expected)
@@ -265,6 +266,32 @@ def test_a_report_with_every_field_set_reads_back_the_same():
     assert DriftCheck.from_dict(as_json).performance is None
 
 
+def test_a_classifier_s_report_with_every_field_set_reads_back_the_same():
+    """A classifier's concept report (accuracy and log loss, monitoring/classification.py) crosses
+    the database as the same JSON and comes back as a ClassificationConceptReport: another replica
+    of a classifier's fleet serves it and sets its gauges from it."""
+    from monitor import DriftCheck
+    from monitoring.classification import ClassificationConceptReport
+    from monitoring.drift import DataDriftReport, Detection, FeatureDrift
+
+    data = DataDriftReport(max_distance=0.2, detected=False, window_size=300, alpha=0.005,
+                           features={"color": FeatureDrift("color", "chi2", 7.5, 0.28, 0.05, False)},
+                           reason="a reason", tests=12, scales=[50, 100])
+    # a classifier's report has no multi-scale detection in practice: set so that none of its fields is unread
+    concept = ClassificationConceptReport(loss_increase=0.61, detected=True, labelled_size=300, accuracy=0.52,
+                                          reference_accuracy=0.79, accuracy_drop=0.27, log_loss=0.95,
+                                          reference_log_loss=0.59, loss_p_value=1e-9, accuracy_p_value=1e-12,
+                                          p_value=2e-12, alpha=0.005, test="loss-accuracy", reason="why",
+                                          detection=Detection("loss", 300, 2e-12, 250, "all", 1.8e9))
+    check = DriftCheck("2026-11-27T10:00:00+00:00", "v1", data, concept, 0.03, None, scope="fleet",
+                       checked_by="b:2")
+    _every_field_set(concept)
+    as_json = json.loads(json.dumps(check.to_dict(), allow_nan=False))
+    again = DriftCheck.from_dict(as_json)
+    assert isinstance(again.concept, ClassificationConceptReport) and again == check
+    assert again.to_dict() == as_json
+
+
 def test_a_fleet_check_flags_what_a_single_replica_flags(pg_url, small_artifact, heldout):
     """The same traffic, served by one monitor with its own windows and by a replica of a fleet whose
     check reads the windows from PostgreSQL: both checks compute the same #11 detections (the
@@ -321,6 +348,153 @@ def test_a_fleet_check_flags_what_a_single_replica_flags(pg_url, small_artifact,
     assert single["concept_drift"]["segments"]["cut=Premium"]["detected"]
     assert single["performance_estimate"]["detected"]
     assert single["data_drift"]["window_size"] == fleet["data_drift"]["window_size"] == 300
+
+
+# ------------------------------------------------------------------ any model, not only diamonds
+
+@pytest.fixture(params=["classifier", "friedman"])
+def other_model(request):
+    """(name, artifact path, split) of a model trained by train.py from a CSV (tests/fixtures.py)."""
+    return (request.param, *request.getfixturevalue(request.param))
+
+
+def _drifting_stream(name: str, split, clean: int, drifted: int):
+    """(clean rows, their labels, drifted rows, their labels) of held-out traffic whose second part
+    drifts in its inputs and in its labels. Classifier: only Fair and Good stones (a class-mix
+    shift) with Good labelled Very Good; friedman: x7, which the target does not depend on, + 0.3
+    (a third of its range), and targets + 1.0."""
+    X, y = split.X_test, split.y_test
+    if name == "classifier":
+        mix = (y == "Fair") | (y == "Good")
+        later = X.iloc[clean:][mix.iloc[clean:].to_numpy()].iloc[:drifted]
+        return (X.iloc[:clean], list(y.iloc[:clean]), later,
+                list(y.loc[later.index].replace({"Good": "Very Good"})))
+    later = X.iloc[clean:clean + drifted].copy()
+    later["x7"] = later["x7"] + 0.3
+    return X.iloc[:clean], [float(v) for v in y.iloc[:clean]], later, [float(v) + 1.0 for v in y.iloc[clean:clean + drifted]]
+
+
+def _timeless(report: dict) -> dict:
+    """A report without its own clock's figures (when checked, how long, by whom, since when)."""
+    out = json.loads(json.dumps(report))
+    for key in ("checked_at", "duration_seconds", "scope", "checked_by"):
+        del out[key]
+    for detection in [*out["data_drift"]["detections"].values(), out["concept_drift"].get("detection")]:
+        if detection is not None:
+            assert detection["since"] is not None     # dated by each store's arrival times
+            del detection["since"]
+    return out
+
+
+def test_a_fleet_check_of_any_model_flags_what_a_single_replica_flags(other_model, pg_url):
+    """As for diamonds, with the classifier (each label enters the window as (correct, log loss) of
+    the probabilities predicted from its input: a fleet check reads every feature of its labelled
+    rows from PostgreSQL and predicts them again) and friedman (a 30-category column, a target of
+    either sign): the same traffic through one monitor with its own windows and through a fleet
+    replica gives the same report, figure for figure."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor import Monitor, MonitorConfig
+    from monitoring.model import Schema, load_artifact
+    from tests.helpers import frame_payload
+
+    name, path, split = other_model
+    artifact = load_artifact(path)
+    schema = Schema(artifact["schema"])
+    clean, clean_labels, drifted, drifted_labels = _drifting_stream(name, split, 150, 250)
+    rows = [schema.parse_row(r) for r in frame_payload(clean) + frame_payload(drifted)]
+    actual = [schema.parse_label({"id": "x", "actual": v})[1] for v in clean_labels + drifted_labels]
+    checks = {}
+    for side, db in (("single", None), ("fleet", pg_url)):
+        monitor = Monitor(MonitorConfig(model_path=path, check_interval=0, window=300, label_window=300,
+                                        db_path=db, replica_id=side), artifact, CollectorRegistry())
+        monitor.start()
+        try:
+            assert monitor.fleet == (db is not None)
+            ids = []
+            for start in range(0, len(rows), 50):      # served in lists, in order
+                ids += monitor.predict(rows[start:start + 50])[1]
+            for label_id, value in zip(ids, actual):   # one label at a time: the labels' order is the same
+                assert monitor.record_labels([(label_id, value)]) == (1, [])
+            checks[side] = monitor.check_drift().to_dict()
+        finally:
+            monitor.stop()
+    single, fleet = checks["single"], checks["fleet"]
+    assert (single["scope"], fleet["scope"]) == ("replica", "fleet")
+    assert _timeless(fleet) == _timeless(single)
+    # and the traffic did drift, in its inputs and in its labels
+    assert single["data_drift"]["detected"] and single["concept_drift"]["detected"]
+    assert single["data_drift"]["window_size"] == single["concept_drift"]["labelled_size"] == 300
+    if name == "classifier":
+        assert single["concept_drift"]["test"] == "loss-accuracy" and single["concept_drift"]["accuracy_drop"] > 0.1
+    else:
+        assert single["concept_drift"]["error"] == "residual" and single["concept_drift"]["bias"] > 0.3
+        assert single["data_drift"]["features"]["x7"]["detected"]
+
+
+def test_two_replicas_of_any_model_predict_on_one_label_on_the_other_and_check_as_a_fleet(other_model, pg_url,
+                                                                                       small_artifact_path):
+    """Two real replicas of a model trained by train.py on one PostgreSQL database: predictions on
+    A, their labels on B (a classifier's as class names) all join; a fleet check stays quiet on
+    clean traffic and catches the seeded shift (the classifier: a class mix of Fair and Good stones
+    only, Good labelled Very Good; friedman: x4 shifted, targets + 1.0); both replicas serve the
+    report and draw its page. A replica of another model on that database stops at start."""
+    from tests.helpers import frame_payload
+
+    name, path, split = other_model
+    a, b = start_fleet(path, pg_url, 2, interval=0)      # --window 300 --label-window 300
+    try:
+        clean, clean_labels, drifted, drifted_labels = _drifting_stream(name, split, 300, 300)
+
+        def stream(frame, labels):
+            for start in range(0, len(frame), 100):
+                status, answer = a.post("/predict", frame_payload(frame.iloc[start:start + 100]))
+                assert status == 200 and len(answer["ids"]) == len(frame.iloc[start:start + 100])
+                if name == "classifier":
+                    assert set(answer["predictions"]) <= set(CUT_CLASSES) and len(answer["probabilities"][0]) == 5
+                status, reply = b.post("/feedback", [{"id": i, "actual": v}
+                                                     for i, v in zip(answer["ids"], labels[start:start + 100])])
+                assert (status, reply) == (200, {"accepted": len(answer["ids"]), "unknown": []})
+
+        stream(clean, clean_labels)
+        status, quiet = b.post("/drift/check")
+        assert status == 200, quiet
+        assert quiet["scope"] == "fleet" and quiet["checked_by"] == b.name
+        assert quiet["data_drift"]["window_size"] == quiet["concept_drift"]["labelled_size"] == 300
+        assert quiet["data_drift"]["detected"] is False and quiet["concept_drift"]["detected"] is False, quiet
+        stream(drifted, drifted_labels)
+        status, caught = a.post("/drift/check")
+        assert status == 200, caught
+        assert caught["data_drift"]["detected"] is True and caught["concept_drift"]["detected"] is True
+        if name == "classifier":
+            assert caught["concept_drift"]["accuracy_drop"] > 0.2
+        else:
+            assert [f for f, d in caught["data_drift"]["features"].items() if d["detected"]] == ["x7"]
+            assert 0.5 < caught["concept_drift"]["bias"] < 1.5
+        wait_until(lambda: b.get("/drift") == caught, timeout=2.0, what="replica B to take up the report")
+        status, _, page = request(b.url, "GET", "/drift/report")
+        assert status == 200 and "Concept drift" in page and "300 labelled" in page.replace("\n", " ")
+        # the stored rows: the model's own columns, a classifier's class as its index
+        stored = sql(pg_url, "SELECT count(*), count(label_ts), min(prediction), max(prediction) FROM predictions")
+        assert stored[0][:2] == (600, 600)
+        if name == "classifier":
+            assert 0 <= stored[0][2] <= stored[0][3] <= 4
+        # a replica of another model (the diamond one) on this database stops at start, in one line
+        other = subprocess.run([sys.executable, str(ROOT / "monitor.py"), "--model", str(small_artifact_path),
+                                "--db", pg_url, "--port", "0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert other.returncode == 2
+        errors = [line for line in other.stderr.splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and "it records another model's features (" in errors[0], other.stderr
+        assert "not this model's (carat, cut, color, clarity, depth, table)" in errors[0]
+        assert sql(pg_url, "SELECT count(*) FROM predictions") == [(600,)]
+    except BaseException:
+        for r in (a, b):
+            r.stop()
+            print(f"--- {r.name}:\n" + "".join(r.log[-40:]))
+        raise
+    finally:
+        for r in (a, b):
+            r.stop()
 
 
 # ------------------------------------------------------------------ the database's clock

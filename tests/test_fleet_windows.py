@@ -7,7 +7,9 @@ checks by other replicas (the lock moves); replicas restarted (a cold cache); th
 
 Each check compares, inside its own transaction, the windows it was given with a full read made on
 another connection at the same moment (the test's own sessions are idle then: nothing commits in
-between)."""
+between). The interleavings run for the diamond model's columns and, once each, for another
+regression's (names that need quoting, one named "ts") and a classifier's (every feature read
+with its label)."""
 from __future__ import annotations
 
 import random
@@ -18,7 +20,7 @@ import pytest
 
 from monitoring.pg_store import PgStore, _window_and_label_columns
 from monitoring.pg_windows import TextColumn
-from tests.test_store import record
+from tests.test_store import KINDS, record
 
 WINDOW, LABEL_WINDOW = 40, 25
 
@@ -26,7 +28,9 @@ WINDOW, LABEL_WINDOW = 40, 25
 def _same(given: dict, full: dict, what: str) -> None:
     assert given.keys() == full.keys(), what
     for name, values in full.items():
-        if isinstance(values, np.ndarray):
+        if name == "features":   # the features by name, beside the window's own columns
+            _same(given[name], values, f"{what}: features")
+        elif isinstance(values, np.ndarray):
             assert isinstance(given[name], np.ndarray), (what, name)
             np.testing.assert_array_equal(given[name], values, err_msg=f"{what}: {name}")
         else:   # grades: a sequence of text (pg_windows.TextColumn), as the full read's list
@@ -38,8 +42,8 @@ class _Fleet:
     """Three replicas' stores on one database, a session of the test's own for full reads, and the
     transactions it holds open."""
 
-    def __init__(self, url: str, rng: random.Random):
-        self.url, self.rng = url, rng
+    def __init__(self, url: str, rng: random.Random, kind=KINDS["diamonds"]):
+        self.url, self.rng, self.kind = url, rng, kind
         self.stores = [self._open(k) for k in range(3)]
         self.reader = psycopg.connect(url, autocommit=True)
         self.open_transactions: list[tuple[psycopg.Connection, set[str], int]] = []   # (conn, ids, checks left)
@@ -50,14 +54,15 @@ class _Fleet:
         self.retired: list[dict] = []   # window_reads of the stores restarted
 
     def _open(self, k: int) -> PgStore:
-        return PgStore(self.url, replica=f"replica-{k}", retention_seconds=None, max_rows=None)
+        return PgStore(self.url, replica=f"replica-{k}", retention_seconds=None, max_rows=None,
+                       layout=self.kind.layout, keep_features=self.kind.keep_features)
 
     def _records(self, count: int) -> list:
         out = []
         for _ in range(count):
             self.n += 1
             ts = self.rng.choice([None, None, None, 1_000.0 + self.rng.random() * 100, 4e9 + self.n])
-            out.append(record(self.n, ts=ts)._replace(ts=ts))
+            out.append(self.kind.record(self.n, ts=ts)._replace(ts=ts))
         return out
 
     def _labels(self, count: int, locked: set[str]) -> list[tuple]:
@@ -141,7 +146,8 @@ class _Fleet:
         seen = {}
 
         def score(columns, labelled, checked_at):
-            full = _window_and_label_columns(self.reader, WINDOW, LABEL_WINDOW)
+            full = _window_and_label_columns(self.reader, store.layout, WINDOW, LABEL_WINDOW,
+                                             label_features=store.label_features)
             _same(columns, full[0], f"check {self.checks}: inputs")
             _same(labelled, full[1], f"check {self.checks}: labelled")
             seen["sizes"] = (len(columns["ts"]), len(labelled["actual"]))
@@ -160,10 +166,11 @@ class _Fleet:
         self.reader.close()
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_incremental_windows_equal_a_full_read_after_any_interleaving(pg_url, seed):
+@pytest.mark.parametrize("kind_name, seed", [("diamonds", 1), ("diamonds", 2), ("diamonds", 3),
+                                             ("sites", 4), ("classifier", 5)])
+def test_incremental_windows_equal_a_full_read_after_any_interleaving(pg_url, kind_name, seed):
     rng = random.Random(seed)
-    fleet = _Fleet(pg_url, rng)
+    fleet = _Fleet(pg_url, rng, KINDS[kind_name])
     try:
         actions = [(fleet.predict, 30), (fleet.label, 20), (fleet.check, 25), (fleet.hold_open, 8),
                    (fleet.prune, 6), (fleet.restart, 2), (fleet.empty, 0.5)]
@@ -220,7 +227,7 @@ def test_a_database_of_schema_version_1_is_migrated_and_its_rows_read(pg_url, mo
             got = {}
 
             def score(columns, labelled, checked_at):
-                full = _window_and_label_columns(reader, 20, 10)
+                full = _window_and_label_columns(reader, s.layout, 20, 10)
                 _same(columns, full[0], "inputs")
                 _same(labelled, full[1], "labelled")
                 got["n"] = (len(columns["ts"]), len(labelled["actual"]))
@@ -247,7 +254,7 @@ def test_a_cache_older_than_the_trimmed_deletion_log_reads_in_full(pg_url, monke
 
         def check():
             def score(columns, labelled, checked_at):
-                _same(columns, _window_and_label_columns(reader, 30, 30)[0], "inputs")
+                _same(columns, _window_and_label_columns(reader, s.layout, 30, 30)[0], "inputs")
                 return {}, "v1"
 
             s.fleet_check(score, window=30, label_window=30, interval=1, force=True)

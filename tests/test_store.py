@@ -3,7 +3,10 @@ by the tests, tests/postgres.py): round trips, group commit under concurrency, l
 retention, export, failures and recovery, and a SIGKILL in the middle of writing. The `db` fixture
 (and `store`, built on it) is parametrised by backend: a test marked `both_backends` runs once on
 each; an unmarked one, on SQLite alone (its file format, locks and full disk). PostgreSQL's own
-(schema versions, the database's clock) say so by name."""
+(schema versions, the database's clock) say so by name. A test marked `every_layout` runs for
+each kind of model's columns (KINDS: the diamond model's, a friedman-like regression's with a
+30-category column and names that need quoting, a classifier's): its `record()` and
+`open_store()` are that kind's."""
 from __future__ import annotations
 
 import contextlib
@@ -24,20 +27,77 @@ import pytest
 from monitoring import export as export_module
 from monitoring import store as store_module
 from monitoring import writer as writer_module
-from monitoring.diamonds import CATEGORICAL_FEATURES
 from monitoring.export import EXPORT_COLUMNS, export_labelled
 from bench.store_bench import bench_store
 from monitoring.pg_store import PgStore
-from monitoring.store import MemoryStore, PredictionRecord, Store, StoreError, open_store
+from monitoring.store import DIAMONDS, MemoryStore, PredictionRecord, Store, StoreError, StoreLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 GRADES = [("Ideal", "G", "VS1"), ("Premium", "D", "IF"), ("Fair", "J", "I1")]
+# A CSV header longer than the 63 bytes PostgreSQL keeps of a name (it cuts it, in both the table
+# and every statement), with a two-byte character across the cut.
+LONG_NAME = "net price in dollars before tax, as the sales export header sa\u00efd"   # 65 bytes
+
+
+class Kind:
+    """A kind of model as the store sees it: its feature columns (layout), its records, and its
+    stores (a classifier's answer every feature with a label: keep_features)."""
+
+    def __init__(self, name: str, layout: StoreLayout, features, prediction, keep_features: bool = False):
+        self.name, self.layout, self.keep_features = name, layout, keep_features
+        self._features, self._prediction = features, prediction
+
+    def features(self, i: int) -> tuple:
+        return self._features(i)
+
+    def record(self, i: int, ts: float | None = None, version: str = "v1") -> PredictionRecord:
+        return PredictionRecord.create(self._features(i), self._prediction(i), version,
+                                       ts=1_000.0 + i if ts is None else ts)
+
+    def open(self, db, **options):
+        return store_module.open_store(db, layout=self.layout, keep_features=self.keep_features, **options)
+
+    @property
+    def export_columns(self) -> list[str]:
+        """The export's header: the features' names, but a feature named like one of the export's
+        own columns (ts) keeps its column's name (ts_)."""
+        names = [c if n == "ts" else n for n, c in zip(self.layout.names, self.layout.columns)]
+        return ["id", "ts", *names, "prediction", "actual", "label_ts", "model_version"]
+
+
+def _diamond(i: int) -> tuple:
+    cut, color, clarity = GRADES[i % len(GRADES)]
+    return (0.2 + i / 1000, cut, color, clarity, 60.0 + i % 5, 55.0 + i % 3)
+
+
+KINDS = {
+    "diamonds": Kind("diamonds", DIAMONDS, _diamond, lambda i: 500.0 + i),
+    # friedman-like: 30 sites, negative predictions, names that are SQL keywords, the table's own
+    # columns in another case, a double quote, and one longer than PostgreSQL keeps
+    "sites": Kind("sites", StoreLayout([("site", True), ("level", False), ('x "1"', False), ("order", False),
+                                        ("Seq", True), ("ts", False), (LONG_NAME, False)]),
+                  lambda i: (f"s{i % 30:02d}", float(i % 5), 0.2 + i / 1000, -1.5 + i % 7, "ab"[i % 2], 3.0 * i,
+                             55.0 + i % 3),
+                  lambda i: -3.0 + i / 100),
+    # the cut classifier's columns (diamonds.csv less the class); a prediction is a class's index
+    "classifier": Kind("classifier", StoreLayout([("carat", False), ("color", True), ("clarity", True),
+                                                  ("depth", False), ("table", False), ("price", False),
+                                                  ("x", False), ("y", False), ("z", False)]),
+                       lambda i: (0.2 + i / 1000, "GDJ"[i % 3], GRADES[i % 3][2], 60.0 + i % 5, 55.0 + i % 3,
+                                  400.0 + i, 4.0, 4.1, 2.5),
+                       lambda i: float(i % 5), keep_features=True),
+}
+_kind = KINDS["diamonds"]   # the running test's kind (the `kind` fixture sets it)
 
 
 def record(i: int, ts: float | None = None, version: str = "v1") -> PredictionRecord:
-    cut, color, clarity = GRADES[i % len(GRADES)]
-    features = (0.2 + i / 1000, cut, color, clarity, 60.0 + i % 5, 55.0 + i % 3)
-    return PredictionRecord.create(features, 500.0 + i, version, ts=1_000.0 + i if ts is None else ts)
+    """A record of the running test's kind of model (the diamond model's unless every_layout)."""
+    return _kind.record(i, ts, version)
+
+
+def open_store(db, **options):
+    """monitoring.store.open_store with the running test's kind of model's columns."""
+    return _kind.open(db, **options)
 
 
 def query(db, sql: str, args: tuple = ()) -> list[tuple]:
@@ -64,6 +124,21 @@ def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         both = metafunc.definition.get_closest_marker("both_backends") is not None
         metafunc.parametrize("backend", ["sqlite", "postgresql"] if both else ["sqlite"])
+    if "kind_name" in metafunc.fixturenames:
+        every = metafunc.definition.get_closest_marker("every_layout") is not None
+        metafunc.parametrize("kind_name", list(KINDS) if every else ["diamonds"])
+
+
+every_layout = pytest.mark.every_layout
+
+
+@pytest.fixture(autouse=True)
+def kind(kind_name):
+    """The running test's kind of model: record() and open_store() make and open its records."""
+    global _kind
+    _kind = KINDS[kind_name]
+    yield _kind
+    _kind = KINDS["diamonds"]
 
 
 @pytest.fixture
@@ -105,7 +180,8 @@ def cut_off(s, monkeypatch) -> None:
 # ------------------------------------------------------------------ round trips
 
 @both_backends
-def test_round_trip_survives_reopen(db):
+@every_layout
+def test_round_trip_survives_reopen(db, kind):
     records = [record(i) for i in range(10)]
     with open_store(db) as s:
         s.add_predictions(records[:3])
@@ -115,7 +191,8 @@ def test_round_trip_survives_reopen(db):
     with open_store(db) as s:
         assert s.counts() == {"predictions": 10, "labelled": 0}
         assert s.recent_inputs(100) == [r.features for r in records]
-        assert all(isinstance(v, float) for f in s.recent_inputs(3) for v in (f[0], f[4], f[5]))
+        assert all(isinstance(v, str if text else float) for f in s.recent_inputs(3)
+                   for v, text in zip(f, kind.layout.is_text))
     if isinstance(db, Path):
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -130,6 +207,7 @@ def test_create_makes_uuid4_hex_ids_and_timestamps():
 
 
 @both_backends
+@every_layout
 def test_malformed_record_fails_its_caller_only(store):
     bad = PredictionRecord("x", 1.0, (1.0, "Ideal"), 2.0, "v1")
     with pytest.raises(ValueError):
@@ -140,6 +218,7 @@ def test_malformed_record_fails_its_caller_only(store):
 
 
 @both_backends
+@every_layout
 def test_an_id_already_stored_is_ignored(store):
     first = record(1)
     store.add_predictions([first])
@@ -227,6 +306,7 @@ def test_concurrent_predictions_labels_and_prune(db):
 # ------------------------------------------------------------------ labels
 
 @both_backends
+@every_layout
 def test_labels_join_unknown_ids_and_relabel(store):
     a, b, c = record(1), record(2), record(3)
     store.add_predictions([a, b, c])
@@ -249,6 +329,7 @@ def test_labels_join_unknown_ids_and_relabel(store):
 
 
 @both_backends
+@every_layout
 def test_many_labels_in_one_call(store):
     records = [record(i) for i in range(1_200)]   # more ids than one IN (...) holds
     store.add_predictions(records)
@@ -261,6 +342,7 @@ def test_many_labels_in_one_call(store):
 # ------------------------------------------------------------------ restart
 
 @both_backends
+@every_layout
 def test_windows_rebuilt_in_order_after_restart(db):
     records = [record(i, ts=1_000.0 + i) for i in range(50)]
     with open_store(db) as s:
@@ -280,7 +362,8 @@ def test_windows_rebuilt_in_order_after_restart(db):
 
 
 @both_backends
-def test_window_rows_after_restart_carry_predictions_times_and_features(db):
+@every_layout
+def test_window_rows_after_restart_carry_predictions_times_and_features(db, kind):
     """What the windows keep besides the values: each input's prediction and time, each label's
     time and its input's features (the grades for the concept segments), in the windows' order."""
     records = [record(i, ts=1_000.0 + i) for i in range(20)]
@@ -296,7 +379,7 @@ def test_window_rows_after_restart_carry_predictions_times_and_features(db):
                                              (100.0, records[0].prediction, 3_000.0, records[0].features)]
         assert [row[:2] for row in s.recent_labelled_rows(100)] == s.recent_labelled(100)
         assert [row[0] for row in s.recent_input_rows(100)] == s.recent_inputs(100)
-    with MemoryStore(capacity=10) as m:   # nothing survives a restart in memory
+    with MemoryStore(capacity=10, layout=kind.layout) as m:   # nothing survives a restart in memory
         m.add_predictions(records[:2])
         assert m.recent_input_rows(5) == [] and m.recent_labelled_rows(5) == []
 
@@ -344,6 +427,7 @@ def test_a_restarted_monitor_refills_its_windows_as_they_were(tmp_path, small_ar
 
 
 @both_backends
+@every_layout
 def test_equal_timestamps_keep_insertion_order(store):
     records = [record(i, ts=5.0) for i in range(6)]
     store.add_predictions(records[:3])
@@ -352,10 +436,13 @@ def test_equal_timestamps_keep_insertion_order(store):
 
 
 @both_backends
-def test_nan_comes_back_as_nan(store):
-    r = PredictionRecord("a" * 32, 1.0, (float("nan"), "Ideal", "G", "VS1", 61.0, 57.0), 3.0, "v")
-    store.add_predictions([r])
-    value = store.recent_inputs(1)[0][0]
+@every_layout
+def test_nan_comes_back_as_nan(store, kind):
+    j = kind.layout.is_text.index(False)    # the first number
+    features = list(kind.features(1))
+    features[j] = float("nan")
+    store.add_predictions([PredictionRecord("a" * 32, 1.0, tuple(features), 3.0, "v")])
+    value = store.recent_inputs(1)[0][j]
     assert isinstance(value, float) and value != value
 
 
@@ -383,23 +470,36 @@ PRAGMA user_version = 1;
 
 
 @both_backends
-def test_feature_columns_come_from_diamonds(db):
+@every_layout
+def test_feature_columns_come_from_the_model_s_features(db, kind):
+    """One column per feature, in the model's order, text for categories; named as the layout names
+    them on both backends (a keyword or one of the table's own columns gets a trailing underscore;
+    PostgreSQL keeps 63 bytes of a longer name)."""
     from monitoring.diamonds import FEATURES
 
-    assert store_module.FEATURE_COLUMNS == tuple(FEATURES)
+    assert store_module.FEATURE_COLUMNS == tuple(FEATURES) == DIAMONDS.names
+    expected = {"diamonds": ["carat", "cut", "color", "clarity", "depth", "table_"],
+                "sites": ["site", "level", 'x "1"', "order", "Seq_", "ts_", LONG_NAME],
+                "classifier": ["carat", "color", "clarity", "depth", "table_", "price", "x", "y", "z"]}[kind.name]
+    kinds = [text for text in kind.layout.is_text]
     open_store(db).close()
     if isinstance(db, Path):
         with sqlite3.connect(db) as conn:
-            columns = [r[1] for r in conn.execute("PRAGMA table_info(predictions)")]
-        assert columns == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
-                           "model_version", "actual", "label_ts"]
+            table = [(r[1], r[2]) for r in conn.execute("PRAGMA table_info(predictions)")]
+        assert table == [("id", "TEXT"), ("ts", "REAL"), *[(c, "TEXT" if text else "REAL")
+                                                           for c, text in zip(expected, kinds)],
+                         ("prediction", "REAL"), ("model_version", "TEXT"), ("actual", "REAL"), ("label_ts", "REAL")]
     else:   # the fleet's columns besides: insertion order, replica, the replica's clock, label order,
         # the transaction that last changed the row (monitoring/pg_windows.py)
-        columns = [r[0] for r in query(db, "SELECT column_name FROM information_schema.columns WHERE "
-                                           "table_name = 'predictions' ORDER BY ordinal_position")]
-        assert columns == ["id", "seq", "ts", "carat", "cut", "color", "clarity", "depth", "table_", "prediction",
-                           "model_version", "replica", "served_at", "actual", "label_ts", "label_seq",
-                           "label_replica", "changed"]
+        expected = [c.replace(LONG_NAME, LONG_NAME[:62]) for c in expected]
+        table = query(db, "SELECT column_name, data_type FROM information_schema.columns WHERE "
+                          "table_name = 'predictions' ORDER BY ordinal_position")
+        assert table == [("id", "text"), ("seq", "bigint"), ("ts", "double precision"),
+                         *[(c, "text" if text else "double precision") for c, text in zip(expected, kinds)],
+                         ("prediction", "double precision"), ("model_version", "text"), ("replica", "text"),
+                         ("served_at", "double precision"), ("actual", "double precision"),
+                         ("label_ts", "double precision"), ("label_seq", "bigint"), ("label_replica", "text"),
+                         ("changed", "xid8")]
 
 
 def test_a_file_written_with_the_first_schema_is_read_and_written(db):
@@ -421,13 +521,37 @@ def test_a_file_without_a_feature_column_is_refused(db):
     db.parent.mkdir(parents=True)
     with sqlite3.connect(db) as conn:
         conn.executescript(SCHEMA_V1.replace("clarity TEXT, ", ""))
-    with pytest.raises(StoreError, match="no column clarity"):
+    with pytest.raises(StoreError, match=r"another model's features \(carat, cut, color, depth, table\), not this "
+                                         r"model's \(carat, cut, color, clarity, depth, table\)"):
         Store(db)
+
+
+@both_backends
+def test_a_store_written_for_another_model_s_features_is_refused_naming_both(db):
+    """A file or a fleet's database keeps the columns of the model that created it: another model
+    (other features, or the same names with other kinds) is refused at open, in one line naming
+    both feature lists, and nothing is written."""
+    KINDS["sites"].open(db).close()
+    with pytest.raises(StoreError) as caught:
+        KINDS["classifier"].open(db)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("cannot open the store ")
+    long = LONG_NAME if isinstance(db, Path) else LONG_NAME[:62]
+    assert (f"it records another model's features (site, level, x \"1\", order, Seq, ts, {long}), not this "
+            f"model's (carat, color, clarity, depth, table, price, x, y, z); give this model its own --db") in message
+    other_kinds = StoreLayout([("site", False), ("level", False), ('x "1"', False), ("order", False), ("Seq", True),
+                               ("ts", False), (LONG_NAME, False)])
+    with pytest.raises(StoreError, match=r"features \(site \(text\), level \(number\), .*not this model's "
+                                         r"\(site \(number\), level \(number\)"):
+        store_module.open_store(db, layout=other_kinds)
+    with KINDS["sites"].open(db) as s:   # its own model still opens it, nothing written meanwhile
+        assert s.counts() == {"predictions": 0, "labelled": 0}
 
 
 # ------------------------------------------------------------------ retention
 
 @both_backends
+@every_layout
 def test_prune_by_age_in_chunks(db):
     with open_store(db, retention_seconds=100.0, max_rows=None) as s:
         s.add_predictions([record(i, ts=float(i)) for i in range(1_000)])
@@ -442,6 +566,7 @@ def test_prune_by_age_in_chunks(db):
 
 
 @both_backends
+@every_layout
 def test_prune_by_count_keeps_the_newest(db):
     records = [record(i, ts=float(i)) for i in range(350)]
     with open_store(db, retention_seconds=None, max_rows=100) as s:
@@ -469,23 +594,32 @@ def test_prune_without_limits_deletes_nothing(store, db):
 # ------------------------------------------------------------------ export
 
 @both_backends
-def test_export_labelled_csv(store, db, tmp_path):
+@every_layout
+def test_export_labelled_csv(store, db, tmp_path, kind):
+    """The model's own columns, named as its features (whatever the table calls them), read from
+    the store itself: export needs no model."""
+    import pandas as pd
+
     a, b, c = record(1, ts=10.0), record(2, ts=20.0), record(3, ts=30.0)
     store.add_predictions([a, b, c])
     out = tmp_path / "labelled.csv"
     assert export_labelled(db, out) == 0
-    assert out.read_text().strip() == ",".join(EXPORT_COLUMNS)
+    header = [c.replace(LONG_NAME, LONG_NAME[:62]) for c in kind.export_columns] if not isinstance(db, Path) \
+        else kind.export_columns   # PostgreSQL keeps 63 bytes of a name
+    assert list(pd.read_csv(out).columns) == header
+    if kind.name == "diamonds":
+        assert out.read_text().strip() == ",".join(EXPORT_COLUMNS)
 
     store.add_labels([(c.id, 3.5, 40.0), (a.id, 1.5, 41.0)])
     assert export_labelled(db, out, fmt="csv") == 2     # beside the open store
     with out.open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["id", "ts", "carat", "cut", "color", "clarity", "depth", "table",
-                             "prediction", "actual", "label_ts", "model_version"]
+    assert list(rows[0]) == header
     assert [r["id"] for r in rows] == [a.id, c.id]             # ordered by serving time
     first = rows[0]
-    assert float(first["carat"]) == a.features[0] and first["cut"] == a.features[1]
-    assert float(first["table"]) == a.features[5] and float(first["actual"]) == 1.5
+    for name, value, text in zip(header[2:], a.features, kind.layout.is_text):
+        assert (first[name] if text else float(first[name])) == value, name
+    assert float(first["actual"]) == 1.5
     assert float(first["prediction"]) == a.prediction and float(first["label_ts"]) == 41.0
     assert first["model_version"] == "v1"
     assert not list(tmp_path.glob("*.tmp"))
@@ -494,6 +628,7 @@ def test_export_labelled_csv(store, db, tmp_path):
 
 
 @both_backends
+@every_layout
 def test_export_reads_a_closed_store_in_chunks_and_never_writes_it(db, tmp_path, monkeypatch):
     records = [record(i, ts=float(i)) for i in range(25)]
     with open_store(db) as s:
@@ -524,7 +659,8 @@ def test_export_refuses_what_is_not_a_store(tmp_path):
 
 
 @both_backends
-def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, db, tmp_path):
+@every_layout
+def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, db, tmp_path, kind):
     """pyarrow is optional: with it the export round-trips, without it the error says what to install.
     Either way this test runs (and can fail). The format follows the file name unless fmt says."""
     import pandas as pd
@@ -540,10 +676,11 @@ def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, db, tmp
         return
     assert export_labelled(db, tmp_path / "x.parquet") == 1
     frame = pd.read_parquet(tmp_path / "x.parquet")
-    assert list(frame.columns) == list(EXPORT_COLUMNS) and frame["id"][0] == r.id
+    assert list(frame.columns)[:3] == ["id", "ts", kind.layout.names[0]] and frame["id"][0] == r.id
 
 
 @both_backends
+@every_layout
 def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, db, tmp_path, caplog):
     import monitor
 
@@ -606,6 +743,7 @@ def test_disk_full_raises_keeps_rows_and_recovers(db):
 
 
 @both_backends
+@every_layout
 def test_a_label_joins_a_prediction_buffered_while_the_database_was_away(store, monkeypatch):
     cut_off(store, monkeypatch)
     waiting = record(1)
@@ -832,13 +970,14 @@ def test_postgresql_float_arrays_load_into_numpy_with_nulls_and_specials(pg_url)
     assert len(empty) == 0
 
 
-def test_postgresql_windows_read_as_arrays_keep_the_row_order(pg_url):
+@every_layout
+def test_postgresql_windows_read_as_arrays_keep_the_row_order(pg_url, kind):
     """PgStore.windows reads each window as one row of aggregates in the order of a sorted,
     limited subquery: the same values, in the same order, as the rows read one by one (ties in
     ts broken by the order stored; `until` cuts by time)."""
     import numpy as np
 
-    with PgStore(pg_url) as s:
+    with open_store(pg_url) as s:
         records = [record(i, ts=1_000.0 + i // 3) for i in range(3_000)]      # three rows per ts
         for k in range(0, len(records), 500):
             s.add_predictions(records[k:k + 500])
@@ -846,17 +985,28 @@ def test_postgresql_windows_read_as_arrays_keep_the_row_order(pg_url):
         for n, until in ((2_500, None), (5_000, None), (100, 1_500.0), (0, None)):
             columns, labels = s.windows(n, n, until)
             where = "" if until is None else f"WHERE ts <= {until}"
-            rows = query(pg_url, f"SELECT {store_module.FEATURES_SQL}, prediction, ts FROM predictions {where} "
+            layout = kind.layout
+            rows = query(pg_url, f"SELECT {', '.join(layout.quoted)}, prediction, ts FROM predictions {where} "
                                  f"ORDER BY ts DESC, seq DESC LIMIT {n}")[::-1]
-            for j, name in enumerate([*store_module.FEATURE_COLUMNS, "prediction", "ts"]):
-                assert list(columns[name]) == [row[j] for row in rows], (name, n, until)
-                assert isinstance(columns[name], list if name in CATEGORICAL_FEATURES else np.ndarray)
+            # the features apart from the other columns: a feature may be named ts (kind "sites")
+            assert list(columns) == ["features", "prediction", "ts"] and list(columns["features"]) == list(layout.names)
+            read = [*columns["features"].values(), columns["prediction"], columns["ts"]]
+            for j, (values, text) in enumerate(zip(read, [*layout.is_text, False, False])):
+                assert list(values) == [row[j] for row in rows], (j, n, until)
+                assert isinstance(values, list if text else np.ndarray)
+            # with each label: its input's categories (the concept segments), or, for a
+            # classifier, every feature (its probabilities are predicted again from them)
+            with_labels = layout.names if kind.keep_features else layout.categorical
+            assert list(labels) == ["features", "actual", "prediction", "label_ts"]
+            assert list(labels["features"]) == list(with_labels)
             label_where = "" if until is None else f"AND label_ts <= {until}"
-            labelled = query(pg_url, f"SELECT actual, prediction, label_ts, cut, color, clarity FROM predictions "
+            quoted = [q for name, q in zip(layout.names, layout.quoted) if name in with_labels]
+            labelled = query(pg_url, f"SELECT actual, prediction, label_ts, {', '.join(quoted)} FROM predictions "
                                      f"WHERE label_ts IS NOT NULL {label_where} "
                                      f"ORDER BY label_ts DESC, label_seq DESC LIMIT {n}")[::-1]
-            for j, name in enumerate(["actual", "prediction", "label_ts", "cut", "color", "clarity"]):
-                assert list(labels[name]) == [row[j] for row in labelled], (name, n, until)
+            read = [labels["actual"], labels["prediction"], labels["label_ts"], *labels["features"].values()]
+            for j, values in enumerate(read):
+                assert list(values) == [row[j] for row in labelled], (j, n, until)
         assert len(s.windows(2_500, 2_500)[1]["actual"]) == len(records[::7])
 
 
@@ -899,23 +1049,25 @@ def without_features(answers: list) -> list:
     return [([k[:3] + k[4:] for k in a[0]], a[1]) if isinstance(a, tuple) else a for a in answers]
 
 
-def grades_only(features: tuple) -> tuple:
+def grades_only(features: tuple, layout: StoreLayout = DIAMONDS) -> tuple:
     """The features as MemoryStore answers them: the grades (the concept segments need them), None
     for the numbers (200,000 rows of them as Python tuples would cost ~65 MB)."""
-    from monitoring.store import _IS_TEXT
-
-    return tuple(v if text else None for v, text in zip(features, _IS_TEXT))
+    return tuple(v if text else None for v, text in zip(features, layout.is_text))
 
 
 @both_backends
-def test_memory_store_answers_as_the_stores_do(db):
+@every_layout
+def test_memory_store_answers_as_the_stores_do(db, kind):
     records = [record(1), record(2), record(3)]
-    with open_store(db) as on_disk, MemoryStore(capacity=10) as in_memory:
+    # what the monitor opens without a store: a classifier's keeps every feature
+    memory = store_module.open_store(None, memory_capacity=10, layout=kind.layout, keep_features=kind.keep_features)
+    kept = (lambda f: f) if kind.keep_features else (lambda f: grades_only(f, kind.layout))
+    with open_store(db) as on_disk, memory as in_memory:
         from_memory, from_disk = join_scenario(in_memory, *records), join_scenario(on_disk, *records)
         assert len(from_memory[2][0]) == 2 and without_features(from_memory) == without_features(from_disk)
         assert [k[3] for answer in from_memory[2:6] for k in answer[0]] == [
-            grades_only(k[3]) for answer in from_disk[2:6] for k in answer[0]]
-        assert [k[3] for k in from_memory[2][0]] == [grades_only(records[0].features), grades_only(records[1].features)]
+            kept(k[3]) for answer in from_disk[2:6] for k in answer[0]]
+        assert [k[3] for k in from_memory[2][0]] == [kept(records[0].features), kept(records[1].features)]
         assert in_memory.counts() == on_disk.counts() == {"predictions": 3, "labelled": 3}
         for key in ("rows_written", "labels_written", "pending", "dropped", "write_errors"):
             assert in_memory.stats()[key] == on_disk.stats()[key], key
