@@ -383,6 +383,18 @@ def _timeless(report: dict) -> dict:
         if detection is not None:
             assert detection["since"] is not None     # dated by each store's arrival times
             del detection["since"]
+    # The CUSUMs: a single monitor runs them over every row it served, a fleet check from zero over
+    # its window, so each counts rows (and dates the change) from its own start, and sums in its own
+    # order (the last bits differ); the statistics, thresholds and alarms must still agree.
+    for part in ("data_drift", "concept_drift"):
+        sequential = out[part].get("sequential")
+        if sequential is not None:
+            del sequential["rows"]
+            for subject in [*sequential["subjects"].values(), *sequential["alarms"]]:
+                assert subject["since"] is not None or not subject.get("alarm", True)
+                for key in ("since", "since_row", "since_time", "row"):
+                    subject.pop(key, None)
+                subject["statistic"] = round(subject["statistic"], 9)
     return out
 
 
