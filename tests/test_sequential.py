@@ -3,6 +3,7 @@ the calibration, alarms on seeded shifts, and the online path through a real mon
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +11,15 @@ from scipy import special
 
 from monitoring import drift, sequential
 from tests.helpers import heldout_predicted, split_halves
+
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fresh_calibrations():
+    """Calibrations are cached per process: start this module without any, so that its tests run
+    the simulation itself (mutmut forks each mutant's run from a process that has calibrated)."""
+    sequential._CACHE.clear()
+
 
 # --------------------------------------------------------------------------------------------------
 # the recursion, by hand
@@ -359,3 +369,362 @@ def test_a_few_rows_are_scored_in_python_as_numpy_scores_them(seq_data, small_ar
     assert len(picked["carat"]) <= sequential.Cusum.SMALL < 2 * len(picked["carat"])
     assert np.isnan(fast[2, 0]) and np.isnan(slow[2, 0])
     assert fast[~np.isnan(fast)] == pytest.approx(slow[~np.isnan(slow)], rel=0, abs=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# exact behaviour of the parts the tests above reach only through ranges (issue #14's mutation run)
+
+
+def test_alarm_to_dict_and_report_say_every_field():
+    alarm = sequential.CusumAlarm("carat", "down", np.float32(2.5), np.float64(2.0), np.int64(7), np.int64(3), 12.0)
+    assert alarm.to_dict() == {"subject": "carat", "direction": "down", "statistic": 2.5, "threshold": 2.0,
+                               "row": 7, "since": 3, "since_time": 12.0}
+    assert [type(v) for v in alarm.to_dict().values()] == [str, str, float, float, int, int, float]
+    later = sequential.CusumAlarm("carat", "up", 3.0, 2.0, 9, 8)
+    other = sequential.CusumAlarm("table", "up", 4.0, 3.0, 8, 2, None)
+    result = sequential.SequentialResult("cusum", np.int64(9), True,
+                                         statistics={"carat": (0.5, 2.0, "up"), "table": (0.0, 3.0, "down"),
+                                                     "depth": (1.0, 4.0, "down")})
+    got = sequential.report(result, [alarm, later, other], [other, alarm])
+    assert got == {
+        "test": "cusum", "rows": 9, "alarm": True,
+        "subjects": {
+            "carat": {"statistic": 2.5, "threshold": 2.0, "direction": "down", "alarm": True, "since": 12.0,
+                      "since_row": 3},
+            "table": {"statistic": 4.0, "threshold": 3.0, "direction": "up", "alarm": True, "since": None,
+                      "since_row": 2},
+            "depth": {"statistic": 1.0, "threshold": 4.0, "direction": "down", "alarm": False, "since": None,
+                      "since_row": None}},
+        "alarms": [other.to_dict(), alarm.to_dict()]}
+    assert type(got["rows"]) is int
+    quiet = sequential.report(result, [], [])
+    assert quiet["alarm"] is False and quiet["alarms"] == [] and quiet["subjects"]["carat"]["statistic"] == 0.5
+
+
+def test_block_maxima_of_several_streams_and_cusums_and_a_ragged_end():
+    # two streams, two CUSUMs, 5 rows cut in blocks of 2 (the fifth row left out); the CUSUM starts at 0
+    y = np.zeros((2, 5, 2))
+    y[0, :, 0] = [-1.0, 2.0, 1.0, -5.0, 9.0]   # S = 0, 2, 3, 0, (9)
+    y[0, :, 1] = [1.0, 1.0, 1.0, 1.0, 1.0]     # S = 1, 2, 3, 4, (5)
+    y[1, :, 0] = [3.0, -1.0, -1.0, 4.0, 0.0]   # S = 3, 2, 1, 5, (5)
+    y[1, :, 1] = [-2.0, -2.0, 0.5, 0.0, 0.0]   # S = 0, 0, .5, .5
+    got = sequential.block_maxima(y, warmup=0, interval=2)
+    assert got.tolist() == [[2.0, 2.0], [3.0, 4.0], [3.0, 0.0], [5.0, 0.5]]
+    assert sequential.block_maxima(np.ones((1, 120, 1)), warmup=0).ravel().tolist() == [50.0, 100.0]
+
+
+def test_thresholds_for_by_hand():
+    # 10 blocks, 2 CUSUMs; budget 0.2: at most 2 blocks with any crossing
+    maxima = np.array([[1, 10], [2, 9], [3, 8], [4, 7], [5, 6], [6, 5], [7, 4], [8, 3], [9, 2], [10, 1]],
+                      dtype=float)
+    # one block above each threshold (10 > 9 in the last row, 10 > 9 in the first): 2 blocks = 20%
+    assert sequential.thresholds_for(maxima, 0.2).tolist() == [9.0, 9.0]
+    # budget 0.1: one block allowed, but any threshold below the top puts two over: none above
+    assert sequential.thresholds_for(maxima, 0.1).tolist() == [10.0, 10.0]
+    # the same block tops both: 2 above each CUSUM's threshold is still 2 blocks
+    together = np.column_stack((np.arange(1.0, 11.0), np.arange(1.0, 11.0) * 2))
+    assert sequential.thresholds_for(together, 0.2).tolist() == [8.0, 16.0]
+    assert sequential.thresholds_for(together, 0.25).tolist() == [8.0, 16.0]
+    assert sequential.thresholds_for(together, 0.3).tolist() == [7.0, 14.0]
+    assert sequential.thresholds_for(together, 0.0).tolist() == [10.0, 20.0]
+    assert sequential.thresholds_for(together.astype(np.float32), 0.2).dtype == np.float64
+
+
+def _simulated(rows, increments, budget, seed=0, streams=2000, length=1300, warmup=300, chunk=250):
+    """calibrate's simulation written out: chunks of streams of whole rows drawn with replacement."""
+    rng = np.random.default_rng(seed)
+    maxima = []
+    for start in range(0, streams, chunk):
+        p = min(chunk, streams - start)
+        reference = (rows(rng) if callable(rows) else np.asarray(rows, dtype=np.float64)).astype(np.float32)
+        idx = rng.integers(0, len(reference), size=p * length)
+        maxima.append(sequential.block_maxima(increments(reference[idx]).reshape(p, length, -1), warmup))
+    return sequential.thresholds_for(np.concatenate(maxima), budget)
+
+
+def test_calibrate_is_the_simulation_it_describes_and_caches_by_every_setting():
+    rng = np.random.default_rng(11)
+    rows = np.column_stack((rng.normal(size=300), rng.normal(size=300) ** 2))
+    up = sequential._Increments(np.array([0, 1]), np.array([1.0, 1.0]), 0.5)
+    expected = _simulated(rows, up, 0.01)
+    h = sequential.calibrate(rows, up, 0.01)
+    assert h.dtype == np.float64 and h.tolist() == expected.tolist()
+    h[:] = -1.0  # a copy: the cache keeps its own
+    assert sequential.calibrate(rows, up, 0.01).tolist() == expected.tolist()
+    small = dict(streams=70, length=160, warmup=20, chunk=30)
+    assert sequential.calibrate(rows, up, 0.05, **small).tolist() == _simulated(rows, up, 0.05, **small).tolist()
+    # each setting is part of the cache's key: a change gets its own simulation
+    for change in (dict(seed=3), dict(streams=71), dict(length=170), dict(warmup=10), dict(chunk=31)):
+        settings = {**small, **change}
+        assert (sequential.calibrate(rows, up, 0.05, **settings).tolist()
+                == _simulated(rows, up, 0.05, **settings).tolist()), change
+    assert sequential.calibrate(rows, up, 0.1, **small).tolist() == _simulated(rows, up, 0.1, **small).tolist()
+    other = sequential._Increments(np.array([0, 1]), np.array([1.0, 1.0]), 0.75)
+    assert sequential.calibrate(rows, other, 0.05, **small).tolist() == _simulated(rows, other, 0.05, **small).tolist()
+    shifted = rows + 1.0
+    assert sequential.calibrate(shifted, up, 0.05, **small).tolist() == _simulated(shifted, up, 0.05, **small).tolist()
+
+    def source(generator):
+        return rows[generator.integers(0, len(rows), size=len(rows))]
+
+    source.key = ("test source", 1)
+    assert sequential.calibrate(source, up, 0.05, **small).tolist() == _simulated(source, up, 0.05, **small).tolist()
+
+
+def test_increments_mask_and_missing_values_by_hand():
+    inc = sequential._Increments(np.array([0, 0, 0, 0]), np.array([1.0, -1.0, 1.0, -1.0]), 0.5,
+                                 mask_column=np.array([1, 1, 1, 1]), mask_value=np.array([-1.0, -1.0, 2.0, 2.0]))
+    rows = np.array([[1.0, 2.0], [2.0, 0.0], [np.nan, 2.0], [-1.0, np.nan]], dtype=np.float32)
+    y = inc(rows)
+    assert y.dtype == np.float32
+    assert y.tolist() == [[0.5, -1.5, 0.5, -1.5], [1.5, -2.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0],
+                          [-1.5, 0.5, 0.0, 0.0]]
+    assert inc.key == ([0, 0, 0, 0], [1.0, -1.0, 1.0, -1.0], 0.5, ([1, 1, 1, 1], [-1.0, -1.0, 2.0, 2.0]))
+    plain = sequential._Increments(np.array([1]), np.array([-1.0]), 1)
+    assert plain(np.array([[5.0, 2.0], [0.0, np.inf]])).tolist() == [[-3.0], [0.0]]
+    assert plain.key == ([1], [-1.0], 1.0, None)
+
+
+class _Plain(sequential._SequentialDetector):
+    """A detector fed rows of its one column as they are (no transform)."""
+
+    def update(self, rows, times=None):
+        return self._run(rows, times)
+
+
+def _tiny_detector(thresholds=None):
+    """A detector over one column, up and down, calibrated on 40 fixed rows (cached after the first)."""
+    rows = np.linspace(-1.5, 1.5, 40).reshape(-1, 1)
+    inc = sequential._Increments(np.array([0, 0]), np.array([1.0, -1.0]), 0.5)
+    detector = _Plain(["x", "x"], rows, inc, 0.01, seed=0)
+    if thresholds is not None:
+        detector.thresholds = np.asarray(thresholds, dtype=np.float64)
+        detector.cusum = sequential.Cusum(detector.thresholds)
+    return detector
+
+
+def test_detector_alarms_statistics_and_dates():
+    detector = _tiny_detector()
+    assert detector.directions == ["up", "down"] and detector.budget == 0.01 and detector.rows == 0
+    rows = np.linspace(-1.5, 1.5, 40).reshape(-1, 1)
+    inc = sequential._Increments(np.array([0, 0]), np.array([1.0, -1.0]), 0.5)
+    assert detector.thresholds.tolist() == sequential.calibrate(rows, inc, 0.01, seed=0).tolist()
+    detector = _tiny_detector([2.0, 1.0])
+    # X by hand (UP / DOWN above): down crosses at row 2 (since 2), up at row 3 (since 3)
+    result = detector._run(X.reshape(-1, 1), times=np.arange(10.0, 15.0))
+    assert result.test == "cusum" and result.rows == 5 and result.alarm is True
+    assert [a.to_dict() for a in result.alarms] == [
+        {"subject": "x", "direction": "down", "statistic": 1.5, "threshold": 1.0, "row": 2, "since": 2,
+         "since_time": 11.0},
+        {"subject": "x", "direction": "up", "statistic": 2.5, "threshold": 2.0, "row": 3, "since": 3,
+         "since_time": 12.0}]
+    # state up 0, down 0.5: down is nearer its threshold
+    assert result.statistics == {"x": (0.5, 1.0, "down")} == detector.statistics()
+    # a second batch: a change that began in the first batch has no time in this one
+    more = detector._run(np.array([[-3.0], [1.0]]), times=np.array([20.0, 21.0]))
+    assert [(a.direction, a.row, a.since, a.since_time) for a in more.alarms] == [("down", 6, 5, None)]
+    assert more.rows == 7 and detector.rows == 7
+    nothing = detector._run(np.array([[0.0]]))
+    assert nothing.alarm is False and nothing.alarms == [] and nothing.rows == 8
+    # both at zero: the up one
+    assert nothing.statistics == {"x": (0.0, 2.0, "up")}
+    detector._run(np.array([[1.0]]))
+    assert detector.statistics() == {"x": (0.5, 2.0, "up")}
+    detector.reset()
+    assert detector.cusum.state.tolist() == [0.0, 0.0] and detector.rows == 9
+    copy = detector.fresh()
+    assert copy.rows == 0 and copy.thresholds is detector.thresholds and copy._lock is not detector._lock
+    copy._run(np.array([[3.0]]))
+    assert copy.rows == 1 and detector.rows == 9
+
+
+def test_scan_keeps_alarms_strictly_after_and_dates_them():
+    detector = _tiny_detector([2.0, 1.0])
+    times = np.arange(10.0, 15.0)
+    found = detector.scan(X.reshape(-1, 1), times, after=-np.inf)
+    assert [(a.direction, a.row, a.since, a.since_time) for a in found.alarms] == [("down", 2, 2, 11.0),
+                                                                                     ("up", 3, 3, 12.0)]
+    assert found.rows == 5 and found.alarm and found.statistics == {"x": (0.5, 1.0, "down")}
+    later = detector.scan(X.reshape(-1, 1), times.tolist(), after=11.0)  # row 2 arrived at 11.0: not after
+    assert [(a.direction, a.row) for a in later.alarms] == [("up", 3)] and later.alarm
+    none = detector.scan(X.reshape(-1, 1), times, after=12.0)
+    assert none.alarm is False and none.alarms == [] and none.rows == 5
+    assert detector.rows == 0
+
+
+def test_watch_dates_keeps_and_reports_by_rows():
+    watch = sequential.Watch(_tiny_detector([2.0, 1.0]))
+    assert watch.KEEP == 32 and watch.TIMES == 4096
+    watch.update(np.array([[0.0]] * 3), now=5.0)  # rows 1-3 at 5.0
+    # 20 rows (the numpy path) at 6.0: up from row 4 at +1 a row: 0.5, 1.0, 1.5, 2.0, 2.5 > 2 at row 8
+    result = watch.update(np.array([[1.0]] * 20), now=6.0)
+    ups = [a for a in result.alarms if a.direction == "up"]
+    assert [(a.row, a.since, a.since_time) for a in ups] == [(8, 4, 6.0), (13, 9, 6.0), (18, 14, 6.0),
+                                                              (23, 19, 6.0)]
+    report = watch.report(consume=False)
+    assert report["alarm"] and report["rows"] == 23 and len(report["alarms"]) == 4
+    assert watch.report()["alarm"] and not watch.report()["alarm"]
+    # a change that began in an earlier batch is dated by that batch's arrival
+    watch.update(np.array([[0.7]] * 3), now=7.0)   # up 0.2 a row: 0.2, 0.4, 0.6
+    late = watch.update(np.array([[3.0]]), now=8.0)  # 0.6 + 2.5 > 2: since row 24, at 7.0
+    assert [(a.row, a.since, a.since_time) for a in late.alarms] == [(27, 24, 7.0)]
+    got = watch.report()
+    assert got["subjects"]["x"]["since"] == 7.0 and got["subjects"]["x"]["since_row"] == 24
+    # no time given: none kept, an alarm undated
+    watch.update(np.array([[-0.5]] * 1))
+    undated = watch.update(np.array([[2.9]]))
+    assert [(a.row, a.since, a.since_time) for a in undated.alarms] == [(29, 29, None)]
+    # only the newest KEEP alarms are listed
+    for _ in range(40):
+        watch.update(np.array([[3.0]]), now=9.0)
+    assert len(watch.report()["alarms"]) == 32 and watch.report()["alarms"][-1]["row"] == 69
+
+
+def test_watch_forgets_times_older_than_it_keeps():
+    watch = sequential.Watch(_tiny_detector([1e9, 1e9]))
+    watch.update(np.zeros((10, 1)), now=1.0)
+    assert watch._times[:10].tolist() == [1.0] * 10 and np.isnan(watch._times[10:]).all()
+    watch.update(np.zeros((4096 + 5, 1)), now=2.0)  # more rows than are kept: every slot holds the newest
+    assert (watch._times == 2.0).all()
+    watch.detector.thresholds[:] = 2.0
+    watch.detector.cusum = sequential.Cusum(watch.detector.thresholds)
+    watch.detector.cusum.rows = 4111
+    watch.detector.cusum.last_zero[:] = 4111 - 4096  # a change that began more rows ago than are kept
+    watch.detector.cusum.state[:] = [1.9, 0.0]
+    result = watch.update(np.array([[1.0]]), now=3.0)
+    assert [(a.row, a.since, a.since_time) for a in result.alarms] == [(4112, 16, None)]
+
+
+def test_thirds_of_the_bands_are_named_by_their_range():
+    from types import SimpleNamespace
+
+    prices = SimpleNamespace(error="log_ratio", edges=np.array([1000.0, 2500.0, 6300.0]),
+                             bin_names=["price 0-1,000", "price 1,000-2,500", "price 2,500-6,300", "price 6,300+"])
+    name = sequential._band_name
+    assert name(prices, np.array([0, 1])) == "price 0-2,500"
+    assert name(prices, np.array([1, 2])) == "price 1,000-6,300"
+    assert name(prices, np.array([2, 3])) == "price 2,500+"
+    assert name(prices, np.array([3])) == "price 6,300+"
+    residual = SimpleNamespace(error="residual", edges=np.array([-5.0, 0.0, 12345.0]),
+                               bin_names=["predicted < -5", "predicted -5 to 0", "predicted 0 to 1.23e+04",
+                                          "predicted >= 1.23e+04"])
+    assert name(residual, np.array([0, 1])) == "predicted < 0"
+    assert name(residual, np.array([1, 2])) == "predicted -5 to 1.23e+04"
+    assert name(residual, np.array([2, 3])) == "predicted >= 0"
+    assert name(residual, np.array([1])) == "predicted -5 to 0"
+
+
+@pytest.mark.parametrize("rows", [3, 20])  # the row-by-row path and numpy's
+def test_a_cusum_at_exactly_zero_or_exactly_its_threshold(rows):
+    # 1, -1 puts it at exactly 0 (it left zero after row 2), then 2 crosses 1.5 at row 3
+    y = np.zeros((rows, 1))
+    y[:3, 0] = [1.0, -1.0, 2.0]
+    cusum = sequential.Cusum(np.array([1.5]))
+    assert cusum.update(y) == [(0, 3, 2.0, 3)]
+    # exactly at the threshold is no crossing; integer increments count as floats
+    ints = np.zeros((rows, 1), dtype=np.int64)
+    ints[:2, 0] = [1, 1]
+    level = sequential.Cusum([2])
+    assert level.update(ints) == [] and level.state.tolist() == [2.0] and level.state.dtype == np.float64
+    assert level.thresholds.dtype == np.float64 and level.last_zero.dtype == np.int64
+    assert level.update(ints.tolist()[:1]) == [(0, rows + 1, 3.0, 1)]
+
+
+def _pit_rows(q, bins, sorted_errors, third):
+    """_resampled_pit written out (the docstring's recipe)."""
+    def rows(rng):
+        z = np.zeros(q.size)
+        for b, ref in enumerate(sorted_errors):
+            mask = bins == b
+            if not mask.any() or ref.size == 0:
+                continue
+            resample = np.sort(ref[rng.integers(0, ref.size, size=ref.size)])
+            lo = np.searchsorted(resample, q[mask], side="left")
+            hi = np.searchsorted(resample, q[mask], side="right")
+            z[mask] = special.ndtri(((lo + hi) / 2 + 0.5) / (ref.size + 1))
+        return np.column_stack((z, third[bins]))[rng.integers(0, q.size, size=q.size)]
+    return rows
+
+
+def _score_rows(values):
+    """_resampled_scores written out."""
+    def rows(rng):
+        resample = values[rng.integers(0, len(values), size=len(values))]
+        out = np.empty_like(values)
+        for j in range(values.shape[1]):
+            scorer = drift.NormalScoreDetector(resample[:, j])
+            out[:, j] = (scorer.scores(values[:, j]) - scorer.mean) / scorer.sd if scorer.sd > 0 else 0.0
+        return out[rng.integers(0, len(values), size=len(values))]
+    return rows
+
+
+def _synthetic_concept(error="log_ratio", n=400, seed=5):
+    rng = np.random.default_rng(seed)
+    predicted = np.round(rng.uniform(300, 9000, n), -2)  # ties: reference predictions on the bands' edges
+    actual = predicted * np.exp(rng.normal(0, 0.1, n)) if error == "log_ratio" else predicted + rng.normal(0, 50, n)
+    return actual, predicted, drift.ConceptDriftDetector(actual, predicted, n_bins=4, error=error)
+
+
+@pytest.mark.parametrize("error", ["log_ratio", "residual"])
+def test_concept_cusums_are_calibrated_on_resampled_pit_scores(error):
+    actual, predicted, concept = _synthetic_concept(error)
+    # pairs with a missing value are left out of the reference
+    with_gaps = np.concatenate((actual, [np.nan, 1000.0])), np.concatenate((predicted, [1000.0, np.inf]))
+    detector = sequential.SequentialConceptDetector(concept, *with_gaps, budget=0.01)
+    assert detector.segments[0] == "all" and len(detector.segments) == 4
+    assert detector.subjects == detector.segments * 2 and detector.directions == ["up"] * 4 + ["down"] * 4
+    assert detector._third.tolist() == [0, 0, 1, 2]
+    inc = sequential._Increments(np.zeros(8, dtype=np.int64), np.repeat([1.0, -1.0], 4), sequential.CONCEPT_ALLOWANCE,
+                                 mask_column=np.ones(8, dtype=np.int64),
+                                 mask_value=np.array([-1.0, 0, 1, 2, -1, 0, 1, 2]))
+    assert detector.increments.key == inc.key
+    bins = np.searchsorted(concept.edges, predicted, side="right")
+    rows = _pit_rows(concept._error(actual, predicted), bins, concept._sorted, detector._third)
+    rows.key = ("written out", error)
+    assert detector.thresholds.tolist() == sequential.calibrate(rows, inc, 0.01, seed=0).tolist()
+    assert detector.transform([1000.0, None], [1000, 1000]).shape == (2, 2)
+    assert np.isnan(detector.transform([1000.0, None], [1000, 1000])[1]).all()
+    times = np.arange(7.0, 17.0)
+    result = detector.update(predicted[:10] * 100, predicted[:10], times=times)  # far above: "up" alarms
+    assert result.alarm and all(a.direction == "up" for a in result.alarms)
+    assert result.alarms[0].since == 1 and result.alarms[0].since_time == 7.0
+    assert set(result.statistics) == set(detector.segments)
+
+
+def test_data_cusums_are_calibrated_on_resampled_scores_and_a_constant_feature_scores_zero():
+    rng = np.random.default_rng(8)
+    x = np.round(rng.normal(10, 2, 300), 1)
+    const = np.full(300, 4.0)
+    reference = {"x": np.concatenate((x, [np.nan])).tolist(), "c": np.concatenate((const, [4.0])).tolist()}
+    scorers = {"x": drift.NormalScoreDetector(x), "c": drift.NormalScoreDetector(const)}
+    assert scorers["c"].sd == 0
+    detector = sequential.SequentialDataDetector(scorers, reference, budget=0.01)
+    inc = sequential._Increments(np.array([0, 1, 0, 1]), np.array([1.0, 1.0, -1.0, -1.0]),
+                                 sequential.DATA_ALLOWANCE)
+    assert detector.increments.key == inc.key and detector.subjects == ["x", "c", "x", "c"]
+    rows = _score_rows(np.column_stack((x, const)))
+    rows.key = ("written out", "scores")
+    assert detector.thresholds.tolist() == sequential.calibrate(rows, inc, 0.01, seed=0).tolist()
+    # the constant feature scores 0, on both paths; None is a missing value; beyond the reference too
+    few = detector.transform({"x": [10.0, None, 100.0], "c": [4.0, 5.0, 3]})
+    many = detector.transform({"x": [10.0, None, 100.0] * 6, "c": [4.0, 5.0, 3] * 6})
+    assert few[:, 1].tolist() == [0.0, 0.0, 0.0] and many[:, 1].tolist() == [0.0] * 18
+    assert np.isnan(few[1, 0]) and np.isnan(many[1, 0]) and few.shape == (3, 2)
+    assert few[[0, 2], 0] == pytest.approx(many[[0, 2], 0], rel=0, abs=1e-12)
+    assert few[2, 0] == pytest.approx((scorers["x"].scores(np.array([100.0]))[0] - scorers["x"].mean)
+                                      / scorers["x"].sd)
+    # (its threshold is 0: updating would divide by it in _statistics, left as found; see the report)
+    with pytest.raises(ValueError, match="^SequentialDataDetector needs at least one numeric feature$"):
+        sequential.SequentialDataDetector({}, {})
+    assert sequential.SequentialDataDetector.of(SimpleNamespace(_scorers={}), {}) is None
+    again = sequential.SequentialDataDetector.of(SimpleNamespace(_scorers=scorers), reference, budget=0.01)
+    assert again.thresholds.tolist() == detector.thresholds.tolist()
+
+
+def test_data_update_dates_alarms_by_the_times_given(seq_data):
+    detector = seq_data.fresh()
+    far = {"carat": [5.0] * 40, "depth": [61.8] * 40, "table": [57.0] * 40}
+    result = detector.update(far, times=np.arange(100.0, 140.0))
+    assert result.alarm and result.alarms[0].subject == "carat" and result.alarms[0].since_time == 100.0
+    few = seq_data.fresh().update({n: v[:10] for n, v in far.items()}, times=np.arange(10.0))
+    assert few.alarm and few.alarms[0].since_time == 0.0

@@ -9,6 +9,8 @@ change behaviour, are listed with a reason each in tools/equivalent_mutants.txt;
 mutant no longer makes the recorded change (the source moved on and mutmut renumbered) is reported
 as stale and not excluded, and a listed mutant that a test killed is scored as killed.
 
+sequential.py (the CUSUMs of issue #11) is scored whole, as drift.py and windows.py are.
+
 model.py is scored for its request validation only (Schema, parse_label, parse_positive_number,
 parse_finite_number, describe_json, json_text, _quote, _storable, _item, InvalidInput): its loading
 and fast prediction path are tested by tests/test_model.py, which trains models and is too slow to
@@ -35,6 +37,7 @@ VALIDATION = ("xǁSchemaǁ", "x_parse_positive_number__", "x_parse_finite_number
 GROUPS = [
     ("drift.py", "monitoring/drift.py", None),
     ("windows.py", "monitoring/windows.py", None),
+    ("sequential.py", "monitoring/sequential.py", None),
     ("model.py validation", "monitoring/model.py", VALIDATION),
 ]
 NOT_SCORED = [("model.py loading and fast path (not scored)", "monitoring/model.py", VALIDATION)]
