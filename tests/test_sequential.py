@@ -595,9 +595,25 @@ def test_watch_forgets_times_older_than_it_keeps():
     assert [(a.row, a.since, a.since_time) for a in result.alarms] == [(4112, 16, None)]
 
 
+def test_a_band_without_reference_rows_is_skipped_not_the_end():
+    rng = np.random.default_rng(6)
+    predicted = np.repeat([1000.0, 5000.0], 20)  # quartile edges 1000, 3000, 5000: bands 0 and 2 empty
+    actual = predicted * np.exp(rng.normal(0, 0.1, 40))
+    concept = drift.ConceptDriftDetector(actual, predicted, n_bins=4)
+    assert [s.size for s in concept._sorted] == [0, 20, 0, 20]
+    detector = sequential.SequentialConceptDetector(concept, actual, predicted, budget=0.01)
+    bins = np.searchsorted(concept.edges, predicted, side="right")
+    rows = _pit_rows(concept._error(actual, predicted), bins, concept._sorted, detector._third)
+    rows.key = ("written out", "empty bands")
+    assert detector.thresholds.tolist() == sequential.calibrate(rows, detector.increments, 0.01, seed=0).tolist()
+
+
 def test_thirds_of_the_bands_are_named_by_their_range():
     from types import SimpleNamespace
 
+    nine = SimpleNamespace(error="residual", edges=np.arange(1.0, 9.0), bin_names=[str(b) for b in range(9)])
+    assert sequential._band_name(nine, np.array([3, 4, 5])) == "predicted 3 to 6"
+    assert sequential._band_name(nine, np.array([0, 1, 2])) == "predicted < 3"
     prices = SimpleNamespace(error="log_ratio", edges=np.array([1000.0, 2500.0, 6300.0]),
                              bin_names=["price 0-1,000", "price 1,000-2,500", "price 2,500-6,300", "price 6,300+"])
     name = sequential._band_name
@@ -669,7 +685,7 @@ def _synthetic_concept(error="log_ratio", n=400, seed=5):
 def test_concept_cusums_are_calibrated_on_resampled_pit_scores(error):
     actual, predicted, concept = _synthetic_concept(error)
     # pairs with a missing value are left out of the reference
-    with_gaps = np.concatenate((actual, [np.nan, 1000.0])), np.concatenate((predicted, [1000.0, np.inf]))
+    with_gaps = actual.tolist() + [None, 1000.0], predicted.tolist() + [1000.0, np.inf]
     detector = sequential.SequentialConceptDetector(concept, *with_gaps, budget=0.01)
     assert detector.segments[0] == "all" and len(detector.segments) == 4
     assert detector.subjects == detector.segments * 2 and detector.directions == ["up"] * 4 + ["down"] * 4
@@ -682,8 +698,14 @@ def test_concept_cusums_are_calibrated_on_resampled_pit_scores(error):
     rows = _pit_rows(concept._error(actual, predicted), bins, concept._sorted, detector._third)
     rows.key = ("written out", error)
     assert detector.thresholds.tolist() == sequential.calibrate(rows, inc, 0.01, seed=0).tolist()
+    # another reference, the same settings: its own simulation, not the cached one
+    part = sequential.SequentialConceptDetector(concept, actual[:300], predicted[:300], budget=0.01)
+    rows = _pit_rows(concept._error(actual[:300], predicted[:300]), bins[:300], concept._sorted, detector._third)
+    rows.key = ("written out", error, 300)
+    assert part.thresholds.tolist() == sequential.calibrate(rows, inc, 0.01, seed=0).tolist()
     assert detector.transform([1000.0, None], [1000, 1000]).shape == (2, 2)
     assert np.isnan(detector.transform([1000.0, None], [1000, 1000])[1]).all()
+    assert np.isnan(detector.transform([1000.0, 1000.0], [1000, None])[1]).all()
     times = np.arange(7.0, 17.0)
     result = detector.update(predicted[:10] * 100, predicted[:10], times=times)  # far above: "up" alarms
     assert result.alarm and all(a.direction == "up" for a in result.alarms)
@@ -695,7 +717,7 @@ def test_data_cusums_are_calibrated_on_resampled_scores_and_a_constant_feature_s
     rng = np.random.default_rng(8)
     x = np.round(rng.normal(10, 2, 300), 1)
     const = np.full(300, 4.0)
-    reference = {"x": np.concatenate((x, [np.nan])).tolist(), "c": np.concatenate((const, [4.0])).tolist()}
+    reference = {"x": x.tolist() + [None], "c": const.tolist() + [4.0]}
     scorers = {"x": drift.NormalScoreDetector(x), "c": drift.NormalScoreDetector(const)}
     assert scorers["c"].sd == 0
     detector = sequential.SequentialDataDetector(scorers, reference, budget=0.01)
@@ -714,6 +736,11 @@ def test_data_cusums_are_calibrated_on_resampled_scores_and_a_constant_feature_s
     assert few[2, 0] == pytest.approx((scorers["x"].scores(np.array([100.0]))[0] - scorers["x"].mean)
                                       / scorers["x"].sd)
     # (its threshold is 0: updating would divide by it in _statistics, left as found; see the report)
+    # another reference, the same settings: its own simulation, not the cached one
+    fewer = sequential.SequentialDataDetector({"x": drift.NormalScoreDetector(x[:200])}, {"x": x[:200]}, budget=0.01)
+    single = _score_rows(x[:200].reshape(-1, 1))
+    single.key = ("written out", "scores", 200)
+    assert fewer.thresholds.tolist() == sequential.calibrate(single, fewer.increments, 0.01, seed=0).tolist()
     with pytest.raises(ValueError, match="^SequentialDataDetector needs at least one numeric feature$"):
         sequential.SequentialDataDetector({}, {})
     assert sequential.SequentialDataDetector.of(SimpleNamespace(_scorers={}), {}) is None
@@ -728,3 +755,52 @@ def test_data_update_dates_alarms_by_the_times_given(seq_data):
     assert result.alarm and result.alarms[0].subject == "carat" and result.alarms[0].since_time == 100.0
     few = seq_data.fresh().update({n: v[:10] for n, v in far.items()}, times=np.arange(10.0))
     assert few.alarm and few.alarms[0].since_time == 0.0
+
+
+def test_detector_dates_a_change_from_the_batch_it_began_in_and_picks_the_nearest_cusum():
+    fresh = _tiny_detector()  # its own CUSUMs, on its calibrated thresholds
+    plain = sequential.Cusum(fresh.thresholds)
+    plain.update(_increments(X))
+    fresh._run(X.reshape(-1, 1))
+    assert fresh.cusum.state.tolist() == plain.state.tolist() and fresh.rows == 5
+    detector = _tiny_detector([2.0, 1.0])
+    first = detector._run(np.array([[3.0]]), times=np.array([50.0]))  # crosses on its first row
+    assert [(a.row, a.since, a.since_time) for a in first.alarms] == [(1, 1, 50.0)]
+    detector._run(np.array([[0.0]] * 4))
+    # rows 6, 7: up at 0 after row 6, crosses at row 7: since 7, the second row of this batch
+    later = detector._run(np.array([[0.0], [3.0]]), times=np.array([60.0, 61.0]))
+    assert [(a.row, a.since, a.since_time) for a in later.alarms] == [(7, 7, 61.0)]
+    # times that do not reach the change's row date nothing
+    short = detector._run(np.array([[0.0], [3.0]]), times=np.array([70.0]))
+    assert [(a.row, a.since, a.since_time) for a in short.alarms] == [(9, 9, None)]
+    # the subject's CUSUM nearest its threshold, as a share of it
+    near = _tiny_detector([0.5, 1.0])
+    assert near._statistics(np.array([0.4, 0.3])) == {"x": (0.4, 0.5, "up")}
+    assert near._statistics(np.array([0.1, 0.3])) == {"x": (0.3, 1.0, "down")}
+    far = _tiny_detector([2.0, 4.0])
+    assert far._statistics(np.array([1.0, 1.6])) == {"x": (1.0, 2.0, "up")}
+    assert far.scan(np.zeros((2, 1)), [1, 2], after=0).test == "cusum"
+
+
+def test_watch_reports_an_alarm_on_the_first_row_and_its_test():
+    watch = sequential.Watch(_tiny_detector([2.0, 1.0]))
+    watch.update(np.array([[3.0]]), now=1.0)
+    got = watch.report()
+    assert got["alarm"] is True and got["test"] == "cusum" and got["rows"] == 1
+    assert got["subjects"]["x"]["alarm"] and got["subjects"]["x"]["since_row"] == 1
+
+
+def test_watch_dates_by_each_rows_own_batch():
+    watch = sequential.Watch(_tiny_detector([2.0, 1.0]))
+    watch.update(np.array([[1.0]]), now=7.0)  # up 0.5 at row 1
+    crossed = watch.update(np.array([[3.0]]), now=8.0)  # 3.0 > 2 at row 2: since row 1, at 7.0
+    assert [(a.row, a.since, a.since_time) for a in crossed.alarms] == [(2, 1, 7.0)]
+    watch.update(np.array([[0.0]] * 3), now=9.0)  # rows 3-5, down and up at zero
+    watch.update(np.array([[0.7]] * 3), now=10.0)  # rows 6-8: up 0.2 a row from row 6
+    big = watch.update(np.array([[3.0]] + [[0.5]] * 19), now=11.0)  # row 9 crosses: since row 6, at 10.0
+    assert [(a.row, a.since, a.since_time) for a in big.alarms][0] == (9, 6, 10.0)
+    # past TIMES rows, a recent change is still dated
+    watch.update(np.zeros((5000, 1)) - 1.0, now=12.0)
+    watch.update(np.array([[1.0]]), now=13.0)
+    late = watch.update(np.array([[3.0]]), now=14.0)
+    assert [(a.since, a.since_time) for a in late.alarms] == [(watch.detector.rows - 1, 13.0)]
