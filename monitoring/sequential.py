@@ -281,9 +281,15 @@ class _SequentialDetector:
         one when both are as near (both at zero)."""
         out: dict[str, tuple[float, float, str]] = {}
         values, thresholds = state.tolist(), self.thresholds.tolist()
+        # A threshold of 0 is a feature constant in the reference: its scores are all 0, so its
+        # CUSUMs never leave 0 (nor alarm) and count as at 0 of their way
+        share = [v / h if h > 0 else 0.0 for v, h in zip(values, thresholds)]
+        nearest: dict[str, int] = {}
         for j, subject in enumerate(self.subjects):
-            if subject not in out or values[j] / thresholds[j] > out[subject][0] / out[subject][1]:
-                out[subject] = (values[j], thresholds[j], self.directions[j])
+            if subject not in nearest or share[j] > share[nearest[subject]]:
+                nearest[subject] = j
+        for subject, j in nearest.items():
+            out[subject] = (values[j], thresholds[j], self.directions[j])
         return out
 
     def statistics(self) -> dict[str, tuple[float, float, str]]:

@@ -735,7 +735,11 @@ def test_data_cusums_are_calibrated_on_resampled_scores_and_a_constant_feature_s
     assert few[[0, 2], 0] == pytest.approx(many[[0, 2], 0], rel=0, abs=1e-12)
     assert few[2, 0] == pytest.approx((scorers["x"].scores(np.array([100.0]))[0] - scorers["x"].mean)
                                       / scorers["x"].sd)
-    # (its threshold is 0: updating would divide by it in _statistics, left as found; see the report)
+    # its threshold is 0, and a stream of any values updates without fault: it never alarms
+    assert detector.thresholds[1] == detector.thresholds[3] == 0.0
+    moved = detector.fresh().update({"x": [10.0] * 60, "c": [9.0] * 60})
+    assert not [a for a in moved.alarms if a.subject == "c"]
+    assert moved.statistics["c"] == (0.0, 0.0, "up")
     # another reference, the same settings: its own simulation, not the cached one
     fewer = sequential.SequentialDataDetector({"x": drift.NormalScoreDetector(x[:200])}, {"x": x[:200]}, budget=0.01)
     single = _score_rows(x[:200].reshape(-1, 1))
