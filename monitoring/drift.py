@@ -152,6 +152,17 @@ def _none_if_nan(value):
 # Per-feature tests
 
 
+def _reference_counts(reference: np.ndarray, who: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n, sorted unique values, cumulative counts with a leading 0) of a reference's finite values:
+    cum[i] = #reference values <= values[i-1], the ECDF the KS and normal-score tests share."""
+    ref = np.asarray(reference, dtype=np.float64).ravel()
+    ref = ref[np.isfinite(ref)]
+    if ref.size == 0:
+        raise ValueError(f"{who} needs a non-empty finite reference")
+    values, counts = np.unique(ref, return_counts=True)
+    return int(ref.size), values, np.concatenate(([0], np.cumsum(counts)))
+
+
 class KSDetector:
     """Two-sample Kolmogorov-Smirnov test of a numeric feature against its reference sample.
 
@@ -166,14 +177,7 @@ class KSDetector:
     test = "ks"
 
     def __init__(self, reference: np.ndarray):
-        ref = np.asarray(reference, dtype=np.float64).ravel()
-        ref = ref[np.isfinite(ref)]
-        if ref.size == 0:
-            raise ValueError("KSDetector needs a non-empty finite reference")
-        self.n = int(ref.size)
-        self.values, counts = np.unique(ref, return_counts=True)
-        # cumulative counts with a leading 0: cum[i] = #reference values <= values[i-1]
-        self._cum = np.concatenate(([0], np.cumsum(counts)))
+        self.n, self.values, self._cum = _reference_counts(reference, "KSDetector")
         self._ref_cdf_at_values = self._cum[1:] / self.n
 
     def statistic(self, window: np.ndarray) -> tuple[float, int]:
@@ -222,13 +226,8 @@ class NormalScoreDetector:
     test = "normal-score"
 
     def __init__(self, reference: np.ndarray):
-        ref = np.asarray(reference, dtype=np.float64).ravel()
-        ref = ref[np.isfinite(ref)]
-        if ref.size == 0:
-            raise ValueError("NormalScoreDetector needs a non-empty finite reference")
-        self.n = int(ref.size)
-        self.values, counts = np.unique(ref, return_counts=True)
-        self._cum = np.concatenate(([0], np.cumsum(counts)))
+        self.n, self.values, self._cum = _reference_counts(reference, "NormalScoreDetector")
+        counts = np.diff(self._cum)
         clip = lambda u: np.clip(u, 0.5 / self.n, 1 - 0.5 / self.n)
         self._at_value = special.ndtri(clip((self._cum[:-1] + 0.5 * counts) / self.n))  # a reference value's score
         self._between = special.ndtri(clip(self._cum / self.n))  # a value below values[i] and above values[i-1]
