@@ -532,11 +532,14 @@ class Watch:
         with self._lock:
             first = self.detector.rows
             result = self.detector.update(*batch)
-            if now is not None and result.rows - first <= Cusum.SMALL:
+            # An undated batch still takes its rows' slots (as NaN): they hold the times of the rows
+            # TIMES before, which would otherwise date a change that began in this batch
+            stamp = math.nan if now is None else now
+            if result.rows - first <= Cusum.SMALL:
                 for row in range(first, result.rows):
-                    self._times[row % self.TIMES] = now
-            elif now is not None:
-                self._times[np.arange(max(first, result.rows - self.TIMES), result.rows) % self.TIMES] = now
+                    self._times[row % self.TIMES] = stamp
+            else:
+                self._times[np.arange(max(first, result.rows - self.TIMES), result.rows) % self.TIMES] = stamp
             for alarm in result.alarms:
                 if alarm.since_time is None and result.rows - alarm.since < self.TIMES:
                     alarm.since_time = _finite_or_none(self._times[(alarm.since - 1) % self.TIMES])

@@ -595,6 +595,18 @@ def test_watch_forgets_times_older_than_it_keeps():
     assert [(a.row, a.since, a.since_time) for a in result.alarms] == [(4112, 16, None)]
 
 
+@pytest.mark.parametrize("undated, row", [(1, 4098), (20, 4101)])  # the row-by-row path and numpy's
+def test_an_undated_batch_is_not_dated_by_the_rows_before_it_in_the_ring(undated, row):
+    watch = sequential.Watch(_tiny_detector([2.0, 1.0]))
+    watch.update(np.zeros((4096, 1)), now=1.0)  # every kept time taken, by rows 1-4096
+    # undated rows from 4097: up 0.5 a row from the first of them (20 rows: 2.5 > 2 at row 4101)
+    crossed = watch.update(np.ones((undated, 1)))
+    if undated == 1:
+        crossed = watch.update(np.array([[3.0]]))  # 0.5 + 2.5 > 2 at row 4098, undated too
+    assert [(a.row, a.since, a.since_time) for a in crossed.alarms][0] == (row, 4097, None)
+    assert watch.report()["subjects"]["x"]["since"] is None
+
+
 def test_a_band_without_reference_rows_is_skipped_not_the_end():
     rng = np.random.default_rng(6)
     predicted = np.repeat([1000.0, 5000.0], 20)  # quartile edges 1000, 3000, 5000: bands 0 and 2 empty
