@@ -76,6 +76,19 @@ def test_small_batches_row_by_row_decide_as_the_vectorised_form():
     assert small.rows == large.rows == 400
 
 
+def test_a_batch_of_small_rows_runs_the_recursion_as_written():
+    """Up to Cusum.SMALL rows: S = max(0, S + x) row by row, to the last bit (numpy's cumulative form
+    rounds these increments differently: 3.8999999999999995)."""
+    x = [0.7, -0.9, 0.1, 0.2] + [0.3] * 12
+    assert len(x) == sequential.Cusum.SMALL == 16
+    s = 0.0
+    for step in x:
+        s = max(0.0, s + step)
+    cusum = sequential.Cusum(np.array([100.0]))
+    assert cusum.update(np.array(x).reshape(-1, 1)) == []
+    assert cusum.state.tolist() == [s] == [3.899999999999999]
+
+
 def test_cusum_reset_and_a_start_away_from_zero():
     cusum = sequential.Cusum(np.array([10.0]))
     cusum.update(np.array([[3.0], [2.0]]))
@@ -620,12 +633,29 @@ def test_a_band_without_reference_rows_is_skipped_not_the_end():
     assert detector.thresholds.tolist() == sequential.calibrate(rows, detector.increments, 0.01, seed=0).tolist()
 
 
+def test_a_band_with_one_reference_error_ranks_labels_against_it():
+    rng = np.random.default_rng(9)
+    # quartile edges 1000, 2000, 5000: band 0 empty, band 2 holds the one stone predicted at 3000
+    predicted = np.array([1000.0] * 20 + [3000.0] + [5000.0] * 19)
+    concept = drift.ConceptDriftDetector(predicted * np.exp(rng.normal(0, 0.1, 40)), predicted, n_bins=4)
+    assert [s.size for s in concept._sorted] == [0, 20, 1, 19]
+    # the CUSUMs' reference: other labels of the same predictions, five at 3000 ranked against that one
+    seq_predicted = np.concatenate((predicted, [3000.0] * 4))
+    seq_actual = seq_predicted * np.exp(rng.normal(0, 0.1, 44))
+    detector = sequential.SequentialConceptDetector(concept, seq_actual, seq_predicted, budget=0.01)
+    bins = np.searchsorted(concept.edges, seq_predicted, side="right")
+    rows = _pit_rows(concept._error(seq_actual, seq_predicted), bins, concept._sorted, detector._third)
+    rows.key = ("written out", "one error in a band")
+    assert detector.thresholds.tolist() == sequential.calibrate(rows, detector.increments, 0.01, seed=0).tolist()
+
+
 def test_thirds_of_the_bands_are_named_by_their_range():
     from types import SimpleNamespace
 
     nine = SimpleNamespace(error="residual", edges=np.arange(1.0, 9.0), bin_names=[str(b) for b in range(9)])
     assert sequential._band_name(nine, np.array([3, 4, 5])) == "predicted 3 to 6"
     assert sequential._band_name(nine, np.array([0, 1, 2])) == "predicted < 3"
+    assert sequential._band_name(nine, np.array([6, 7, 8])) == "predicted >= 6"
     prices = SimpleNamespace(error="log_ratio", edges=np.array([1000.0, 2500.0, 6300.0]),
                              bin_names=["price 0-1,000", "price 1,000-2,500", "price 2,500-6,300", "price 6,300+"])
     name = sequential._band_name
@@ -696,8 +726,8 @@ def _synthetic_concept(error="log_ratio", n=400, seed=5):
 @pytest.mark.parametrize("error", ["log_ratio", "residual"])
 def test_concept_cusums_are_calibrated_on_resampled_pit_scores(error):
     actual, predicted, concept = _synthetic_concept(error)
-    # pairs with a missing value are left out of the reference
-    with_gaps = actual.tolist() + [None, 1000.0], predicted.tolist() + [1000.0, np.inf]
+    # pairs with a missing value (a label, a prediction) are left out of the reference
+    with_gaps = actual.tolist() + [None, 1000.0, 1000.0], predicted.tolist() + [1000.0, np.inf, None]
     detector = sequential.SequentialConceptDetector(concept, *with_gaps, budget=0.01)
     assert detector.segments[0] == "all" and len(detector.segments) == 4
     assert detector.subjects == detector.segments * 2 and detector.directions == ["up"] * 4 + ["down"] * 4
@@ -757,6 +787,12 @@ def test_data_cusums_are_calibrated_on_resampled_scores_and_a_constant_feature_s
     single = _score_rows(x[:200].reshape(-1, 1))
     single.key = ("written out", "scores", 200)
     assert fewer.thresholds.tolist() == sequential.calibrate(single, fewer.increments, 0.01, seed=0).tolist()
+    # and another of as many rows and features (the same increments): its own simulation too
+    later = sequential.SequentialDataDetector({"x": drift.NormalScoreDetector(x[100:])}, {"x": x[100:]}, budget=0.01)
+    single = _score_rows(x[100:].reshape(-1, 1))
+    single.key = ("written out", "scores", "last 200")
+    assert later.thresholds.tolist() == sequential.calibrate(single, later.increments, 0.01, seed=0).tolist()
+    assert later.thresholds.tolist() != fewer.thresholds.tolist()
     with pytest.raises(ValueError, match="^SequentialDataDetector needs at least one numeric feature$"):
         sequential.SequentialDataDetector({}, {})
     assert sequential.SequentialDataDetector.of(SimpleNamespace(_scorers={}), {}) is None
@@ -793,6 +829,10 @@ def test_detector_dates_a_change_from_the_batch_it_began_in_and_picks_the_neares
     near = _tiny_detector([0.5, 1.0])
     assert near._statistics(np.array([0.4, 0.3])) == {"x": (0.4, 0.5, "up")}
     assert near._statistics(np.array([0.1, 0.3])) == {"x": (0.3, 1.0, "down")}
+    # a threshold of 0 (a direction the reference never moves) is at 0 of its way, whatever its CUSUM
+    flat = _tiny_detector([0.0, 1.0])
+    assert flat._statistics(np.array([0.0, 0.5])) == {"x": (0.5, 1.0, "down")}
+    assert flat._statistics(np.array([0.0, 0.0])) == {"x": (0.0, 0.0, "up")}
     far = _tiny_detector([2.0, 4.0])
     assert far._statistics(np.array([1.0, 1.6])) == {"x": (1.0, 2.0, "up")}
     assert far.scan(np.zeros((2, 1)), [1, 2], after=0).test == "cusum"
