@@ -441,6 +441,11 @@ def test_thresholds_for_by_hand():
     assert sequential.thresholds_for(together, 0.3).tolist() == [7.0, 14.0]
     assert sequential.thresholds_for(together, 0.0).tolist() == [10.0, 20.0]
     assert sequential.thresholds_for(together.astype(np.float32), 0.2).dtype == np.float64
+    # three CUSUMs topped in different blocks: one block above each (3 of 10) fits 0.35, two (6) do not
+    apart = np.ones((10, 3))
+    for j in range(3):
+        apart[2 * j:2 * j + 2, j] = [5.0, 4.0]
+    assert sequential.thresholds_for(apart, 0.35).tolist() == [4.0, 4.0, 4.0]
 
 
 def _simulated(rows, increments, budget, seed=0, streams=2000, length=1300, warmup=300, chunk=250):
@@ -460,8 +465,17 @@ def test_calibrate_is_the_simulation_it_describes_and_caches_by_every_setting():
     rows = np.column_stack((rng.normal(size=300), rng.normal(size=300) ** 2))
     up = sequential._Increments(np.array([0, 1]), np.array([1.0, 1.0]), 0.5)
     expected = _simulated(rows, up, 0.01)
-    h = sequential.calibrate(rows, up, 0.01)
+    drawn = []
+
+    def recorded(block):
+        drawn.append(block.shape)
+        return up(block)
+
+    recorded.key = up.key
+    h = sequential.calibrate(rows, recorded, 0.01)
     assert h.dtype == np.float64 and h.tolist() == expected.tolist()
+    # by default 2,000 streams of 1,300 whole rows, drawn 250 streams at a time
+    assert drawn == [(250 * 1300, 2)] * 8
     h[:] = -1.0  # a copy: the cache keeps its own
     assert sequential.calibrate(rows, up, 0.01).tolist() == expected.tolist()
     small = dict(streams=70, length=160, warmup=20, chunk=30)
@@ -482,6 +496,24 @@ def test_calibrate_is_the_simulation_it_describes_and_caches_by_every_setting():
 
     source.key = ("test source", 1)
     assert sequential.calibrate(source, up, 0.05, **small).tolist() == _simulated(source, up, 0.05, **small).tolist()
+
+    def unnamed(generator):  # a source and increments without a key: simulated all the same
+        return rows[generator.integers(0, len(rows), size=len(rows))] * 2.0
+
+    def unnamed_up(block):
+        return up(block)
+
+    assert (sequential.calibrate(unnamed, unnamed_up, 0.05, **small, seed=5).tolist()
+            == _simulated(unnamed, up, 0.05, **small, seed=5).tolist())
+    # a reference is known by its values as floats: integers and their float64 copy are one reference,
+    # another array of the same bytes (those integers read as float64) is another
+    ints = np.arange(600, dtype=np.int64).reshape(300, 2) % 7
+    assert (sequential.calibrate(ints, up, 0.05, **small).tolist()
+            == sequential.calibrate(ints.astype(np.float64), up, 0.05, **small).tolist()
+            == _simulated(ints, up, 0.05, **small).tolist())
+    same_bytes = ints.view(np.float64)
+    assert (sequential.calibrate(same_bytes, up, 0.05, **small).tolist()
+            == _simulated(same_bytes, up, 0.05, **small).tolist() == [0.0, 0.0])
 
 
 def test_increments_mask_and_missing_values_by_hand():
