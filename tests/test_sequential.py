@@ -525,6 +525,10 @@ def test_increments_mask_and_missing_values_by_hand():
     assert y.tolist() == [[0.5, -1.5, 0.5, -1.5], [1.5, -2.5, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0],
                           [-1.5, 0.5, 0.0, 0.0]]
     assert inc.key == ([0, 0, 0, 0], [1.0, -1.0, 1.0, -1.0], 0.5, ([1, 1, 1, 1], [-1.0, -1.0, 2.0, 2.0]))
+    # the first third of the bands is mask value 0: its labels count, the others' do not
+    thirds = sequential._Increments(np.array([0, 0]), np.array([1.0, 1.0]), 0.5, mask_column=np.array([1, 1]),
+                                    mask_value=np.array([0.0, 1.0]))
+    assert thirds(np.array([[1.0, 0.0], [2.0, 1.0]])).tolist() == [[0.5, 0.0], [0.0, 1.5]]
     plain = sequential._Increments(np.array([1]), np.array([-1.0]), 1)
     assert plain(np.array([[5.0, 2.0], [0.0, np.inf]])).tolist() == [[-3.0], [0.0]]
     assert plain.key == ([1], [-1.0], 1.0, None)
