@@ -23,14 +23,16 @@ def measured(small_artifact, tmp_path_factory):
     rows, prices = bench.heldout()
     rows_file = tmp_path_factory.mktemp("bench-report") / "rows.jsonl"
     rows_file.write_text("".join(bench.json.dumps(r) + "\n" for r in rows[:200]))
+    registry = CollectorRegistry()
     handle = start_monitor(MonitorConfig(port=0, check_interval=0, window=300, label_window=300, db_path=None),
-                           artifact=small_artifact, registry=CollectorRegistry())
+                           artifact=small_artifact, registry=registry)
     try:
         port = handle.server.server_address[1]
         bench.fill_windows(port, rows, prices, 300)
         render = bench.report_render_cost(port, 2, os.getpid(), views=200)
         during = bench.report_views_during_load(port, os.getpid(), rows_file, args, args.report_duration)
-        renders = handle.monitor.report_page.renders
+        # a CUSUM alarm on the streamed rows may run one more check (its own thread): count them all
+        renders = (handle.monitor.report_page.renders, registry.get_sample_value("drift_checks_total"))
     finally:
         handle.stop()
     return args, render, during, renders
@@ -52,8 +54,10 @@ def test_views_run_beside_wrk_and_each_check_is_drawn_once(measured):
     for run in during["without_views"] + during["with_views"]:
         assert run["requests"] > 0 and 0 < run["p99_ms"]
     assert during["render_ms_under_load"][0] > 0
-    # two checks of report_render_cost and one before the run with views: three renders, however many views
-    assert renders == 3 < during["views"]
+    # two checks of report_render_cost and one before the run with views (plus any check a CUSUM alarm
+    # ran between them): at most one render per check, however many views
+    renders, checks = renders
+    assert 3 <= renders <= checks < during["views"]
     assert during["p99_noise_ms"] >= 0
 
 
