@@ -204,7 +204,11 @@ class Monitor:
                                       self.concept_detector.segment_names(),
                                       value_bounds=None if self.schema.is_classification
                                       else value_buckets(errors["predicted"]),
-                                      classes=[str(c) for c in self.classes])
+                                      classes=[str(c) for c in self.classes],
+                                      # the subjects a check's `sequential` report names (its keys)
+                                      cusum_subjects={kind: [] if detector is None else list(detector.statistics())
+                                                      for kind, detector in (("data", self.sequential_data),
+                                                                             ("concept", self.sequential_concept))})
         self.metrics.watch_windows(self.inputs, self.labelled)
         if self.fleet:  # the windows drift is measured on are the fleet's: those of the latest report
             self.metrics.window_samples.labels("inputs").set_function(
