@@ -582,8 +582,10 @@ class Monitor:
                         concept.labelled_size)
         elif concept.detected:
             where = concept.detection.segment if concept.detection is not None else "all"
-            log.warning("concept drift detected (%s): MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)", where,
-                        100 * concept.mse_increase, concept.bias_pct or 0.0, concept.labelled_size)
+            # A labels' CUSUM alarm can flag it before the window holds enough labels to test (no MSE yet)
+            mse = "n/a" if concept.mse_increase is None else f"{100 * concept.mse_increase:+.0f}%"
+            log.warning("concept drift detected (%s): MSE %s vs held-out, bias %+.1f%% (%d labels)", where,
+                        mse, concept.bias_pct or 0.0, concept.labelled_size)
 
     @property
     def latest_check(self) -> DriftCheck | None:
