@@ -506,10 +506,9 @@ def _data_section(data: dict, reference: Reference, snapshot: DriftSnapshot) -> 
                  f'correction at family-wise α = {data["alpha"]:g}: on unchanged traffic a check flags any '
                  f'feature with probability at most α. Distances are in [0, 1].</p>')
     parts.append(_summary_table(order, features))
-    parts.append(_cusum_block("data", data.get("sequential")))
     parts.append('<div class="features">')
     parts.extend(_feature_card(n, kinds[n], features[n], reference, snapshot) for n in order)
-    parts.append("</div></section>")
+    parts.append("</div>" + _cusum_block("data", data.get("sequential")) + "</section>")
     return "".join(parts)
 
 

@@ -199,7 +199,7 @@ def test_clean_traffic_reads_as_no_drift(clean):
 
 def _cusum_block(html: str, kind: str) -> str:
     start = html.index(f'<div class="cusums" id="{kind}-cusums">')
-    return html[start:html.index('</div><div class="features">' if kind == "data" else "</section>", start)]
+    return html[start:html.index("</section>", start)]
 
 
 def _utc(unix_seconds: float) -> str:
