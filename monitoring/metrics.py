@@ -294,7 +294,6 @@ class MonitorMetrics:
             self.segment_detected.labels(segment).set(1 if tested is not None and tested.detected else 0)
             self.segment_bias.labels(segment).set(math.nan if tested is None else _number(tested.bias_pct))
 
-
     def _record_cusums(self, kind: str, gauge: Gauge, report: dict | None) -> None:
         """Each subject's ratio from a check's `sequential` report, whatever subjects it names (kept,
         so that one it stops naming, as in a check without CUSUMs, reads NaN rather than its old value)."""
