@@ -147,7 +147,7 @@ def run(small_artifact, tmp_path_factory):
 
 def _starts(prometheus: Prometheus) -> dict:
     """drift_since_timestamp_seconds now, by (instance, kind), and what the dashboard's "since" stats
-    read now (by kind: their query's values, empty for "no drift")."""
+    read now (by kind: their query's values, -1 for "no drift")."""
     out = {(s["metric"]["instance"], s["metric"]["kind"]): float(s["value"][1])
            for s in prometheus.query(f'drift_since_timestamp_seconds{{job="{gen_dashboard.JOB}"}}')}
     panels = {p["id"]: p for p in gen_dashboard.DASHBOARD["panels"]}
@@ -283,7 +283,7 @@ def test_since_when_is_nan_on_clean_traffic_and_dated_within_the_run_under_drift
     clean = {k: v for k, v in starts["clean"].items() if isinstance(k, tuple)}
     assert len(clean) == 4  # both kinds, both monitors, from the first check on
     assert all(math.isnan(v) for v in clean.values())
-    assert starts["clean"]["data"] == starts["clean"]["concept"] == []  # the stats read "no drift"
+    assert starts["clean"]["data"] == starts["clean"]["concept"] == [-1]  # the stats read "no drift"
     # prices up: the regressor's concept drift is dated within the run; its inputs did not drift
     assert run["started"] <= starts["concept"][(regressor, "concept")] <= run["ended"]
     assert math.isnan(starts["concept"][(regressor, "data")])
@@ -292,7 +292,7 @@ def test_since_when_is_nan_on_clean_traffic_and_dated_within_the_run_under_drift
     assert run["started"] <= starts["data"][(regressor, "data")] <= run["ended"]
     # the stats: the earliest start of the monitors shown, in milliseconds (Grafana's dateTimeFromNow)
     assert starts["concept"]["concept"] == [1000 * starts["concept"][(regressor, "concept")]]
-    assert starts["concept"]["data"] == []
+    assert starts["concept"]["data"] == [-1]
     assert starts["data"]["data"] == [1000 * starts["data"][(regressor, "data")]]
 
 

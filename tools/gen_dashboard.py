@@ -79,8 +79,9 @@ def thresholds(*steps) -> dict:
 
 OK_DRIFT = [{"type": "value", "options": {"0": {"text": "no drift", "color": "green", "index": 0},
                                           "1": {"text": "DRIFT", "color": "red", "index": 1}}}]
-START_UNKNOWN = [{"type": "special", "options": {"match": "null+nan", "result": {"text": "start unknown",
-                                                                                  "index": 0}}}]
+SINCE_MAPPINGS = [  # the "since" stats' query: -1 while nothing drifts, NaN for a drift without a start
+    {"type": "value", "options": {"-1": {"text": "no drift", "color": "green", "index": 0}}},
+    {"type": "special", "options": {"match": "null+nan", "result": {"text": "start unknown", "index": 1}}}]
 UP_DOWN = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0},
                                          "1": {"text": "UP", "color": "green", "index": 1}}}]
 
@@ -460,8 +461,8 @@ def _panels():
     # is NaN while nothing drifts (and when a drift's start is unknown: a classifier's concept drift),
     # never absent: the series is there from the first scrape, so "no data" only ever means "not
     # scraped", and a comparison drops NaN (`drift_since_timestamp_seconds > 0` lists what drifts).
-    # The stat keeps it only while the kind is detected, so that it tells "no drift" (nothing left:
-    # its no-value text) from "drifting, start unknown" (NaN).
+    # The stat reads it only while the kind is detected, and -1 ("no drift") while it is not, so that
+    # it tells "no drift" from "drifting, start unknown" (NaN) and from "not scraped" (no data).
     for kind, title in (("data", "Data drift since"), ("concept", "Concept drift since")):
         since = sel("drift_since_timestamp_seconds", f'kind="{kind}"')
         detected = sel(f"{kind}_drift_detected")
@@ -471,10 +472,11 @@ def _panels():
             "began, the earliest start among its windowed detections (estimated from the window, so at most "
             "a window ago) and the CUSUM alarms since the previous check. 'no drift' while "
             f"{kind}_drift_detected is 0; 'start unknown' when it is 1 without a start (a classifier's "
-            "concept drift).",
+            "concept drift); no data when no monitor is scraped.",
             # instant: the latest check's (a range would show the last start of a drift that ended)
-            [target(f"min({since}) * 1000 and on () max({detected}) == 1", "", "A", instant=True)]) | {"fieldConfig": {
-                "defaults": {"unit": "dateTimeFromNow", "mappings": START_UNKNOWN, "noValue": "no drift",
+            [target(f"min({since}) * 1000 and on () max({detected}) == 1 or on () max({detected}) - 1", "", "A",
+                    instant=True)]) | {"fieldConfig": {
+                "defaults": {"unit": "dateTimeFromNow", "mappings": SINCE_MAPPINGS,
                              "thresholds": thresholds(("red", None)), "color": {"mode": "thresholds"}},
                 "overrides": []}})
     for kind, label, what in (("data", "feature", "each numeric feature's normal score (up: larger values, down: "
