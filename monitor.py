@@ -204,7 +204,11 @@ class Monitor:
                                       self.concept_detector.segment_names(),
                                       value_bounds=None if self.schema.is_classification
                                       else value_buckets(errors["predicted"]),
-                                      classes=[str(c) for c in self.classes])
+                                      classes=[str(c) for c in self.classes],
+                                      # the subjects a check's `sequential` report names (its keys)
+                                      cusum_subjects={kind: [] if detector is None else list(detector.statistics())
+                                                      for kind, detector in (("data", self.sequential_data),
+                                                                             ("concept", self.sequential_concept))})
         self.metrics.watch_windows(self.inputs, self.labelled)
         if self.fleet:  # the windows drift is measured on are the fleet's: those of the latest report
             self.metrics.window_samples.labels("inputs").set_function(
@@ -578,8 +582,10 @@ class Monitor:
                         concept.labelled_size)
         elif concept.detected:
             where = concept.detection.segment if concept.detection is not None else "all"
-            log.warning("concept drift detected (%s): MSE %+.0f%% vs held-out, bias %+.1f%% (%d labels)", where,
-                        100 * concept.mse_increase, concept.bias_pct or 0.0, concept.labelled_size)
+            # A labels' CUSUM alarm can flag it before the window holds enough labels to test (no MSE yet)
+            mse = "n/a" if concept.mse_increase is None else f"{100 * concept.mse_increase:+.0f}%"
+            log.warning("concept drift detected (%s): MSE %s vs held-out, bias %+.1f%% (%d labels)", where,
+                        mse, concept.bias_pct or 0.0, concept.labelled_size)
 
     @property
     def latest_check(self) -> DriftCheck | None:

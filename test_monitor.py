@@ -382,3 +382,30 @@ def test_concurrent_single_row_requests_are_batched_and_answered_correctly(serve
     for t in threads:
         t.join(timeout=30)
     assert np.array_equal(np.array(answers), expected)
+
+
+def test_a_label_cusum_alarm_before_the_window_can_be_tested_is_logged_not_a_traceback(
+        small_artifact_path, small_artifact, heldout, caplog):
+    """Prices tripled on the first labels: the labels' CUSUM alarms within a few of them and checks
+    at once, when the windowed concept test has too few labels to give an MSE. The check's log line
+    says so instead of raising on the missing figure (which failed the alarm's check thread)."""
+    config = MonitorConfig(model_path=small_artifact_path, port=0, check_interval=0, db_path=None)
+    handle = start_monitor(config, artifact=small_artifact, registry=CollectorRegistry())
+    try:
+        rows = heldout.iloc[:12]
+        status, _, body = request(handle.url, "POST", "/predict", as_payload(rows))
+        assert status == 200
+        with caplog.at_level("WARNING", logger="monitor"):
+            labels = [{"id": i, "actual": 3 * float(p)} for i, p in zip(body["ids"], rows["price"])]
+            assert request(handle.url, "POST", "/feedback", labels)[0] == 200
+            deadline = time.monotonic() + 10
+            while not any("concept drift detected" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                time.sleep(0.02)
+        concept = handle.monitor.latest_check.concept
+        assert concept.detected and concept.mse_increase is None and concept.labelled_size == 12
+        assert not [r for r in caplog.records if r.exc_info or "failed" in r.getMessage()]
+        (line,) = [r.getMessage() for r in caplog.records if "concept drift detected" in r.getMessage()]
+        assert "MSE n/a" in line and "(12 labels)" in line
+    finally:
+        handle.stop()

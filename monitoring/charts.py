@@ -244,6 +244,42 @@ def paired_bars(chart_id: str, title: str, desc: str, categories: Sequence[str],
     return _svg(chart_id, height, title, desc, body)
 
 
+def threshold_bars(chart_id: str, title: str, desc: str, names: Sequence[str], ratios: Sequence[float],
+                   alarmed: Sequence[bool], xlabel: str = "statistic / threshold") -> str:
+    """Horizontal bars, one per CUSUM: its statistic as a fraction of its threshold, against a dashed
+    line at 1 (the alarm). A bar that alarmed is vermillion and hatched by its outline (dark, thick),
+    the others orange, so that the two differ in greyscale too; each bar is labelled with its value."""
+    row, bar = 22, 12
+    height = MARGIN["top"] + row * len(names) + 30
+    left = 12 + min(max((len(n) for n in names), default=4), 18) * 6.2
+    top = max(max((r for r in ratios if math.isfinite(r)), default=0.0), 1.0) * 1.18
+    f = Frame((0.0, top), (0.0, 1.0), height=height, margin={"left": left, "bottom": 30, "right": 8})
+    body = []
+    xt = ticks(0.0, top / 1.1, 4)
+    body.append('<g class="grid">' + "".join(f'<path d="M{_c(f.x(v))} {_c(f.top)}V{_c(f.bottom)}"/>' for v in xt)
+                + "</g>")
+    body.append('<g class="ticks">' + "".join(
+        f'<text x="{_c(f.x(v))}" y="{_c(f.bottom + 14)}" text-anchor="middle">{v:g}</text>' for v in xt) + "</g>")
+    body.append(f'<text class="label" x="{_c((f.left + f.right) / 2)}" y="{_c(height - 4)}" '
+                f'text-anchor="middle">{escape(xlabel)}</text>')
+    for i, (name, ratio, fired) in enumerate(zip(names, ratios, alarmed)):
+        y = f.top + i * row + 4
+        body.append(f'<text x="{_c(f.left - 6)}" y="{_c(y + bar - 2)}" text-anchor="end">{escape(name)}</text>')
+        if not math.isfinite(ratio):
+            body.append(f'<text class="value" x="{_c(f.left + 3)}" y="{_c(y + bar - 2)}">–</text>')
+            continue
+        width = max(f.x(min(ratio, top)) - f.left, 0)
+        style = (f'fill="{VERMILLION}" stroke="#000" stroke-width="1.5"' if fired else f'fill="{ORANGE}"')
+        body.append(f'<rect x="{_c(f.left)}" y="{_c(y)}" width="{_c(width)}" height="{bar}" {style}/>')
+        body.append(f'<text class="value" x="{_c(f.left + width + 3)}" y="{_c(y + bar - 2)}">{ratio:.2f}</text>')
+    body.append(f'<path d="M{_c(f.x(1.0))} {_c(f.top - 4)}V{_c(f.bottom)}" stroke="#222" stroke-width="2" '
+                'stroke-dasharray="5 3"/>')
+    body.append(f'<path class="axis" d="M{_c(f.left)} {_c(f.top - 2)}V{_c(f.bottom)}"/>')
+    body.append(legend([("solid", ORANGE, "now"), ("solid", VERMILLION, "alarmed"), ("dash", "#222", "alarm at 1")],
+                       x=f.left))
+    return _svg(chart_id, height, title, desc, body)
+
+
 def pit_histogram(chart_id: str, title: str, desc: str, edges: Sequence[float], density: Sequence[float],
                   band: tuple[float, float]) -> str:
     """Live PIT values as bars of density against Uniform(0, 1): the dashed line at 1 is "as at

@@ -36,10 +36,12 @@ def value_buckets(reference_predictions, n: int = VALUE_BUCKETS) -> tuple[float,
 class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, feature_tests: dict[str, str] | None = None,
                  segments: list[str] | None = None, value_bounds: tuple[float, ...] | None = None,
-                 classes: list[str] | None = None):
+                 classes: list[str] | None = None, cusum_subjects: dict[str, list[str]] | None = None):
         """feature_tests: the main test of each feature's drift detector, by feature name ("ks", "chi2");
         segments: the concept-drift segments a check may report; value_bounds: the predicted_value
-        histogram's buckets (a regression; value_buckets); classes: a classifier's classes (as text)."""
+        histogram's buckets (a regression; value_buckets); classes: a classifier's classes (as text);
+        cusum_subjects: the subjects of the CUSUMs between checks, {"data": features, "concept":
+        segments} (monitoring/sequential.py; either may be empty: a classifier's labels have none)."""
         self.registry = registry = registry if registry is not None else CollectorRegistry()
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
@@ -141,6 +143,20 @@ class MonitorMetrics:
         self.segment_bias = Gauge("concept_drift_segment_bias_percent", "How far actual values sit above "
                                   "predictions in this segment, against the reference, in percent",
                                   ["segment"], registry=registry)
+        # The CUSUMs between checks (monitoring/sequential.py), from the check's `sequential` report:
+        # how near each subject's CUSUM is to its alarm. One series per subject, not per direction:
+        # the report gives the subject's CUSUM nearest its threshold (up or down), and a direction
+        # label would make series vanish and reappear each time the nearer side flips on clean traffic.
+        self.feature_cusum_ratio = Gauge("data_drift_cusum_ratio", "The feature's CUSUM nearest its alarm (up or "
+                                         "down), as a fraction of its threshold (1 = alarm; above 1: the value it "
+                                         "alarmed at since the previous check)", ["feature"], registry=registry)
+        self.segment_cusum_ratio = Gauge("concept_drift_cusum_ratio", "The labels' CUSUM of this segment nearest its "
+                                         "alarm (up or down), as a fraction of its threshold (1 = alarm; above 1: "
+                                         "the value it alarmed at since the previous check)", ["segment"],
+                                         registry=registry)
+        self.drift_since = Gauge("drift_since_timestamp_seconds", "When the drift this check flags began (unix "
+                                 "time): the earliest start of its windowed detections and of the CUSUM alarms "
+                                 "since the previous check; NaN when nothing drifts", ["kind"], registry=registry)
         self.reference_mse = Gauge("concept_drift_reference_mse", "Held-out MSE the window is compared "
                                    "with", registry=registry)
         self.estimated_mse = Gauge("performance_estimated_mse", "MSE the served predictions are expected "
@@ -184,6 +200,13 @@ class MonitorMetrics:
             self.segment_bias.labels(segment).set(math.nan)
         for bound in ("lower", "upper"):
             self.estimate_band.labels(bound).set(math.nan)
+        # NaN until a check reports them, so that panels list every subject from the first scrape
+        self._cusum_subjects = {"data": [], "concept": [], **{k: list(v) for k, v in (cusum_subjects or {}).items()}}
+        for kind, gauge in (("data", self.feature_cusum_ratio), ("concept", self.segment_cusum_ratio)):
+            for subject in self._cusum_subjects[kind]:
+                gauge.labels(subject).set(math.nan)
+        for kind in ("data", "concept"):
+            self.drift_since.labels(kind).set(math.nan)
         for gauge in (self.estimated_mse, self.estimate_reference, self.data_drift, self.concept_drift,
                       self.concept_drift_p_value,
                       self.concept_drift_bias, self.concept_drift_bias_units, self.window_mse,
@@ -238,6 +261,13 @@ class MonitorMetrics:
             self.feature_scale.labels(name).set(math.nan if fired is None else fired.scale)
             self.feature_since.labels(name).set(math.nan if fired is None else _number(fired.since))
         self.data_drift_tests.set(data.tests)
+        self._record_cusums("data", self.feature_cusum_ratio, getattr(data, "sequential", None))
+        self._record_cusums("concept", self.segment_cusum_ratio, getattr(concept, "sequential", None))
+        self.drift_since.labels("data").set(_number(change_began(
+            [d.since for d in data.detections.values()], getattr(data, "sequential", None))))
+        detection = getattr(concept, "detection", None)  # a classifier's report has none
+        self.drift_since.labels("concept").set(_number(change_began(
+            [] if detection is None else [detection.since], getattr(concept, "sequential", None))))
         joint = data.multivariate
         self.multivariate_statistic.set(math.nan if joint is None else _number(joint.statistic))
         self.multivariate_p_value.set(math.nan if joint is None else _number(joint.p_value))
@@ -263,6 +293,37 @@ class MonitorMetrics:
             tested = concept.segments.get(segment)
             self.segment_detected.labels(segment).set(1 if tested is not None and tested.detected else 0)
             self.segment_bias.labels(segment).set(math.nan if tested is None else _number(tested.bias_pct))
+
+    def _record_cusums(self, kind: str, gauge: Gauge, report: dict | None) -> None:
+        """Each subject's ratio from a check's `sequential` report, whatever subjects it names (kept,
+        so that one it stops naming, as in a check without CUSUMs, reads NaN rather than its old value)."""
+        subjects = (report or {}).get("subjects") or {}
+        known = self._cusum_subjects[kind]
+        known.extend(s for s in subjects if s not in known)
+        for subject in known:
+            gauge.labels(subject).set(cusum_ratio(subjects.get(subject)))
+
+
+def cusum_ratio(entry: dict | None) -> float:
+    """A `sequential` subject's statistic over its threshold; 0 for a threshold of 0 (a feature
+    constant in the reference, whose CUSUMs never leave 0: sequential.py counts it so too)."""
+    if not entry or entry.get("statistic") is None or entry.get("threshold") is None:
+        return math.nan
+    threshold = float(entry["threshold"])
+    return float(entry["statistic"]) / threshold if threshold > 0 else 0.0
+
+
+def change_began(detection_times, sequential: dict | None) -> float | None:
+    """When the drift a check flags began: the earliest of its windowed detections' starts
+    (`detection_times`, unix time or None) and of the CUSUM alarms since the previous check (the
+    `since` of each alarmed subject of its `sequential` report); None when nothing drifts (or no
+    start is known). The gauge and the report page both read it from here."""
+    times = [t for t in detection_times if t is not None]
+    for entry in ((sequential or {}).get("subjects") or {}).values():
+        if entry.get("alarm") and entry.get("since") is not None:
+            times.append(entry["since"])
+    times = [float(t) for t in times if math.isfinite(float(t))]
+    return min(times) if times else None
 
 
 def _number(value) -> float:

@@ -32,6 +32,7 @@ import pandas as pd
 
 from monitoring import charts
 from monitoring.diamonds import FEATURE_WORDS, TARGET_UNIT
+from monitoring.metrics import change_began, cusum_ratio
 
 REPORT_PATH = "/drift/report"
 TEST_NAMES = {"ks": "Kolmogorov-Smirnov (two-sample)", "chi2": "chi-square (homogeneity)",
@@ -396,6 +397,96 @@ def _summary_table(order: Sequence[str], features: Mapping[str, dict]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')
 
 
+def _utc(unix_seconds: float | None) -> str:
+    """A unix time as the page writes times: 2026-11-27 22:30:05 UTC."""
+    if unix_seconds is None:
+        return "–"
+    return dt.datetime.fromtimestamp(unix_seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _time(unix_seconds: float | None) -> str:
+    """A unix time as a <time> element (its ISO form for machines), or a dash."""
+    if unix_seconds is None:
+        return "–"
+    iso = dt.datetime.fromtimestamp(unix_seconds, dt.timezone.utc).isoformat(timespec="seconds")
+    return f'<time datetime="{escape(iso)}">{escape(_utc(unix_seconds))}</time>'
+
+
+def _since_line(kind: str, began: float | None) -> str:
+    """"Drifting since ..." at the top of a section: the figure drift_since_timestamp_seconds has."""
+    if began is None:
+        return ""
+    return (f'<p class="since" id="{kind}-since" data-since="{began!r}"><strong>Drifting since {_time(began)}'
+            "</strong>: the earliest start among this check's detections and the CUSUM alarms since the previous "
+            "check.</p>")
+
+
+CUSUM_WORDS = {  # (whose, of what, which way is which)
+    "data": ("the inputs", "each numeric feature's normal score (a value's rank among the training values, as a "
+                           "standard normal score)", "Up: larger values than in training; down: smaller."),
+    "concept": ("the labels", "the labels' errors ranked among the held-out errors of similar predictions (as "
+                              "standard normal scores), over every label (all) and within each third of the "
+                              "predicted-value bands",
+                "Up: actual values above predictions; down: below."),
+}
+RECENT_ALARMS = 8  # the newest alarms listed under the table
+
+
+def _cusum_block(kind: str, sequential: dict | None) -> str:
+    """The CUSUMs between checks (monitoring/sequential.py) as the check reports them: each subject's
+    CUSUM nearest its threshold, its direction, whether it alarmed since the previous check and since
+    when the change began (row and time), and the newest alarms. Subjects are read from the report."""
+    who, what, ways = CUSUM_WORDS[kind]
+    head = f'<div class="cusums" id="{kind}-cusums"><h3>Between checks: CUSUMs of {who}</h3>'
+    if not sequential or not sequential.get("subjects"):
+        return head + (f'<p class="note">No CUSUM watches {who} of this model between checks (a classifier\'s labels '
+                       'and categorical features have none).</p></div>')
+    subjects = sequential["subjects"]
+    names = list(subjects)
+    ratios = [cusum_ratio(subjects[n]) for n in names]
+    alarmed = [bool(subjects[n].get("alarm")) for n in names]
+    fired = [n for n, a in zip(names, alarmed) if a]
+    chart = charts.threshold_bars(
+        f"chart-{kind}-cusums", f"CUSUMs of {who}: statistic against threshold",
+        f"Each CUSUM nearest its alarm as a fraction of its threshold (1 = alarm): "
+        + "; ".join(f"{n} {r:.2f}" + (" (alarmed)" if a else "") for n, r, a in zip(names, ratios, alarmed)) + ".",
+        names, ratios, alarmed)
+    rows = []
+    for name, ratio in zip(names, ratios):
+        e = subjects[name]
+        alarm = ('<td class="bad">alarmed</td>' if e.get("alarm") else '<td class="ok">no</td>')
+        rows.append(f'<tr data-subject="{escape(name)}"><th scope="row">{escape(name)}</th>'
+                    f'<td>{escape(str(e.get("direction", "–")))}</td><td>{_num(e.get("statistic"), ".2f")}</td>'
+                    f'<td>{_num(e.get("threshold"), ".2f")}</td><td>{_num(ratio if math.isfinite(ratio) else None, ".2f")}</td>'
+                    f'{alarm}<td>{"–" if e.get("since_row") is None else format(e["since_row"], ",d")}</td>'
+                    f'<td>{_time(e.get("since"))}</td></tr>')
+    table = ('<div class="scroll"><table class="summary"><thead><tr><th scope="col">subject</th>'
+             '<th scope="col">direction</th><th scope="col">statistic</th><th scope="col">threshold</th>'
+             '<th scope="col">ratio</th><th scope="col">since last check</th>'
+             '<th scope="col">began at row</th><th scope="col">began at</th></tr></thead>'
+             f'<tbody>{"".join(rows)}</tbody></table></div>')
+    recent = list(reversed(sequential.get("alarms") or []))[:RECENT_ALARMS]
+    history = ""
+    if recent:
+        items = "".join(
+            f'<li data-row="{int(a["row"])}">row {int(a["row"]):,}: {escape(str(a["subject"]))} '
+            f'{escape(str(a["direction"]))}, {a["statistic"]:.2f} &gt; {a["threshold"]:.2f}, change began at row '
+            f'{int(a["since"]):,} ({_time(a.get("since_time"))})</li>' for a in recent)
+        history = (f'<p class="sub">Newest alarms (rows counted from the monitor\'s start, {len(recent)} of the '
+                   f'{len(sequential.get("alarms") or [])} kept):</p><ul class="alarms">{items}</ul>')
+    status = (f'Alarmed since the previous check: {", ".join(fired)}.' if fired
+              else "No alarm since the previous check.")
+    return (head + f'<p class="sub">Page\'s cumulative sums of {escape(what)}, run over every row as it arrives '
+            f'({int(sequential.get("rows") or 0):,} rows so far). A CUSUM alarms when it passes its threshold, '
+            'restarts from 0, and the check that follows flags the drift; the change began where it last left 0. '
+            'Each subject shows its CUSUM nearest the threshold now, or the value it alarmed at since the previous '
+            f'check (ratio = statistic / threshold: 1 is the alarm). {escape(ways)} '
+            f'<strong>{escape(status)}</strong></p>'
+            f'<div class="charts"><figure>{chart}<figcaption>Dashed: the alarm (statistic = threshold). The '
+            'thresholds are calibrated at start so that, on clean traffic, all of these together alarm in at most '
+            '0.3% of 50-row intervals.</figcaption></figure></div>' + table + history + "</div>")
+
+
 def _data_section(data: dict, reference: Reference, snapshot: DriftSnapshot) -> str:
     features = data["features"]
     names = [n for n, _ in reference.features if n in features]
@@ -404,7 +495,9 @@ def _data_section(data: dict, reference: Reference, snapshot: DriftSnapshot) -> 
     drifted = [n for n in order if features[n]["detected"]]
     head = (f"Data drift in {', '.join(drifted)}" if drifted else "No data drift")
     parts = [f'<section id="data"><h2>{escape(head)}: the last {data["window_size"]:,} inputs against the '
-             'training data</h2>']
+             'training data</h2>',
+             _since_line("data", change_began([d.get("since") for d in (data.get("detections") or {}).values()],
+                                              data.get("sequential")))]
     if data.get("reason"):
         parts.append(f'<p class="note">Not tested: {escape(data["reason"])}.</p>')
     parts.append(f'<p>One test per feature: Kolmogorov-Smirnov for numbers (distance = D, the largest gap between '
@@ -415,7 +508,7 @@ def _data_section(data: dict, reference: Reference, snapshot: DriftSnapshot) -> 
     parts.append(_summary_table(order, features))
     parts.append('<div class="features">')
     parts.extend(_feature_card(n, kinds[n], features[n], reference, snapshot) for n in order)
-    parts.append("</div></section>")
+    parts.append("</div>" + _cusum_block("data", data.get("sequential")) + "</section>")
     return "".join(parts)
 
 
@@ -442,7 +535,7 @@ def _classification_section(concept: dict, reference: Reference, snapshot: Drift
         ("p-values", f"loss {format_p(concept.get('loss_p_value'))}, accuracy {format_p(concept.get('accuracy_p_value'))}"),
     ], ("drifted" if detected else "no drift", detected) if tested else None)
     parts = [f'<section id="concept"><h2>{escape(head)}: the last {m:,} labelled predictions against the '
-             'held-out ones</h2>',
+             'held-out ones</h2>', _since_line("concept", _concept_began(concept)),
              f'<article class="feature concept{" drifted" if detected else ""}" data-drifted='
              f'"{"true" if detected else "false"}"><h3>classification errors</h3>']
     if concept.get("reason"):
@@ -464,8 +557,13 @@ def _classification_section(concept: dict, reference: Reference, snapshot: Drift
             edges.tolist(), density.tolist(), (max(0.0, 1 - half), 1 + half))
         parts.append(f'<div class="charts"><figure>{pit}<figcaption>Bars inside the band are as at training; '
                      f'{k} bins of {m:,} ranks.</figcaption></figure></div>')
-    parts.append("</article></section>")
+    parts.append("</article>" + _cusum_block("concept", concept.get("sequential")) + "</section>")
     return "".join(parts)
+
+
+def _concept_began(concept: dict) -> float | None:
+    detection = concept.get("detection") or {}
+    return change_began([detection.get("since")], concept.get("sequential"))
 
 
 def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapshot) -> str:
@@ -499,7 +597,7 @@ def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapsho
         ("bias", bias_text),
     ], ("drifted" if detected else "no drift", detected) if concept.get("p_value") is not None else None)
     parts = [f'<section id="concept"><h2>{escape(head)}: the last {m:,} labelled predictions against the '
-             'held-out errors</h2>',
+             'held-out errors</h2>', _since_line("concept", _concept_began(concept)),
              f'<article class="feature concept{" drifted" if detected else ""}" data-drifted='
              f'"{"true" if detected else "false"}"><h3>{"errors" if residual else "price errors"}: '
              f'{escape(title)}</h3>']
@@ -533,7 +631,7 @@ def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapsho
         if residual:  # the % error against a log-scale prediction axis needs positive values
             parts.append(f'<div class="charts"><figure>{pit}<figcaption>Bars inside the band are as at training; '
                          f'{k} bins of {m:,} ranks.</figcaption></figure></div>')
-            parts.append("</article></section>")
+            parts.append("</article>" + _cusum_block("concept", concept.get("sequential")) + "</section>")
             return "".join(parts)
         err = 100.0 * (actual / predicted - 1.0)
         shown = slice(max(0, m - SCATTER_POINTS), m)  # the newest (windows are oldest first)
@@ -559,7 +657,7 @@ def _concept_section(concept: dict, reference: Reference, snapshot: DriftSnapsho
         parts.append(f'<div class="charts"><figure>{pit}<figcaption>Bars inside the band are as at training; '
                      f'{k} bins of {m:,} ranks.</figcaption></figure><figure>{scatter}<figcaption>{escape(note)}; '
                      f'above 0%, the stone sold for more than predicted.</figcaption></figure></div>')
-    parts.append("</article></section>")
+    parts.append("</article>" + _cusum_block("concept", concept.get("sequential")) + "</section>")
     return "".join(parts)
 
 
@@ -599,6 +697,8 @@ table.summary{border-collapse:collapse;background:var(--card);font-size:.92rem;m
 .summary th[scope=row],.summary thead th{text-align:left}
 pre{background:#1b1b1b;color:#f4f4f2;padding:10px;border-radius:4px;overflow-x:auto;white-space:pre-wrap}
 pre code{background:none;color:inherit;padding:0}.status .wait{color:#444;background:#ececec}
+.cusums{margin:.2rem 0 1rem}.cusums svg.chart{max-width:560px}.since{font-size:1rem;margin:.3rem 0 .6rem}
+ul.alarms{margin:.2rem 0;padding-left:1.2rem;font-size:.9rem}
 footer{font-size:.85rem;color:var(--muted)}
 @media (max-width:600px){header,main,footer{padding:8px}.feature{padding:10px 8px}}
 """

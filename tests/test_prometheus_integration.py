@@ -117,25 +117,44 @@ def run(small_artifact, tmp_path_factory):
             assert http("POST", monitor.url + "/predict", raw=bad)[0] == 400  # for "invalid requests by reason"
         drive_classifier(classifier_client, split, 0, WINDOW)
         phases["clean"] = (settle(client, prometheus, classifier_client), evaluate_alerts(prometheus))
+        starts = {"clean": _starts(prometheus)}
 
         # the next 300 stones, each once (apply() would resample them with replacement), 25% dearer
         concept_rows = SCENARIOS["price_up_25"].sample(rows.iloc[2 * WINDOW:3 * WINDOW], WINDOW, rng, replace=False)
         drive(client, concept_rows)
         drive_classifier(classifier_client, split, WINDOW, 2 * WINDOW, relabel={"Premium": "Ideal"})
         phases["concept"] = (settle(client, prometheus, classifier_client), evaluate_alerts(prometheus))
+        starts["concept"] = _starts(prometheus)
 
         data_rows = SCENARIOS["large_stones"].sample(rows.iloc[3 * WINDOW:], WINDOW, rng)
         drive(client, data_rows, labels=False)
         phases["data"] = (settle(client, prometheus, classifier_client), evaluate_alerts(prometheus))
+        starts["data"] = _starts(prometheus)
+        cusums = {kind: prometheus.query(f'{kind}_drift_cusum_ratio{{job="{gen_dashboard.JOB}"}}')
+                  for kind in ("data", "concept")}
+        classifier_report = classifier_client.call("GET", "/drift")
 
         time.sleep(2)  # a few more scrapes so that rate() windows after the last traffic have points
         yield {"prometheus": prometheus, "monitor": monitor, "phases": phases, "started": started,
-               "target": target, "classifier_target": classifier_target, "classifier": classifier}
+               "target": target, "classifier_target": classifier_target, "classifier": classifier,
+               "starts": starts, "cusums": cusums, "classifier_report": classifier_report, "ended": time.time()}
     finally:
         if prometheus is not None:
             prometheus.stop()
         monitor.stop()
         classifier.stop()
+
+
+def _starts(prometheus: Prometheus) -> dict:
+    """drift_since_timestamp_seconds now, by (instance, kind), and what the dashboard's "since" stats
+    read now (by kind: their query's values, -1 for "no drift")."""
+    out = {(s["metric"]["instance"], s["metric"]["kind"]): float(s["value"][1])
+           for s in prometheus.query(f'drift_since_timestamp_seconds{{job="{gen_dashboard.JOB}"}}')}
+    panels = {p["id"]: p for p in gen_dashboard.DASHBOARD["panels"]}
+    for kind in ("data", "concept"):
+        (query,) = panels[gen_dashboard.PANEL_IDS[f"{kind}-since"]]["targets"]
+        out[kind] = [float(s["value"][1]) for s in prometheus.query(query["expr"].replace("$instance", ".+"))]
+    return out
 
 
 def _grafana_substitute(expr: str, run: dict) -> str:
@@ -257,3 +276,33 @@ def test_health_alerts_stay_quiet_while_the_monitor_works(run):
     for phase, (_, alerts) in run["phases"].items():
         for name in ("MonitorDown", "DriftChecksStalled", "DriftCheckFailures"):
             assert alerts[name] == [], (phase, name, alerts[name])
+
+
+def test_since_when_is_nan_on_clean_traffic_and_dated_within_the_run_under_drift(run):
+    starts, regressor, classifier = run["starts"], run["target"], run["classifier_target"]
+    clean = {k: v for k, v in starts["clean"].items() if isinstance(k, tuple)}
+    assert len(clean) == 4  # both kinds, both monitors, from the first check on
+    assert all(math.isnan(v) for v in clean.values())
+    assert starts["clean"]["data"] == starts["clean"]["concept"] == [-1]  # the stats read "no drift"
+    # prices up: the regressor's concept drift is dated within the run; its inputs did not drift
+    assert run["started"] <= starts["concept"][(regressor, "concept")] <= run["ended"]
+    assert math.isnan(starts["concept"][(regressor, "data")])
+    # a classifier's concept drift has no start estimate: NaN although detected (the stat reads "start unknown")
+    assert run["phases"]["concept"][1]["ConceptDrift"] and math.isnan(starts["concept"][(classifier, "concept")])
+    assert run["started"] <= starts["data"][(regressor, "data")] <= run["ended"]
+    # the stats: the earliest start of the monitors shown, in milliseconds (Grafana's dateTimeFromNow)
+    assert starts["concept"]["concept"] == [1000 * starts["concept"][(regressor, "concept")]]
+    assert starts["concept"]["data"] == [-1]
+    assert starts["data"]["data"] == [1000 * starts["data"][(regressor, "data")]]
+
+
+def test_each_cusum_the_reports_name_is_a_series_and_a_classifiers_labels_have_none(run):
+    reports = {run["target"]: run["phases"]["data"][0], run["classifier_target"]: run["classifier_report"]}
+    for kind, label in (("data", "feature"), ("concept", "segment")):
+        for instance, report in reports.items():
+            series = [s for s in run["cusums"][kind] if s["metric"]["instance"] == instance]
+            subjects = ((report[f"{kind}_drift"].get("sequential") or {}).get("subjects")) or {}
+            assert {s["metric"][label] for s in series} == set(subjects), (kind, instance)
+            assert all(float(s["value"][1]) >= 0 for s in series)
+    assert run["cusums"]["concept"], "the regressor's labels have CUSUMs"
+    assert not (run["classifier_report"]["concept_drift"].get("sequential") or {}).get("subjects")

@@ -4,11 +4,13 @@ The same page in a real browser: tests/test_report_browser.py."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import gzip
 import hashlib
 import http.client
 import re
 import threading
+from html import escape as _escape
 from urllib.parse import urlsplit
 
 import html5lib
@@ -193,6 +195,68 @@ def test_clean_traffic_reads_as_no_drift(clean):
     assert not any(c["drifted"] for c in outline.cards)
     assert {c["title"] for c in outline.cards} == {f"{n}: no significant change" for n in NUMERIC + CATEGORICAL}
     assert "No data drift" in clean["html"] and "No concept drift" in clean["html"]
+
+
+def _cusum_block(html: str, kind: str) -> str:
+    start = html.index(f'<div class="cusums" id="{kind}-cusums">')
+    return html[start:html.index("</section>", start)]
+
+
+def _utc(unix_seconds: float) -> str:
+    return dt.datetime.fromtimestamp(unix_seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def test_the_cusums_show_the_reports_statistics_thresholds_directions_and_starts(drifted, clean):
+    # larger stones at their old prices: carat's CUSUM alarms, and the labels' (prices below predictions)
+    alarmed = drifted["report"]["data_drift"]["sequential"]["subjects"]["carat"]
+    assert alarmed["alarm"] and alarmed["direction"] == "up" and alarmed["statistic"] > alarmed["threshold"]
+    for run in (drifted, clean):
+        for kind in ("data", "concept"):
+            sequential = run["report"][f"{kind}_drift"]["sequential"]
+            block = _cusum_block(run["html"], kind)
+            rows = dict(re.findall(r'<tr data-subject="([^"]+)">(.*?)</tr>', block))
+            # every subject the report names, and no other (read from the report, not a list of features)
+            assert list(rows) == [_escape(s) for s in sequential["subjects"]] and rows
+            for subject, entry in sequential["subjects"].items():
+                cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", rows[_escape(subject)])
+                ratio = entry["statistic"] / entry["threshold"]
+                assert cells[:6] == [_escape(subject), entry["direction"], f"{entry['statistic']:.2f}",
+                                     f"{entry['threshold']:.2f}", f"{ratio:.2f}",
+                                     "alarmed" if entry["alarm"] else "no"], (kind, subject, cells)
+                if entry["alarm"]:
+                    assert cells[6] == f"{entry['since_row']:,}"
+                    assert cells[7].endswith(f">{_utc(entry['since'])}</time>")
+                else:
+                    assert cells[6:] == ["–", "–"]
+                assert f"{_escape(subject)} {ratio:.2f}" in block  # the chart's description
+            # the newest alarms, newest first, with the row each change began at
+            shown = [int(r) for r in re.findall(r'<li data-row="(\d+)">', block)]
+            assert shown == [a["row"] for a in reversed(sequential["alarms"])][:report.RECENT_ALARMS]
+            for alarm in list(reversed(sequential["alarms"]))[:report.RECENT_ALARMS]:
+                assert f"change began at row {alarm['since']:,}" in block
+
+
+def test_drifting_since_is_the_earliest_start_of_the_checks_detections_and_alarms(drifted, clean):
+    for run in (drifted, clean):
+        for kind in ("data", "concept"):
+            result = run["report"][f"{kind}_drift"]
+            detections = (result.get("detections") or {}).values() if kind == "data" else [result["detection"] or {}]
+            starts = [d["since"] for d in detections if d.get("since") is not None]
+            starts += [e["since"] for e in result["sequential"]["subjects"].values() if e["alarm"]]
+            shown = re.search(rf'<p class="since" id="{kind}-since" data-since="([^"]+)">(.*?)</p>', run["html"])
+            if not starts:
+                assert shown is None and not result["detected"]
+                continue
+            assert float(shown.group(1)) == min(starts)
+            assert f">{_utc(min(starts))}</time>" in shown.group(2)
+    assert 'id="data-since"' in drifted["html"] and 'id="concept-since"' in drifted["html"]
+
+
+def test_a_model_without_cusums_says_so():
+    for kind, words in (("data", "the inputs"), ("concept", "the labels")):
+        for sequential in (None, {"test": "cusum", "rows": 0, "alarm": False, "subjects": {}, "alarms": []}):
+            block = report._cusum_block(kind, sequential)
+            assert f"No CUSUM watches {words} of this model" in block and "<table" not in block
 
 
 def test_the_page_is_sent_gzipped_to_clients_that_take_it(drifted, server, heldout):

@@ -128,6 +128,8 @@ ALERTS: list[Alert] = [
             Detail("p_value", f"data_drift_feature_p_value{{{S}}}", FEATURE, agg="min"),
             Detail("window", f'drift_window_samples{{{S}, window="inputs"}}', GROUP_OF),
             Detail("alpha", f"data_drift_alpha{{{S}}}", GROUP_OF),
+            # the earliest start the replicas of a group report (they report the same check)
+            Detail("since", f'drift_since_timestamp_seconds{{{S}, kind="data"}}', GROUP_OF, agg="min"),
         ),
         summary="Data drift in feature {feature}: distance {distance:%.3f}, test statistic {statistic:%.4g}, "
                 "p-value {p_value:%.2g}, over the last {window:%.0f} inputs ({group})",
@@ -135,8 +137,9 @@ ALERTS: list[Alert] = [
                     "rejects after the Holm correction at family-wise level {alpha:%.2g}, or its CUSUM "
                     "between checks alarmed (data_drift.sequential on /drift says which way and since "
                     "when; an alarm checks at once instead of waiting for the next check). Distance is in "
-                    "[0, 1]: KS D for a numeric feature, total variation for a categorical one. "
-                    "Check what changed upstream; retrain on recent data if the shift is real.",
+                    "[0, 1]: KS D for a numeric feature, total variation for a categorical one. The data drift "
+                    "began {since|humanizeTimestamp} (the earliest start among the check's detections and "
+                    "CUSUM alarms). Check what changed upstream; retrain on recent data if the shift is real.",
     ),
     Alert(
         name="ConceptDrift",
@@ -148,6 +151,7 @@ ALERTS: list[Alert] = [
             Detail("bias", f"concept_drift_bias_percent{{{S}}}", GROUP_OF),
             Detail("p_value", f"concept_drift_p_value{{{S}}}", GROUP_OF, agg="min"),
             Detail("labelled", f'drift_window_samples{{{S}, window="labelled"}}', GROUP_OF),
+            Detail("since", f'drift_since_timestamp_seconds{{{S}, kind="concept"}}', GROUP_OF, agg="min"),
         ),
         summary="Concept drift: actual values {bias:%+.1f}% against predictions, model loss changed by "
                 "{score|humanizePercentage} against the held-out reference, p-value {p_value:%.2g}, over "
@@ -156,8 +160,9 @@ ALERTS: list[Alert] = [
                     "errors (a calibrated test on the errors, not a fixed threshold on the loss: MSE for a "
                     "regression, log loss for a classifier, which has no bias figure; or, for a regression, "
                     "a CUSUM of the labels' errors between checks alarmed: concept_drift.sequential on "
-                    "/drift names the band of predictions and since when). The model is now wrong in "
-                    "a way it was not at training: retrain it with recent labels.",
+                    "/drift names the band of predictions and since when). It began "
+                    "{since|humanizeTimestamp} (a classifier's concept drift has no start estimate). The model is now "
+                    "wrong in a way it was not at training: retrain it with recent labels.",
     ),
     Alert(
         name="ConceptDriftSegment",

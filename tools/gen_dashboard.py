@@ -79,6 +79,9 @@ def thresholds(*steps) -> dict:
 
 OK_DRIFT = [{"type": "value", "options": {"0": {"text": "no drift", "color": "green", "index": 0},
                                           "1": {"text": "DRIFT", "color": "red", "index": 1}}}]
+SINCE_MAPPINGS = [  # the "since" stats' query: -1 while nothing drifts, NaN for a drift without a start
+    {"type": "value", "options": {"-1": {"text": "no drift", "color": "green", "index": 0}}},
+    {"type": "special", "options": {"match": "null+nan", "result": {"text": "start unknown", "index": 1}}}]
 UP_DOWN = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red", "index": 0},
                                          "1": {"text": "UP", "color": "green", "index": 1}}}]
 
@@ -453,6 +456,50 @@ def _panels():
         text_mode="value_and_name") | {"fieldConfig": {"defaults": {
             "unit": "none", "mappings": [], "thresholds": thresholds(("blue", None)), "color": {"mode": "thresholds"},
             "decimals": 0}, "overrides": [_override("began", {"unit": "dateTimeFromNow"})]}})
+
+    # "Since when" and the CUSUMs between checks (monitoring/sequential.py). drift_since_timestamp_seconds
+    # is NaN while nothing drifts (and when a drift's start is unknown: a classifier's concept drift),
+    # never absent: the series is there from the first scrape, so "no data" only ever means "not
+    # scraped", and a comparison drops NaN (`drift_since_timestamp_seconds > 0` lists what drifts).
+    # The stat reads it only while the kind is detected, and -1 ("no drift") while it is not, so that
+    # it tells "no drift" from "drifting, start unknown" (NaN) and from "not scraped" (no data).
+    for kind, title in (("data", "Data drift since"), ("concept", "Concept drift since")):
+        since = sel("drift_since_timestamp_seconds", f'kind="{kind}"')
+        detected = sel(f"{kind}_drift_detected")
+        yield (f"{kind}-since", 12, 4, stat(
+            title,
+            f'drift_since_timestamp_seconds{{kind="{kind}"}}: when the {kind} drift the latest check flags '
+            "began, the earliest start among its windowed detections (estimated from the window, so at most "
+            "a window ago) and the CUSUM alarms since the previous check. 'no drift' while "
+            f"{kind}_drift_detected is 0; 'start unknown' when it is 1 without a start (a classifier's "
+            "concept drift); no data when no monitor is scraped.",
+            # instant: the latest check's (a range would show the last start of a drift that ended)
+            [target(f"min({since}) * 1000 and on () max({detected}) == 1 or on () max({detected}) - 1", "", "A",
+                    instant=True)]) | {"fieldConfig": {
+                "defaults": {"unit": "dateTimeFromNow", "mappings": SINCE_MAPPINGS,
+                             "thresholds": thresholds(("red", None)), "color": {"mode": "thresholds"}},
+                "overrides": []}})
+    for kind, label, what in (("data", "feature", "each numeric feature's normal score (up: larger values, down: "
+                                                  "smaller)"),
+                              ("concept", "segment", "the labels' errors (PIT normal scores) over every label "
+                                                     "(all) and within each third of the predicted-value bands (up: "
+                                                     "actual values above predictions, down: below)")):
+        panel = timeseries(
+            f"{'Inputs' if kind == 'data' else 'Labels'}: CUSUMs between checks, statistic / threshold",
+            f"{kind}_drift_cusum_ratio per {label}: the CUSUM of {what} nearest its alarm, as a fraction of its "
+            "threshold, at each check. It alarms at 1 (dashed): the CUSUM restarts from 0 and the check that "
+            "follows flags the drift; a point above 1 is the value it alarmed at since the previous check. "
+            f"/drift's {kind}_drift.sequential (and the drift report page) says which way and since when. "
+            "Thresholds are calibrated at start so that all the CUSUMs of a kind together alarm in at most "
+            "0.3% of clean 50-row intervals."
+            + (" A classifier's labels have none." if kind == "concept" else
+               " A model without numeric features has none."),
+            targets((f"max by ({label}) ({sel(f'{kind}_drift_cusum_ratio')})", f"{{{{{label}}}}}")),
+            minimum=0, custom={"fillOpacity": 0, "axisSoftMax": 1.2, "thresholdsStyle": {"mode": "dashed"}},
+            steps=thresholds(("green", None), ("red", 1)),
+            links=[report_link("Drift report: the CUSUMs", f"#{kind}-cusums")])
+        panel["fieldConfig"]["defaults"]["noValue"] = "no CUSUM for this model"  # its subject set is empty
+        yield (f"{kind}-cusums", 12, 8, panel)
 
     # A classifier's own panels: their series are NaN or absent for a regression model.
     classifier = sel("model_info", 'task="classification"')
