@@ -62,7 +62,12 @@ def test_every_served_input_joins_the_data_window(server, heldout):
     request(server.url, "POST", "/predict", as_payload(heldout.iloc[:40]))
     request(server.url, "POST", "/predict", CURL_EXAMPLE)
     assert len(server.monitor.inputs) == 41
-    text = _metrics(server)
+    # a request's latency is observed once its response is sent, so a scrape can come first: wait (bounded)
+    for _ in range(100):
+        text = _metrics(server)
+        if metric_value(text, "prediction_latency_seconds_count") == 2:
+            break
+        time.sleep(0.02)
     assert metric_value(text, "predictions_total") == 41
     assert metric_value(text, "prediction_requests_total") == 2
     assert metric_value(text, "prediction_latency_seconds_count") == 2
