@@ -1152,6 +1152,7 @@ def test_binned_chi2_merges_adjacent_bins_by_the_reference_until_each_expects_te
     assert det.groups(200).tolist() == list(range(20))  # 10 each: every bin its own
     assert det.groups(199).tolist() == np.repeat(np.arange(10), 2).tolist()  # 9.95 is short of 10
     assert det.groups(5).tolist() == [0] * 20  # 5 expected in all: one group
+    assert det.groups(15).tolist() == [0] * 20  # 0.75 each: 14 reach 10.5, the last 6 (4.5) join them: one group
     assert det.groups(100) is det.groups(100)  # cached
     assert det.score([np.nan, np.inf]) == drift.TestResult("binned-chi2", None, None, None, 0)
     rng = np.random.default_rng(44)
@@ -1165,6 +1166,11 @@ def test_binned_chi2_merges_adjacent_bins_by_the_reference_until_each_expects_te
     assert result.distance == pytest.approx(0.5 * np.abs(counts / 100 - 0.05).sum(), abs=1e-15)  # the 20 bins
     # fewer than min_expected values in all: one group, no test
     assert det.score(window[:9]) == drift.TestResult("binned-chi2", 0.0, 1.0, det.score(window[:9]).distance, 9)
+    for m in (9, 15):  # one group (15: a full group and a short one merged into it): no test, yet the distance
+        short = det.score(window[:m])
+        assert (short.statistic, short.p_value, short.window_size) == (0.0, 1.0, m)
+        counts_m = np.bincount(det.codes(window[:m]), minlength=20)
+        assert short.distance > 0.0 and short.distance == pytest.approx(0.5 * np.abs(counts_m / m - 0.05).sum(), abs=1e-15)
     assert det.score(window[:10]).p_value == 1.0 and det.score(window[:20]).p_value < 1.0  # 10 expected in all: one
     # the groups follow the reference alone: the same grouping whatever the window holds
     piled = det.score(np.full(100, 50.0))
