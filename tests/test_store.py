@@ -681,13 +681,17 @@ def test_export_labelled_parquet_or_a_clear_error_without_pyarrow(store, db, tmp
 
 @both_backends
 @every_layout
-def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, db, tmp_path, caplog):
+def test_the_command_line_export_names_a_csv_file_when_parquet_cannot_be_written(store, db, tmp_path, caplog,
+                                                                                   monkeypatch):
     import monitor
 
     r = record(1)
     store.add_predictions([r])
     store.add_labels([(r.id, 2.0, 3.0)])
-    config = monitor.MonitorConfig(db_path=db)
+    # no --model, and no default model.joblib (a checkout where `make run` trained one has it: the
+    # diamond model's features would then be refused for this layout's store, as they should be)
+    monkeypatch.setattr(monitor, "DEFAULT_MODEL_PATH", tmp_path / "model.joblib")
+    config = monitor.MonitorConfig(db_path=db, model_path=tmp_path / "model.joblib")
     code = monitor._export_labelled(config, tmp_path / "x.parquet")
     if importlib.util.find_spec("pyarrow") is None:
         assert code == 2
