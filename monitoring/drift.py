@@ -808,6 +808,16 @@ class ConceptDriftReport:
 ALL_LABELS = "all"
 
 
+def mid_rank_pit(sorted_reference: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Each value's mid-rank among a sorted reference sample as a PIT value in (0, 1):
+    (below + half the ties + 1/2) / (n + 1), so that ties (a forest repeats errors) sit in the middle
+    and no value reaches 0 or 1. ConceptDriftDetector ranks labels so, and the concept CUSUMs'
+    calibration (sequential.py) ranks resampled held-out errors the same way."""
+    below = np.searchsorted(sorted_reference, values, side="left")
+    at_most = np.searchsorted(sorted_reference, values, side="right")
+    return (0.5 * (below + at_most) + 0.5) / (sorted_reference.size + 1)
+
+
 class ConceptDriftDetector:
     """Concept drift: has the relation between inputs and price changed, as seen by the model's errors?
 
@@ -942,10 +952,7 @@ class ConceptDriftDetector:
             mask = bins == b
             if not mask.any():
                 continue
-            ref = self._sorted[b]
-            below = np.searchsorted(ref, q[mask], side="left")
-            at_most = np.searchsorted(ref, q[mask], side="right")
-            u[mask] = (0.5 * (below + at_most) + 0.5) / (ref.size + 1)
+            u[mask] = mid_rank_pit(self._sorted[b], q[mask])
         return u, bins
 
     def _n_eff(self, bins: np.ndarray) -> float:

@@ -40,6 +40,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import special
 
+from monitoring.drift import mid_rank_pit
+
 # Share of clean 50-row intervals allowed to hold a sequential alarm, per detector (data, concept).
 # The windowed tests of a check flag 0.4-0.5% of clean checks (README); with this the two together
 # stay under the 1% target. In evaluate_drift.py the data CUSUMs flag 0.33% of clean intervals, the
@@ -467,9 +469,7 @@ def _resampled_pit(q: np.ndarray, bins: np.ndarray, sorted_errors: list[np.ndarr
             if not mask.any() or ref.size == 0:
                 continue
             resample = np.sort(ref[rng.integers(0, ref.size, size=ref.size)])
-            below = np.searchsorted(resample, q[mask], side="left")
-            at_most = np.searchsorted(resample, q[mask], side="right")
-            z[mask] = special.ndtri((0.5 * (below + at_most) + 0.5) / (ref.size + 1))
+            z[mask] = special.ndtri(mid_rank_pit(resample, q[mask]))
         # the traffic is a sample too: the rows streamed are a resample of the held-out rows
         drawn = rng.integers(0, q.size, size=q.size)
         return np.column_stack((z, third[bins]))[drawn]
